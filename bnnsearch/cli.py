@@ -1,0 +1,129 @@
+"""Command-line interface: argument parsing and printing only; the work lives elsewhere."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+DEMO_CONFIG = Path(__file__).parent / "defaults" / "demo.yaml"
+
+
+def _progress(total_epochs: int):
+    def show(m: dict) -> None:
+        flag = "  DIVERGED" if m["diverged"] else ""
+        print(
+            f"epoch {m['epoch']:>3}/{total_epochs}  train loss {m['train/loss']:.4f} acc {100 * m['train/acc']:6.2f}%"
+            f"  val acc {100 * m['val/acc']:6.2f}%  test acc {100 * m['test/acc']:6.2f}%"
+            f"  flips/step {100 * m['bin/flip_ratio']:.3f}%  from init {100 * m['bin/flip_from_init']:5.1f}%"
+            f"  {m['time/epoch_s']:.2f}s{flag}",
+            flush=True,
+        )
+
+    return show
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .engine import fit
+    from .runio import MetricsWriter, write_config
+    from .textui import fmt, table
+
+    cfg = load_config(args.config, args.set or [])
+    out = Path(args.out or f"runs/{cfg.method}-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_config(out, cfg)
+    writer = MetricsWriter(out / "metrics.jsonl")
+    show = _progress(cfg.epochs)
+    print(f"training {cfg.method} on {cfg.data} with {cfg.arch} for {cfg.epochs} epochs -> {out}/", flush=True)
+
+    def report(m):
+        writer(m)
+        show(m)
+
+    res = fit(cfg, report)
+    (out / "cost.json").write_text(json.dumps([r.__dict__ for r in res.cost_rows], indent=1))
+    best = max(res.history, key=lambda m: m["val/acc"])
+    last = res.final
+    rows = [
+        ["final (epoch %d)" % last["epoch"], last["train/acc"], last["val/acc"], last["test/acc"], last["bin/flip_from_init"]],
+        ["best val (epoch %d)" % best["epoch"], best["train/acc"], best["val/acc"], best["test/acc"], best["bin/flip_from_init"]],
+    ]
+    print()
+    print(table(rows, ["", "train/acc", "val/acc", "test/acc", "flip_from_init"]))
+    print(f"\ncost: {fmt(last['cost/ops'])} OPs/sample ({fmt(last['cost/bops'])} BOPs, {fmt(last['cost/flops'])} FLOPs), "
+          f"{fmt(last['cost/mem_bits'] / 8 / 1024)} KiB, {last['cost/compression']:.1f}x smaller than fp32; "
+          f"time {last['time/total_s']:.1f}s")
+    if res.diverged:
+        print("the run DIVERGED (non-finite loss); metrics of the last epoch are worst-case values")
+    print(f"wrote {out}/config.yaml, metrics.jsonl, cost.json")
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from .config import load_config
+    from .cost import cost_table
+    from .engine import build
+    from .textui import fmt, table
+
+    cfg = load_config(args.config, args.set or [])
+    data, _, _, model = build(cfg, "cpu")
+    rows, tot = cost_table(model, data.in_shape)
+    print(f"{cfg.method} / {cfg.arch} on {cfg.data} (input {tuple(data.in_shape)}, {data.num_classes} classes), per sample:\n")
+    print(table(
+        [[r.name, r.kind, r.shape, r.params, r.macs, r.w_bits, r.a_bits, r.bops, r.flops, r.mem_bits] for r in rows],
+        ["layer", "type", "weight", "params", "MACs", "w bits", "a bits", "BOPs", "FLOPs", "memory bits"],
+        align_right=set(range(3, 10)),
+    ))
+    print()
+    print(table([[k, v] for k, v in tot.items()], ["total", "value"]))
+    print(f"\nOPs = BOPs/64 + FLOPs = {fmt(tot['cost/ops'])};  memory {fmt(tot['cost/mem_bits'] / 8 / 1024)} KiB "
+          f"({tot['cost/compression']:.2f}x vs fp32)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    args.config = str(DEMO_CONFIG)
+    args.out = args.out or "runs/demo"
+    print(f"bnnsearch demo: one training run on the embedded defaults ({DEMO_CONFIG})\n")
+    return cmd_train(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bnnsearch", description="Hyperparameter search for binary neural networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one configuration")
+    t.add_argument("config", help="run config YAML")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (dotted: hparams.lr=0.1)")
+    t.add_argument("--out", help="output directory (default runs/<method>-<data>-<time>)")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("cost", help="print the per-layer inference cost table")
+    c.add_argument("config")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(func=cmd_cost)
+
+    d = sub.add_parser("demo", help="run the main job on the embedded defaults")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("--out")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"bnnsearch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bnnsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

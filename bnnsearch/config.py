@@ -1,0 +1,150 @@
+"""The run configuration of one training run (one trial).
+
+Shape (YAML)::
+
+    method: latent            # a registered method
+    arch: mlp                 # a registered architecture
+    arch_args: {widths: [512, 512, 512, 512]}
+    data: mnist5k             # a registered dataset
+    data_args: {val_fraction: 0.1}
+    data_root: ./data
+    epochs: 30
+    batch_size: 128
+    seed: 0
+    device: auto              # auto | cpu | cuda
+    hparams: {lr: 1.0}        # the method's own hyperparameters (its Hparams dataclass)
+
+Everything is validated strictly before anything runs; ``resolve`` returns the config with all
+defaults filled in (what ``config.yaml`` of a run holds, re-runnable as is).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .archs import ARCHS
+from .data import DATASETS
+from .errors import ConfigError, UserError
+from .methods import get_method
+from .schema import parse_dataclass, to_dict
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str = "latent"
+    arch: str = "mlp"
+    data: str = "mnist1d"
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_root: str = "./data"
+    hparams: dict = field(default_factory=dict)
+    arch_args: dict = field(default_factory=dict)
+    data_args: dict = field(default_factory=dict)
+    sign0: Literal["plus", "random", "zero"] = "plus"
+    threads: int = 0  # torch CPU threads; 0 = all cores given to this process
+    amp: Literal["none", "bf16"] = "none"  # bf16 autocast (CUDA only)
+    channels_last: bool = False
+    compile: bool = False
+    eval_batch_size: int = 2048
+
+    def validate(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
+
+    # Parsed views (validated in resolve()).
+    def hp(self):
+        return parse_dataclass(get_method(self.method).Hparams, self.hparams, "hparams")
+
+    def arch_obj(self):
+        return parse_dataclass(ARCHS.get(self.arch)[0], self.arch_args, "arch_args")
+
+    def data_obj(self):
+        return parse_dataclass(DATASETS.get(self.data)[0], self.data_args, "data_args")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def resolve(raw: dict, where: str = "config") -> RunConfig:
+    """Validate a raw mapping and return it with every default filled in."""
+    cfg = parse_dataclass(RunConfig, raw, where)
+    method = get_method(cfg.method, f"{where}.method")
+    ARCHS.get(cfg.arch, f"{where}.arch")
+    DATASETS.get(cfg.data, f"{where}.data")
+    if method.archs is not None and cfg.arch not in method.archs:
+        raise ConfigError(f"method {cfg.method} trains only arch {', '.join(method.archs)}, not {cfg.arch!r}", f"{where}.arch")
+    hp = parse_dataclass(method.Hparams, cfg.hparams, f"{where}.hparams")
+    arch = parse_dataclass(ARCHS.get(cfg.arch)[0], cfg.arch_args, f"{where}.arch_args")
+    data = parse_dataclass(DATASETS.get(cfg.data)[0], cfg.data_args, f"{where}.data_args")
+    return dataclasses.replace(cfg, hparams=to_dict(hp), arch_args=to_dict(arch), data_args=to_dict(data))
+
+
+class SafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads ``1e-3`` (no dot) as a float, as users write it."""
+
+
+SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str):
+    return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        data = safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def apply_overrides(raw: dict, sets: list[str]) -> dict:
+    """Apply ``--set key=value`` overrides; dotted keys reach nested mappings, values are YAML."""
+    out = dict(raw)
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        key, _, text = item.partition("=")
+        try:
+            value: Any = safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[p] = child
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None, sets: list[str] = ()) -> RunConfig:
+    raw = load_yaml(path) if path else {}
+    where = str(path) if path else "config"
+    return resolve(apply_overrides(raw, list(sets)), where)
+
+
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,224 @@
+"""``fit(cfg, report)``: the one training loop. No Ray, no MLflow.
+
+Habits (design.md): data lives on the device, batches are index gathers, augmentation is
+batched on the device, schedules are closed-form host functions, and every statistic is
+accumulated on the device and read back with **one** host sync per epoch (the ``tolist`` of
+one stacked tensor). A non-finite loss ends the run after the epoch in which it appeared, with
+``diverged = 1``: the accuracies of that epoch are reported as 0 (the worst case) and the
+losses as ``inf``, never NaN.
+
+Report keys per epoch: ``epoch``, ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
+``test/loss``, ``test/acc``, ``bin/flip_ratio`` (seed 002 Eq. 18, per step, averaged over the
+epoch) and ``bin/flip_from_init`` (global and ``/<layer>``), ``sched/<name>``, ``cost/*``,
+``time/epoch_s``, ``time/total_s``, ``diverged``, plus the method's own entries.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .cost import cost_table
+from .data import augment_batch, load_dataset
+from .errors import UserError
+from .methods import get_method
+from .nn import binary_layers, weight_quantizer
+
+CKPT_NAME = "state.pt"
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA device is available (use device: auto or cpu)")
+    return torch.device(name)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    diverged: bool = False
+    cost_rows: list = field(default_factory=list)
+    model: Any = None
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+@torch.no_grad()
+def _evaluate(model, forward, x, y, batch_size):
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        logits = forward(model, x[i : i + batch_size]).float()
+        yb = y[i : i + batch_size]
+        loss += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train()
+    return loss / len(x), correct.float() / len(x)
+
+
+def build(cfg: RunConfig, device: torch.device | str = "cpu"):
+    """Data, method, hyperparameters and binarized model of a resolved config."""
+    data = load_dataset(cfg.data, cfg.data_root, cfg.data_obj(), device)
+    method = get_method(cfg.method)
+    hp = cfg.hp()
+    torch.manual_seed(cfg.seed)
+    model = method.build(cfg.arch, cfg.arch_obj(), data.in_shape, data.num_classes, hp, cfg.sign0, cfg.seed)
+    model = model.to(device)
+    if cfg.channels_last and len(data.in_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    return data, method, hp, model
+
+
+def fit(
+    cfg: RunConfig,
+    report: Callable[[dict], Any] | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    threads: int | None = None,
+) -> FitResult:
+    """Train one configuration. ``report(metrics)`` is called once per epoch; a truthy return
+    stops training. With ``checkpoint_dir`` the full state is saved after every epoch and a
+    run finding a checkpoint there continues from it."""
+    torch.set_num_threads(threads or cfg.threads or available_cpus())
+    device = resolve_device(cfg.device)
+    data, method, hp, model = build(cfg, device)
+    n_train, bs = len(data.x_train), min(cfg.batch_size, len(data.x_train))
+    steps_per_epoch = max(1, n_train // bs)
+    total_steps = cfg.epochs * steps_per_epoch
+    setup = method.setup(model, hp, total_steps)
+    rows, static_cost = cost_table(model, data.in_shape)
+
+    use_amp = cfg.amp == "bf16" and device.type == "cuda"
+    net = torch.compile(model) if cfg.compile else model
+
+    def forward(m, x):
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+        with ctx:
+            return net(x) if m is model else m(x)
+
+    layers = [(name, weight_quantizer(l), l.parametrizations.weight.original) for name, l in binary_layers(model)]
+    total_w = float(sum(w.numel() for _, _, w in layers)) or 1.0
+    prev = [q.hard_sign(w) for _, q, w in layers]
+    init = [s.clone() for s in prev]
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    result = FitResult(cost_rows=rows, model=model)
+    start_epoch, step, elapsed = 0, 0, 0.0
+
+    ckpt_path = Path(checkpoint_dir) / CKPT_NAME if checkpoint_dir else None
+    if ckpt_path is not None and ckpt_path.exists():
+        st = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"])
+        for opt, s in zip(setup.optimizers, st["optimizers"]):
+            opt.load_state_dict(s)
+        shuffle_gen.set_state(st["shuffle_gen"])
+        aug_gen.set_state(st["aug_gen"].to(aug_gen.get_state().device))
+        prev, init = st["prev"], st["init"]
+        start_epoch, step, elapsed = st["epoch"], st["step"], st["elapsed"]
+        result.history = st["history"]
+        if "method_state" in st and hasattr(method, "load_state"):
+            method.load_state(setup, st["method_state"])
+
+    sched_last: dict[str, float] = {}
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n_train, generator=shuffle_gen).to(device, non_blocking=True)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        flips = torch.zeros(len(layers), device=device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs : (i + 1) * bs]
+            x, y = data.x_train[idx], data.y_train[idx]
+            if data.augment:
+                x = augment_batch(x, aug_gen)
+            progress = step / total_steps
+            for s in setup.scheduled:
+                v = s.value(progress)
+                s.apply(v)
+                sched_last[s.name] = v
+            for hook in setup.on_step:
+                hook(step, progress)
+            loss, logits = method.train_step(model, x, y, setup, forward)
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            for j, (_, q, w) in enumerate(layers):
+                cur = q.hard_sign(w)
+                flips[j] += (cur != prev[j]).sum()
+                prev[j] = cur
+            step += 1
+        val_loss, val_acc = _evaluate(model, forward, data.x_val, data.y_val, cfg.eval_batch_size)
+        test_loss, test_acc = _evaluate(model, forward, data.x_test, data.y_test, cfg.eval_batch_size)
+        from_init = torch.stack([(p != s).sum() for p, s in zip(prev, init)]).float() if layers else flips
+        n_seen = steps_per_epoch * bs
+        head = torch.stack([loss_sum / n_seen, correct.float() / n_seen, val_loss, val_acc, test_loss, test_acc])
+        vals = torch.cat([head, flips, from_init]).tolist()  # the one host sync of the epoch
+        epoch_s = time.perf_counter() - t0
+        elapsed += epoch_s
+        tr_loss, tr_acc, v_loss, v_acc, t_loss, t_acc = vals[:6]
+        n_l = len(layers)
+        fl, fi = vals[6 : 6 + n_l], vals[6 + n_l :]
+        diverged = not all(math.isfinite(v) for v in (tr_loss, v_loss, t_loss))
+        m: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train/loss": tr_loss, "train/acc": tr_acc,
+            "val/loss": v_loss, "val/acc": v_acc,
+            "test/loss": t_loss, "test/acc": t_acc,
+            "bin/flip_ratio": sum(fl) / (total_w * steps_per_epoch),
+            "bin/flip_from_init": sum(fi) / total_w,
+        }
+        for (name, _, w), f, f0 in zip(layers, fl, fi):
+            m[f"bin/flip_ratio/{name}"] = f / (w.numel() * steps_per_epoch)
+            m[f"bin/flip_from_init/{name}"] = f0 / w.numel()
+        m.update({f"sched/{k}": v for k, v in sched_last.items()})
+        for extra in setup.epoch_metrics:
+            m.update(extra())
+        m.update(static_cost)
+        m["time/epoch_s"] = epoch_s
+        m["time/total_s"] = elapsed
+        m["diverged"] = int(diverged)
+        if diverged:
+            for k in list(m):
+                if k.endswith("/acc"):
+                    m[k] = 0.0
+                elif k.endswith("/loss"):
+                    m[k] = math.inf
+        result.history.append(m)
+        result.diverged = diverged
+        if ckpt_path is not None:
+            state = {
+                "model": model.state_dict(), "optimizers": [o.state_dict() for o in setup.optimizers],
+                "shuffle_gen": shuffle_gen.get_state(), "aug_gen": aug_gen.get_state(),
+                "prev": prev, "init": init, "epoch": epoch + 1, "step": step, "elapsed": elapsed,
+                "history": result.history,
+            }
+            if hasattr(method, "state_dict"):
+                state["method_state"] = method.state_dict(setup)
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            tmp.replace(ckpt_path)
+        stop = report(m) if report is not None else None
+        if diverged or stop:
+            break
+    return result

@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+A :class:`UserError` is a mistake in the user's input (a config key, a flag, a missing dataset
+file). The CLI prints its message on one line and exits with code 2, without a traceback.
+Everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake in the user's input; the message names the file/key or flag."""
+
+
+class ConfigError(UserError):
+    """An invalid configuration value or key."""
+
+    def __init__(self, message: str, where: str | None = None):
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)

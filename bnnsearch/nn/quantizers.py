@@ -1,0 +1,178 @@
+"""Quantizers: a forward map, a backward map and a ``bits`` attribute.
+
+Every quantizer is an ``nn.Module`` registered by name. Weight quantizers are used as
+``torch.nn.utils.parametrize`` parametrizations of conv/linear weights (see ``binarize``);
+activation quantizers are applied to the input of binary layers. The cost model and the
+optimizer routing read ``bits``; nothing is guessed from layer names.
+
+Backward maps are written with the detach trick ``surrogate + (forward - surrogate).detach()``:
+the value is the forward map and the gradient is the surrogate's derivative. This keeps every
+quantizer a plain differentiable expression (compile-friendly, no custom autograd state).
+
+sign(0) policy (methods.md §1): ``plus`` (default) maps 0 to +1, ``random`` draws ±1,
+``zero`` keeps torch.sign's 0 (code-faithful to some releases; not binary).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+QUANTIZERS: Registry[type] = Registry("quantizer")
+register_quantizer = QUANTIZERS.register
+SIGN0_POLICIES = ("plus", "random", "zero")
+
+
+def sign0(x: torch.Tensor, policy: str = "plus") -> torch.Tensor:
+    """sign with an explicit policy for exact zeros."""
+    if policy == "plus":
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    if policy == "zero":
+        return torch.sign(x)
+    if policy == "random":
+        coin = torch.where(torch.rand_like(x) < 0.5, -1.0, 1.0).to(x.dtype)
+        return torch.where(x == 0, coin, torch.sign(x))
+    raise ValueError(f"unknown sign0 policy {policy!r}; choose one of {SIGN0_POLICIES}")
+
+
+def _clip_surrogate(x: torch.Tensor) -> torch.Tensor:
+    """Value x, gradient 1{|x| <= 1} (boundary included, unlike clamp's gradient)."""
+    return torch.where(x.abs() <= 1.0, x, x.detach())
+
+
+def _straight(surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Value of ``value``, gradient of ``surrogate``."""
+    return surrogate + (value - surrogate).detach()
+
+
+class Quantizer(nn.Module):
+    """Base class. Subclasses define ``forward`` (training map) and ``hard`` (evaluation map).
+
+    ``bits`` is the precision of the values this quantizer emits at inference.
+    In eval mode every quantizer returns its hard map (binary networks are always evaluated
+    with hard sign weights and activations, methods.md §1).
+    """
+
+    bits: int = 1
+
+    def __init__(self, sign0: str = "plus"):
+        super().__init__()
+        if sign0 not in SIGN0_POLICIES:
+            raise ValueError(f"unknown sign0 policy {sign0!r}")
+        self.sign0 = sign0
+
+    def hard(self, x: torch.Tensor) -> torch.Tensor:
+        return sign0(x, self.sign0)
+
+    def hard_sign(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean 'is +1' of the binary value ``x`` maps to (for flip statistics)."""
+        return self.hard(x.detach()) > 0
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, sign0={self.sign0}"
+
+
+@register_quantizer("identity")
+class Identity(Quantizer):
+    """Full precision: forward and backward are the identity (bits=32)."""
+
+    bits = 32
+
+    def forward(self, x):
+        return x
+
+    def hard(self, x):
+        return x
+
+
+@register_quantizer("ste_sign")
+class SteSign(Quantizer):
+    """F = sign, B = identity (the plain straight-through estimator, BinaryConnect's pair)."""
+
+    def forward(self, x):
+        if not self.training:
+            return self.hard(x)
+        return _straight(x, self.hard(x))
+
+
+@register_quantizer("ste_clip")
+class SteClipSign(Quantizer):
+    """F = sign, B = 1{|x| <= 1} (the BNN/Hubara STE with gradient cancelling)."""
+
+    def forward(self, x):
+        if not self.training:
+            return self.hard(x)
+        return _straight(_clip_surrogate(x), self.hard(x))
+
+
+@register_quantizer("approx_sign")
+class ApproxSign(Quantizer):
+    """F = sign, B = max(0, 2 - 2|x|) (Bi-Real's ApproxSign; ReCU's activation surrogate)."""
+
+    def forward(self, x):
+        if not self.training:
+            return self.hard(x)
+        xc = x.clamp(-1.0, 1.0)
+        poly = 2 * xc - xc * xc.abs()  # 2x - x|x| on [-1, 1]: derivative 2 - 2|x|
+        return _straight(poly, self.hard(x))
+
+
+def get_quantizer(name: str, where: str | None = None) -> type:
+    return QUANTIZERS.get(name, where)
+
+
+def list_quantizers() -> list[str]:
+    return QUANTIZERS.names()
+
+
+def make_quantizer(name: str, **kwargs) -> Quantizer:
+    return QUANTIZERS.get(name)(**kwargs)
+
+
+# --------------------------------------------------------------------------- weight storages
+
+
+class _TieBreak(Quantizer):
+    """Weight quantizers whose exact zeros take the layer's shared ``sign_init`` (set by
+    ``binarize``) instead of the sign0 policy: zero-initialised latent weights then start from
+    the same random signs as the filtered optimizer (seed 002, Eq. 5)."""
+
+    def signs(self, w: torch.Tensor) -> torch.Tensor:
+        init = getattr(self, "sign_init", None)
+        if init is None:
+            return sign0(w, self.sign0)
+        return torch.where(w > 0, 1.0, torch.where(w < 0, -1.0, init)).to(w.dtype)
+
+    def hard(self, w):
+        return self.signs(w)
+
+
+@register_quantizer("latent_sign")
+class LatentSign(_TieBreak):
+    """Latent-weight binarization (seed 002 §3): F = sign(w), optionally times the per-output-
+    channel mean |w| (``scaling``, XNOR-style; the gradient reaches the scale too);
+    B = identity, or 1{|w| <= 1} with ``clip_grad`` (gradient clipping of the standard recipe)."""
+
+    def __init__(self, sign0: str = "plus", scaling: bool = False, clip_grad: bool = False):
+        super().__init__(sign0)
+        self.scaling, self.clip_grad = scaling, clip_grad
+
+    def forward(self, w):
+        s = self.signs(w)
+        out = _straight(_clip_surrogate(w) if self.clip_grad else w, s) if self.training else s
+        if self.scaling:
+            out = out * w.abs().mean(dim=tuple(range(1, w.ndim)), keepdim=True)
+        return out
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, scaling={self.scaling}, clip_grad={self.clip_grad}"
+
+
+@register_quantizer("stored_sign")
+class StoredSign(_TieBreak):
+    """The parameter itself holds ±1 (the filtered optimizer flips it): F = identity on the
+    stored signs, B = identity (the gradient w.r.t. the binary weight)."""
+
+    def forward(self, w):
+        return w
