@@ -142,10 +142,20 @@ class _TieBreak(Quantizer):
         init = getattr(self, "sign_init", None)
         if init is None:
             return sign0(w, self.sign0)
-        return torch.where(w > 0, 1.0, torch.where(w < 0, -1.0, init)).to(w.dtype)
+        return torch.where(w == 0, init, torch.sign(w))
 
     def hard(self, w):
         return self.signs(w)
+
+    def hard_sign(self, w: torch.Tensor) -> torch.Tensor:
+        w = w.detach()
+        init = getattr(self, "sign_init", None)
+        if init is None:
+            return super().hard_sign(w)
+        pos = getattr(self, "_init_pos", None)
+        if pos is None or pos.device != w.device:
+            pos = self._init_pos = init > 0  # cached: sign_init never changes
+        return torch.where(w == 0, pos, w > 0)
 
 
 @register_quantizer("latent_sign")
@@ -176,3 +186,6 @@ class StoredSign(_TieBreak):
 
     def forward(self, w):
         return w
+
+    def hard_sign(self, w):
+        return w.detach() > 0
