@@ -64,13 +64,12 @@ def cmd_train(args) -> int:
 
 def cmd_cost(args) -> int:
     from .config import load_config
-    from .cost import cost_table
     from .engine import build
     from .textui import fmt, table
 
     cfg = load_config(args.config, args.set or [])
-    data, _, _, model = build(cfg, "cpu")
-    rows, tot = cost_table(model, data.in_shape)
+    data, method, _, model = build(cfg, "cpu")
+    rows, tot = method.inference_cost(model, data.in_shape)
     print(f"{cfg.method} / {cfg.arch} on {cfg.data} (input {tuple(data.in_shape)}, {data.num_classes} classes), per sample:\n")
     print(table(
         [[r.name, r.kind, r.shape, r.params, r.macs, r.w_bits, r.a_bits, r.bops, r.flops, r.mem_bits] for r in rows],

@@ -85,6 +85,13 @@ def resolve(raw: dict, where: str = "config") -> RunConfig:
     hp = parse_dataclass(method.Hparams, cfg.hparams, f"{where}.hparams")
     arch = parse_dataclass(ARCHS.get(cfg.arch)[0], cfg.arch_args, f"{where}.arch_args")
     data = parse_dataclass(DATASETS.get(cfg.data)[0], cfg.data_args, f"{where}.data_args")
+    only = getattr(ARCHS.get(cfg.arch)[1], "only_method", None)
+    if only is not None and cfg.method != only:
+        raise ConfigError(f"arch {cfg.arch!r} is trained only by method {only!r}", f"{where}.arch")
+    try:
+        method.validate_config(hp, arch)
+    except ValueError as e:
+        raise ConfigError(str(e), f"{where}.hparams") from None
     return dataclasses.replace(cfg, hparams=to_dict(hp), arch_args=to_dict(arch), data_args=to_dict(data))
 
 

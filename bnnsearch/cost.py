@@ -68,6 +68,22 @@ def layer_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
     return macs
 
 
+def totals(rows: list[LayerCost]) -> dict[str, float]:
+    params = sum(r.params for r in rows)
+    mem = sum(r.mem_bits for r in rows)
+    bops = sum(r.bops for r in rows)
+    flops = sum(r.flops for r in rows)
+    return {
+        "cost/macs": float(sum(r.macs for r in rows)),
+        "cost/bops": float(bops),
+        "cost/flops": float(flops),
+        "cost/ops": bops / 64.0 + flops,
+        "cost/params": float(params),
+        "cost/mem_bits": float(mem),
+        "cost/compression": params * 32.0 / mem if mem else 1.0,
+    }
+
+
 def cost_table(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[list[LayerCost], dict[str, float]]:
     """Per-layer rows (plus one row for all other parameters) and the totals (``cost/*``)."""
     macs = layer_macs(model, in_shape)
@@ -78,6 +94,8 @@ def cost_table(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[list[LayerC
         w = m.weight
         w_bits, a_bits = _bits(m)
         bias = m.bias.numel() if m.bias is not None else 0
+        if parametrize.is_parametrized(m, "weight"):  # e.g. per-channel scales used at inference
+            bias += getattr(weight_quantizer(m), "inference_params", lambda: 0)()
         mac = macs.get(name, 0)
         binary = w_bits == 1 and a_bits == 1
         rows.append(LayerCost(
@@ -89,20 +107,7 @@ def cost_table(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[list[LayerC
     other += sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
     if other:
         rows.append(LayerCost("(other: BN, scales, stats)", "-", "-", other, 0, 32, 32, 0, 0, other * 32))
-    params = sum(r.params for r in rows)
-    mem = sum(r.mem_bits for r in rows)
-    bops = sum(r.bops for r in rows)
-    flops = sum(r.flops for r in rows)
-    totals = {
-        "cost/macs": float(sum(r.macs for r in rows)),
-        "cost/bops": float(bops),
-        "cost/flops": float(flops),
-        "cost/ops": bops / 64.0 + flops,
-        "cost/params": float(params),
-        "cost/mem_bits": float(mem),
-        "cost/compression": params * 32.0 / mem if mem else 1.0,
-    }
-    return rows, totals
+    return rows, totals(rows)
 
 
 def rows_as_dicts(rows: list[LayerCost]) -> list[dict]:

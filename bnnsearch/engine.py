@@ -26,11 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import RunConfig
-from .cost import cost_table
 from .data import augment_batch, load_dataset
 from .errors import UserError
-from .methods import get_method
-from .nn import binary_layers, weight_quantizer
+from .methods import RunInfo, get_method
 
 CKPT_NAME = "state.pt"
 
@@ -76,6 +74,18 @@ def _evaluate(model, forward, x, y, batch_size):
     return loss / len(x), correct.float() / len(x)
 
 
+def _restore(dst: dict, src: dict) -> None:
+    """Restore checkpointed Setup.state in place (methods' closures hold these objects)."""
+    for k, v in src.items():
+        cur = dst.get(k)
+        if isinstance(cur, torch.Tensor):
+            cur.copy_(v)
+        elif isinstance(cur, dict) and isinstance(v, dict):
+            _restore(cur, v)
+        else:
+            dst[k] = v
+
+
 def build(cfg: RunConfig, device: torch.device | str = "cpu"):
     """Data, method, hyperparameters and binarized model of a resolved config."""
     data = load_dataset(cfg.data, cfg.data_root, cfg.data_obj(), device)
@@ -102,11 +112,13 @@ def fit(
     torch.set_num_threads(threads or cfg.threads or available_cpus())
     device = resolve_device(cfg.device)
     data, method, hp, model = build(cfg, device)
+    method.prepare(model, data)
     n_train, bs = len(data.x_train), min(cfg.batch_size, len(data.x_train))
     steps_per_epoch = max(1, n_train // bs)
     total_steps = cfg.epochs * steps_per_epoch
-    setup = method.setup(model, hp, total_steps)
-    rows, static_cost = cost_table(model, data.in_shape)
+    info = RunInfo(total_steps, steps_per_epoch, bs, data.in_shape, data.num_classes, n_train, cfg.seed)
+    setup = method.setup(model, hp, total_steps, info)
+    rows, static_cost = method.inference_cost(model, data.in_shape)
 
     use_amp = cfg.amp == "bf16" and device.type == "cuda"
     net = torch.compile(model) if cfg.compile else model
@@ -116,9 +128,9 @@ def fit(
         with ctx:
             return net(x) if m is model else m(x)
 
-    layers = [(name, weight_quantizer(l), l.parametrizations.weight.original) for name, l in binary_layers(model)]
-    total_w = float(sum(w.numel() for _, _, w in layers)) or 1.0
-    prev = [q.hard_sign(w) for _, q, w in layers]
+    layers = method.binary_signs(model)
+    total_w = float(sum(n for _, _, n in layers)) or 1.0
+    prev = [fn() for _, fn, _ in layers]
     init = [s.clone() for s in prev]
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
@@ -136,8 +148,7 @@ def fit(
         prev, init = st["prev"], st["init"]
         start_epoch, step, elapsed = st["epoch"], st["step"], st["elapsed"]
         result.history = st["history"]
-        if "method_state" in st and hasattr(method, "load_state"):
-            method.load_state(setup, st["method_state"])
+        _restore(setup.state, st["setup_state"])
 
     sched_last: dict[str, float] = {}
     model.train()
@@ -162,22 +173,30 @@ def fit(
             loss, logits = method.train_step(model, x, y, setup, forward)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
-            for j, (_, q, w) in enumerate(layers):
-                cur = q.hard_sign(w)
+            for j, (_, sign_fn, _) in enumerate(layers):
+                cur = sign_fn()
                 flips[j] += (cur != prev[j]).sum()
                 prev[j] = cur
             step += 1
+        for hook in setup.on_epoch_end:
+            hook()
         val_loss, val_acc = _evaluate(model, forward, data.x_val, data.y_val, cfg.eval_batch_size)
         test_loss, test_acc = _evaluate(model, forward, data.x_test, data.y_test, cfg.eval_batch_size)
         from_init = torch.stack([(p != s).sum() for p, s in zip(prev, init)]).float() if layers else flips
         n_seen = steps_per_epoch * bs
         head = torch.stack([loss_sum / n_seen, correct.float() / n_seen, val_loss, val_acc, test_loss, test_acc])
-        vals = torch.cat([head, flips, from_init]).tolist()  # the one host sync of the epoch
+        extras: dict[str, Any] = {}
+        for fn in setup.epoch_metrics:
+            extras.update(fn())
+        dev_keys = [k for k, v in extras.items() if isinstance(v, torch.Tensor)]
+        dev_vals = [extras[k].detach().float().reshape(()).to(device) for k in dev_keys]
+        vals = torch.cat([head, flips, from_init, *[v[None] for v in dev_vals]]).tolist()  # the one host sync
+        extras.update(zip(dev_keys, vals[len(vals) - len(dev_keys):]))
         epoch_s = time.perf_counter() - t0
         elapsed += epoch_s
         tr_loss, tr_acc, v_loss, v_acc, t_loss, t_acc = vals[:6]
         n_l = len(layers)
-        fl, fi = vals[6 : 6 + n_l], vals[6 + n_l :]
+        fl, fi = vals[6 : 6 + n_l], vals[6 + n_l : 6 + 2 * n_l]
         diverged = not all(math.isfinite(v) for v in (tr_loss, v_loss, t_loss))
         m: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -187,12 +206,11 @@ def fit(
             "bin/flip_ratio": sum(fl) / (total_w * steps_per_epoch),
             "bin/flip_from_init": sum(fi) / total_w,
         }
-        for (name, _, w), f, f0 in zip(layers, fl, fi):
-            m[f"bin/flip_ratio/{name}"] = f / (w.numel() * steps_per_epoch)
-            m[f"bin/flip_from_init/{name}"] = f0 / w.numel()
+        for (name, _, numel), f, f0 in zip(layers, fl, fi):
+            m[f"bin/flip_ratio/{name}"] = f / (numel * steps_per_epoch)
+            m[f"bin/flip_from_init/{name}"] = f0 / numel
         m.update({f"sched/{k}": v for k, v in sched_last.items()})
-        for extra in setup.epoch_metrics:
-            m.update(extra())
+        m.update(extras)
         m.update(static_cost)
         m["time/epoch_s"] = epoch_s
         m["time/total_s"] = elapsed
@@ -210,10 +228,8 @@ def fit(
                 "model": model.state_dict(), "optimizers": [o.state_dict() for o in setup.optimizers],
                 "shuffle_gen": shuffle_gen.get_state(), "aug_gen": aug_gen.get_state(),
                 "prev": prev, "init": init, "epoch": epoch + 1, "step": step, "elapsed": elapsed,
-                "history": result.history,
+                "history": result.history, "setup_state": dict(setup.state),
             }
-            if hasattr(method, "state_dict"):
-                state["method_state"] = method.state_dict(setup)
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save(state, tmp)

@@ -18,3 +18,10 @@ def tiny_cfg(tmp_path):
         raw.update(over)
         return resolve(raw)
     return make
+
+
+def small_arch_args(method):
+    """Small architectures per method for fast tests."""
+    if method == "local_binary":
+        return "local_mlp", {"widths": [30, 30]}
+    return "mlp", {"widths": [32, 32, 32]}

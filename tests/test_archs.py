@@ -9,7 +9,17 @@ from bnnsearch.schema import parse_dataclass
 SMALL = {"vgg_small": {"width": 0.125}, "resnet20": {"width": 0.5}, "resnet18": {"width": 0.125}, "mlp": {"widths": [16, 16, 16]}}
 
 
-@pytest.mark.parametrize("name", list_archs())
+GRADIENT_ARCHS = [a for a in list_archs() if getattr(ARCHS.get(a)[1], "only_method", None) is None]
+
+
+def test_local_mlp_forward_is_integer_scores():
+    net = build_arch("local_mlp", (1, 8, 8), 10, parse_dataclass(ARCHS.get("local_mlp")[0], {"widths": [20, 20]}, "a"))
+    out = net(torch.randn(5, 1, 8, 8))
+    assert out.shape == (5, 10) and torch.equal(out, out.round()) and out.abs().max() <= 20
+    assert not list(net.parameters())  # nothing for autograd
+
+
+@pytest.mark.parametrize("name", GRADIENT_ARCHS)
 def test_every_arch_forward_backward_binarized(name):
     args = parse_dataclass(ARCHS.get(name)[0], SMALL.get(name, {}), "arch_args")
     torch.manual_seed(0)

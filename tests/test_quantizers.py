@@ -82,3 +82,11 @@ def test_registry_lists_and_errors():
 
     with pytest.raises(ConfigError, match="known: .*ste_clip"):
         make_quantizer("nope")
+
+
+@pytest.mark.parametrize("name", ["ste_sign", "ste_clip", "approx_sign"])
+def test_binary_values_are_exactly_pm1_in_training(name):
+    q = make_quantizer(name)
+    x = torch.randn(10000) * 0.3
+    out = q(x.requires_grad_(True))
+    assert set(out.detach().unique().tolist()) == {-1.0, 1.0}

@@ -8,6 +8,7 @@ override it).
 """
 from .base import (  # noqa: F401
     METHODS,
+    RunInfo,
     Method,
     Scheduled,
     Setup,
@@ -18,4 +19,4 @@ from .base import (  # noqa: F401
     register_method,
     split_params,
 )
-from . import latent, filtered  # noqa: F401,E402  (registration)
+from . import latent, filtered, proxconnect, cyclebnn, hbnn, local_binary  # noqa: F401,E402  (registration)

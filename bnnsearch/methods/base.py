@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..archs import build_arch
-from ..nn import binarize, is_binary_param
+from ..cost import cost_table
+from ..nn import binarize, binary_layers, is_binary_param, weight_quantizer
+from ..nn.binarize import stored_weight
 from ..registry import Registry
 
 METHODS: Registry["Method"] = Registry("method")
@@ -41,6 +43,19 @@ class Scheduled:
     apply: Callable[[float], None] = lambda v: None
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What a method's setup may need to know about the run."""
+
+    total_steps: int
+    steps_per_epoch: int
+    batch_size: int
+    in_shape: tuple[int, ...]
+    num_classes: int
+    n_train: int
+    seed: int = 0
+
+
 @dataclass
 class Setup:
     optimizers: list[torch.optim.Optimizer]
@@ -50,6 +65,12 @@ class Setup:
     # Called once per step with (step, progress); methods with variable training cost
     # (e.g. cyclic precision) accumulate their modelled cost here. Host-side only.
     on_step: list[Callable[[int, float], None]] = field(default_factory=list)
+    # Called at the end of every epoch, before evaluation (device-side bookkeeping only).
+    on_epoch_end: list[Callable[[], None]] = field(default_factory=list)
+    # Host-side running state (e.g. cost accumulators); saved in checkpoints, restored in place.
+    state: dict = field(default_factory=dict)
+    # Method-private objects for train_step (per run; methods are shared singletons).
+    ctx: Any = None
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -109,20 +130,39 @@ class Method:
     def weight_quantizer(self, hp, sign0: str) -> Callable[[nn.Module], nn.Module]:
         raise NotImplementedError
 
-    def act_quantizer(self, hp) -> str:
+    def validate_config(self, hp, arch_args) -> None:
+        """Cross-checks between hyperparameters and arch options; raise ValueError."""
+
+    def inference_cost(self, model: nn.Module, in_shape: tuple[int, ...]):
+        """(per-layer rows, totals) of the static inference cost (see cost.py)."""
+        return cost_table(model, in_shape)
+
+    def prepare(self, model: nn.Module, data) -> None:
+        """Called once by the engine with the dataset (e.g. input binarization thresholds)."""
+
+    def binary_signs(self, model: nn.Module) -> list[tuple[str, Callable[[], torch.Tensor], int]]:
+        """(layer name, fn returning the boolean '+1' mask of its binary weights, size) for the
+        flip statistics. Default: every binarized layer through its weight quantizer."""
+        out = []
+        for name, layer in binary_layers(model):
+            q, w = weight_quantizer(layer), stored_weight(layer)
+            out.append((name, (lambda q=q, w=w: q.hard_sign(w)), w.numel()))
+        return out
+
+    def act_quantizer(self, hp, sign0: str = "plus"):
         return getattr(hp, "act", "ste_clip")
 
     def build(self, arch: str, arch_args, in_shape, num_classes: int, hp, sign0: str = "plus", seed: int = 0):
         model = build_arch(arch, in_shape, num_classes, arch_args)
         keep = getattr(model, "bnn_keep_fp", ("first", "last"))
-        binarize(model, self.weight_quantizer(hp, sign0), self.act_quantizer(hp), keep_fp=keep, sign0=sign0, seed=seed)
+        binarize(model, self.weight_quantizer(hp, sign0), self.act_quantizer(hp, sign0), keep_fp=keep, sign0=sign0, seed=seed)
         self.init_binary(model, hp)
         return model
 
     def init_binary(self, model: nn.Module, hp) -> None:
         """Initialise the stored binary weights (default: keep the arch's init)."""
 
-    def setup(self, model: nn.Module, hp, total_steps: int) -> Setup:
+    def setup(self, model: nn.Module, hp, total_steps: int, info: RunInfo | None = None) -> Setup:
         raise NotImplementedError
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, setup: Setup, forward) -> tuple:

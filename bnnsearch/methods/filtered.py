@@ -76,7 +76,7 @@ class Filtered(Method):
             for _, layer in binary_layers(model):
                 layer.parametrizations.weight.original.copy_(weight_quantizer(layer).sign_init)
 
-    def setup(self, model, hp: FilteredHparams, total_steps: int) -> Setup:
+    def setup(self, model, hp: FilteredHparams, total_steps: int, info=None) -> Setup:
         binary, fp = split_params(model)
         opt_b = FilteredOptimizer(binary, hp.alpha, hp.gamma)
         opts = [opt_b]

@@ -90,7 +90,7 @@ class Latent(Method):
             for p in binary:
                 p.mul_(hp.init_scale)
 
-    def setup(self, model, hp: LatentHparams, total_steps: int) -> Setup:
+    def setup(self, model, hp: LatentHparams, total_steps: int, info=None) -> Setup:
         binary, fp = split_params(model)
         clip_latent = hp.clipping and hp.clip_mode in ("latent", "both")
         opt_b = LatentSGD(binary, hp.lr, 1.0 - hp.momentum, hp.weight_decay, clip_latent)

@@ -7,6 +7,7 @@ from .quantizers import (  # noqa: F401
     register_quantizer,
     sign0,
 )
+from . import cyclic, hyperbolic, prox  # noqa: F401,E402  (registers the method quantizers)
 from .binarize import (  # noqa: F401
     binarize,
     binary_layers,

@@ -5,7 +5,7 @@ Every quantizer is an ``nn.Module`` registered by name. Weight quantizers are us
 activation quantizers are applied to the input of binary layers. The cost model and the
 optimizer routing read ``bits``; nothing is guessed from layer names.
 
-Backward maps are written with the detach trick ``surrogate + (forward - surrogate).detach()``:
+Backward maps are written with the detach trick ``(surrogate - surrogate.detach()) + forward``:
 the value is the forward map and the gradient is the surrogate's derivative. This keeps every
 quantizer a plain differentiable expression (compile-friendly, no custom autograd state).
 
@@ -42,8 +42,9 @@ def _clip_surrogate(x: torch.Tensor) -> torch.Tensor:
 
 
 def _straight(surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Value of ``value``, gradient of ``surrogate``."""
-    return surrogate + (value - surrogate).detach()
+    """Exactly the value of ``value``, the gradient of ``surrogate``. (The usual
+    ``s + (v - s).detach()`` is off by rounding: 'binary' values like 0.99999994.)"""
+    return (surrogate - surrogate.detach()) + value.detach()
 
 
 class Quantizer(nn.Module):

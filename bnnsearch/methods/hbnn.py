@@ -1,0 +1,128 @@
+"""HBNN: hyperbolic binary neural network with the exponential parametrization cluster
+(seed 000; methods.md §2). [RECON] throughout: no official code exists and the EPC equations
+were not available; this follows methods.md's recommended implementation, with the variants
+selectable: ``manifold`` (ball | sphere), ``assign`` (roundrobin | nearest), ``update_mode``
+(alternating | simultaneous) and ``ste`` (identity = ReCU's weight surrogate, the default;
+clip; approx = 2 - 2|x|; rbnn = RBNN's training-aware surrogate with t from 1e-2 to 1e1).
+
+Pipeline per binarized layer: latent w_tilde -> phi_F(w_tilde) = exp_{p_a(j)}(v_j) per output
+filter -> sign -> times a learnable per-channel scale. Per step (``alternating``):
+(i) with w_tilde frozen, one Riemannian SGD step on the cluster points (``cluster_lr``, every
+``cluster_every`` steps); (ii) recompute; (iii) with F frozen, one SGD step (``lr``,
+``momentum``, ``weight_decay``, cosine) on w_tilde and one step of the full-precision optimizer.
+That costs two forward/backward passes per step; ``simultaneous`` updates all from one pass.
+Reported: ``hbnn/max_boundary`` (largest sqrt(c)|p|; alarm above 0.99) and the per-layer
+``bin/flip_from_init`` (the paper's ~50 % claim).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..nn import binary_layers, weight_quantizer
+from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
+from ..schedules import decay
+from .base import Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+
+
+@dataclass(frozen=True)
+class HbnnHparams:
+    manifold: Literal["ball", "sphere"] = "ball"
+    radius: float = 0.05  # the paper's best ball radius; its best sphere radius is 1.0
+    cluster_size: int = 2
+    cluster_lr: float = 1e-2
+    cluster_init: float = 0.5  # ball: initial |p| as a fraction of the radius
+    cluster_every: int = 1
+    update_mode: Literal["alternating", "simultaneous"] = "alternating"
+    assign: Literal["roundrobin", "nearest"] = "roundrobin"
+    ste: Literal["identity", "clip", "approx", "rbnn"] = "identity"
+    scale: bool = True
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay: Literal["none", "cosine", "linear"] = "cosine"
+    fp_optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    fp_lr: float = 1e-3
+    act: Literal["ste_clip", "ste_sign", "approx_sign", "identity"] = "approx_sign"
+
+    def validate(self):
+        if self.radius <= 0 or self.cluster_lr <= 0 or self.lr <= 0 or self.fp_lr <= 0:
+            raise ValueError("radius, cluster_lr, lr and fp_lr must be positive")
+        if self.cluster_size < 1 or self.cluster_every < 1 or not 0 <= self.cluster_init < 1:
+            raise ValueError("cluster_size >= 1, cluster_every >= 1 and 0 <= cluster_init < 1 required")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError("momentum in [0, 1) and weight_decay >= 0 required")
+
+
+def _is_cluster(p) -> bool:
+    return bool(getattr(p, "_bnn_cluster", False))
+
+
+@register_method("hbnn")
+class HBNN(Method):
+    Hparams = HbnnHparams
+
+    def weight_quantizer(self, hp: HbnnHparams, sign0: str):
+        gen = torch.Generator().manual_seed(1234)  # cluster init; the run seed also drives arch init
+
+        def make(layer):
+            w = layer.weight
+            return HyperbolicSign(sign0, w.shape[0], w[0].numel(), hp.manifold, hp.radius, hp.cluster_size,
+                                  hp.cluster_init, hp.assign, hp.ste, hp.scale, gen)
+
+        return make
+
+    def setup(self, model, hp: HbnnHparams, total_steps: int, info=None) -> Setup:
+        binary, rest = split_params(model)
+        cluster = [p for p in rest if _is_cluster(p)]
+        fp = [p for p in rest if not _is_cluster(p)]
+        c = 1.0 / hp.radius**2
+        opt_w = torch.optim.SGD(binary, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        opt_f = RiemannianSGD(cluster, lr=hp.cluster_lr, c=c, manifold=hp.manifold)
+        opt_fp = make_fp_optimizer(hp.fp_optimizer, fp, hp.fp_lr)
+        opts = [opt_w, opt_f, opt_fp]
+        check_partition(model, opts)
+        qs = [weight_quantizer(l) for _, l in binary_layers(model)]
+
+        def set_ste_t(t: float):
+            for q in qs:
+                q.ste_t = t
+
+        sched = [
+            Scheduled("lr", lambda p: hp.lr * decay(hp.lr_decay, p), set_lr(opt_w)),
+            Scheduled("fp_lr", lambda p: hp.fp_lr * decay(hp.lr_decay, p), set_lr(opt_fp)),
+        ]
+        if hp.ste == "rbnn":  # t = 10^(log10 Tmin + (log10 Tmax - log10 Tmin) * progress), Tmin 1e-2, Tmax 1e1
+            sched.append(Scheduled("ste_t", lambda p: 10 ** (-2 + 3 * p), set_ste_t))
+        state = {"step": 0}
+
+        def boundary():
+            return {"hbnn/max_boundary": torch.stack([q.boundary() for q in qs]).max()}
+
+        def count(step, p):
+            state["step"] = step
+
+        return Setup(opts, sched, epoch_metrics=[boundary], on_step=[count], state=state, ctx=(opt_w, opt_f, opt_fp, hp))
+
+    def train_step(self, model, x, y, setup: Setup, forward):
+        opt_w, opt_f, opt_fp, hp = setup.ctx
+        cluster_step = setup.state["step"] % hp.cluster_every == 0
+        if hp.update_mode == "alternating" and cluster_step:
+            # (i) w_tilde frozen: a Riemannian step on the cluster points only
+            opt_f.zero_grad(set_to_none=True)
+            F.cross_entropy(forward(model, x).float(), y).backward()
+            opt_f.step()
+        # (iii) F frozen (or, simultaneous: everything from one pass)
+        for opt in (opt_w, opt_f, opt_fp):
+            opt.zero_grad(set_to_none=True)
+        logits = forward(model, x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt_w.step()
+        opt_fp.step()
+        if hp.update_mode == "simultaneous" and cluster_step:
+            opt_f.step()
+        return loss.detach(), logits.detach()

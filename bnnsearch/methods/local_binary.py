@@ -1,0 +1,266 @@
+"""Gradient-free training with local binary error signals (seed 004: Colombo, Pittorino,
+Roveri; methods.md §6; code-faithful to the anonymized release ``lucacolombo97/BNN_Anon``).
+
+Network (arch ``local_mlp``): L binary fully-connected layers. Layer l stores integer hidden
+(metaplastic) weights H_l; W_l = sign(H_l), z_l = a_{l-1} W_l, a_l = sign(z_l). Each layer has
+a fixed random local classifier P_l in {-1, +1}^{N_l x C}; the prediction is the argmax of the
+last layer's local scores a_L P_L. Inputs are binarized at the training-set median (per channel for images, per feature for
+vectors): +1 strictly above it, -1 otherwise.
+
+Per minibatch and layer (greedy, single pass; layer l+1 sees layer l's activations from
+before its update):
+1. a sample is wrong if argmax(a_l P_l) != y or top1 - top2 < floor(r * N_l) (robustness r);
+2. target rho_k = P_l[k, y]; stability Delta_k = z_k * rho_k; unit k errs if Delta_k < 0;
+3. in each contiguous group of gamma units, the erring unit with the smallest |Delta| is chosen;
+4. H[:, k] += 2 * sum over wrong samples choosing k of a_{l-1} * rho_k (integer matrix product);
+5. metaplastic reinforcement: each weight, with probability
+   p_r * sqrt(1 - acc_prev) * sqrt(2 / (pi * N_{l-1})), gets h += 2 * sign(h)
+   (acc_prev: the previous epoch's training accuracy, 0 in the first epoch);
+6. with ``hidden_bits`` b > 0, H is clipped to [-2^(b-1), 2^(b-1)].
+
+The update uses integer and boolean arithmetic only (int32; no autograd). On the CPU the
+products are int32 matmuls; on CUDA, where integer matmul is unavailable, they run in float32,
+which is exact for these integer values (|values| < 2^24), and are cast back.
+sign(0) = +1 everywhere (methods.md pitfall 6.5.1), so the network is strictly binary.
+``train/loss`` is the local 0-1 error of the last layer; ``val/loss`` is the cross-entropy of
+the raw integer scores (not comparable with the gradient methods). Reported per layer:
+``local/err/<l>`` (local error rate), ``local/updates/<l>`` (weight increments per step),
+``local/reinforced/<l>`` (reinforcement events per step), ``local/saturation/<l>``; cost:
+``cost/train_gates`` (Boolean gates so far, §6.4 model) and ``cost/train_mem_bits``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..archs import register_arch
+from ..cost import LayerCost, totals
+from .base import Method, RunInfo, Setup, register_method
+
+
+@dataclass(frozen=True)
+class LocalMlpArgs:
+    widths: tuple[int, ...] = (525, 525)
+
+    def validate(self):
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ValueError("widths must be a non-empty list of positive integers")
+
+
+def _pm1(x: torch.Tensor) -> torch.Tensor:
+    """sign with sign(0) = +1, as int32."""
+    return torch.where(x >= 0, 1, -1).to(torch.int32)
+
+
+def imatmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.device.type == "cpu":
+        return a.to(torch.int32) @ b.to(torch.int32)
+    return (a.float() @ b.float()).round().to(torch.int32)  # exact below 2^24
+
+
+class LocalBinaryNet(nn.Module):
+    """Binary FC stack with integer hidden weights and fixed random local classifiers (buffers
+    only: nothing here is trained by autograd)."""
+
+    def __init__(self, in_features: int, num_classes: int, widths, init_std: float = 64.0, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        dims = [in_features, *widths]
+        self.widths = tuple(widths)
+        for l, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+            h = torch.trunc(torch.randn(n_in, n_out, generator=gen) * init_std).to(torch.int32)
+            p = _pm1(torch.trunc(torch.randn(n_out, num_classes, generator=gen) * 64.0))
+            self.register_buffer(f"H{l}", h)
+            self.register_buffer(f"P{l}", p)
+        self.register_buffer("threshold", torch.zeros(in_features))
+        self.n_layers = len(widths)
+
+    def H(self, l):
+        return getattr(self, f"H{l}")
+
+    def P(self, l):
+        return getattr(self, f"P{l}")
+
+    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        # strictly above the median -> +1: with ">=" every background pixel of MNIST would be +1
+        return torch.where(x.flatten(1) > self.threshold, 1, -1).to(torch.int32)
+
+    def layer(self, l: int, a: torch.Tensor):
+        z = imatmul(a, _pm1(self.H(l)))
+        act = _pm1(z)
+        return z, act, imatmul(act, self.P(l))
+
+    def forward(self, x):
+        a = self.binarize_input(x)
+        for l in range(self.n_layers):
+            _, a, scores = self.layer(l, a)
+        return scores.float()
+
+
+def _local_mlp(in_shape, num_classes, a: LocalMlpArgs):
+    """A stack of binary FC layers with integer hidden weights (trained by local_binary only)."""
+    return LocalBinaryNet(math.prod(in_shape), num_classes, a.widths)
+
+
+_local_mlp.only_method = "local_binary"
+register_arch("local_mlp", LocalMlpArgs)(_local_mlp)
+
+
+@dataclass(frozen=True)
+class LocalHparams:
+    group_size: int = 105
+    robustness: float = 0.25
+    p_r: float = 0.5
+    hidden_bits: int = 0  # 0 = unclipped; b > 0 clips H to [-2^(b-1), 2^(b-1)]
+    init_std: float = 64.0
+
+    def validate(self):
+        if self.group_size < 1 or not 0 <= self.robustness <= 1 or not 0 <= self.p_r <= 1:
+            raise ValueError("group_size >= 1, robustness in [0, 1] and p_r in [0, 1] required")
+        if self.hidden_bits < 0 or self.hidden_bits > 31 or self.init_std <= 0:
+            raise ValueError("0 <= hidden_bits <= 31 and init_std > 0 required")
+
+
+def local_update(a_in, z, scores, y, P, group: int, margin: int):
+    """The increment of H for one layer (int32, shape of H) and the wrong-sample mask."""
+    top2 = scores.topk(2, dim=1).values
+    wrong = (scores.argmax(1) != y) | ((top2[:, 0] - top2[:, 1]) < margin)
+    rho = P[:, y].T  # (B, N_out), +-1
+    delta = z * rho
+    err = delta < 0
+    B, N = z.shape
+    big = torch.iinfo(torch.int32).max
+    mag = torch.where(err, delta.abs(), big).view(B, N // group, group)
+    pick = mag.argmin(dim=2, keepdim=True)
+    chosen = torch.zeros_like(mag, dtype=torch.bool).scatter_(2, pick, True)
+    chosen &= err.view(B, N // group, group)
+    sel = chosen.view(B, N) & wrong[:, None]
+    return 2 * imatmul(a_in.T, sel.to(torch.int32) * rho), wrong, sel
+
+
+@register_method("local_binary")
+class LocalBinary(Method):
+    Hparams = LocalHparams
+    archs = ("local_mlp",)
+
+    def validate_config(self, hp: LocalHparams, arch_args: LocalMlpArgs) -> None:
+        bad = [w for w in arch_args.widths if w % hp.group_size]
+        if bad:
+            raise ValueError(f"group_size {hp.group_size} must divide every width in arch_args.widths "
+                             f"{list(arch_args.widths)} (it does not divide {bad[0]})")
+
+    def build(self, arch, arch_args, in_shape, num_classes, hp, sign0="plus", seed=0):
+        if arch not in self.archs:
+            raise ValueError(f"local_binary trains only arch local_mlp, not {arch!r}")
+        self.validate_config(hp, arch_args)
+        return LocalBinaryNet(math.prod(in_shape), num_classes, arch_args.widths, hp.init_std, seed)
+
+    def inference_cost(self, model: LocalBinaryNet, in_shape):
+        """Inference needs sign(H) (1 bit) and the last local classifier P_L (1 bit): XNOR +
+        popcount per MAC, so all MACs are BOPs. The input thresholds are 32-bit."""
+        rows = []
+        for l in range(model.n_layers):
+            n_in, n_out = model.H(l).shape
+            rows.append(LayerCost(f"H{l}", "binary fc", f"{n_in}x{n_out}", n_in * n_out, n_in * n_out, 1, 1,
+                                  n_in * n_out, 0, n_in * n_out))
+        n_last, c = model.P(model.n_layers - 1).shape
+        rows.append(LayerCost(f"P{model.n_layers - 1}", "local classifier", f"{n_last}x{c}", n_last * c, n_last * c,
+                              1, 1, n_last * c, 0, n_last * c))
+        n0 = model.threshold.numel()
+        rows.append(LayerCost("(input thresholds)", "-", "-", n0, 0, 32, 32, 0, 0, 32 * n0))
+        return rows, totals(rows)
+
+    def prepare(self, model: LocalBinaryNet, data) -> None:
+        """Binarization thresholds: the training median per channel for images (N, C, H, W),
+        per feature for vectors."""
+        x = data.x_train
+        if x.ndim == 4:
+            med = x.transpose(0, 1).flatten(1).median(dim=1).values  # (C,)
+            thr = med[:, None].expand(x.shape[1], x.shape[2] * x.shape[3]).flatten()
+        else:
+            thr = x.flatten(1).median(dim=0).values
+        model.threshold.copy_(thr)
+
+    def binary_signs(self, model: LocalBinaryNet):
+        return [(f"H{l}", (lambda l=l: model.H(l) >= 0), model.H(l).numel()) for l in range(model.n_layers)]
+
+    def setup(self, model: LocalBinaryNet, hp: LocalHparams, total_steps: int, info: RunInfo | None = None) -> Setup:
+        dev = model.H(0).device
+        L = model.n_layers
+        stats = {k: torch.zeros(L, device=dev) for k in ("err", "updates", "reinforced")}
+        acc = {"correct": torch.zeros((), device=dev), "seen": torch.zeros((), device=dev),
+               "prev": torch.zeros((), device=dev)}
+        gen = torch.Generator(device=dev)
+        B, C = info.batch_size, info.num_classes
+        dims = [math.prod(info.in_shape), *model.widths]
+        gates = 0
+        for l, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+            gates += B * n_in * n_out * (1 + 10) + B * n_out * C * (1 + 10)  # forward + local classifier
+            gates += 9 * B * n_out if l < L - 1 else 0                           # backward
+            gates += 2 * n_in * n_out + 10 * n_in * n_out + 10 * 4 * n_in * n_out  # update
+        wbits = hp.hidden_bits or 8
+        mem = (dims[0] * info.n_train + sum(a * b for a, b in zip(dims[:-1], dims[1:])) * wbits
+               + max(model.widths) * C + (B * sum(model.widths) + B * C) * 8)
+        # Checkpointed and restored in place by the engine (Setup.state).
+        host = {"steps": 0, "epoch_steps": 0, "gates_per_step": float(gates), "acc": acc, "stats": stats}
+
+        def on_step(step, p):
+            host["steps"] += 1
+            host["epoch_steps"] += 1
+
+        def epoch_end():
+            acc["prev"].copy_(acc["correct"] / acc["seen"].clamp_min(1))
+            acc["correct"].zero_()
+            acc["seen"].zero_()
+
+        def report():
+            n = max(host["epoch_steps"], 1)
+            out = {"cost/train_gates": host["steps"] * host["gates_per_step"], "cost/train_mem_bits": float(mem),
+                   "sched/reinforce_scale": acc["prev"].clone()}
+            for l in range(L):
+                out[f"local/err/{l}"] = stats["err"][l] / n
+                out[f"local/updates/{l}"] = stats["updates"][l] / n
+                out[f"local/reinforced/{l}"] = stats["reinforced"][l] / n
+                if hp.hidden_bits:
+                    bound = 2 ** (hp.hidden_bits - 1)
+                    out[f"local/saturation/{l}"] = (model.H(l).abs() >= bound).float().mean()
+            for v in stats.values():
+                v.zero_()
+            host["epoch_steps"] = 0
+            return out
+
+        return Setup([], [], epoch_metrics=[report], on_step=[on_step], on_epoch_end=[epoch_end], state=host,
+                     ctx=(hp, stats, acc, gen, info.seed))
+
+    @torch.no_grad()
+    def train_step(self, model: LocalBinaryNet, x, y, setup, forward):
+        hp, stats, acc, gen, seed = setup.ctx
+        # Reseeded from (seed, step): reinforcement draws are a pure function of the step, so a
+        # resumed run continues exactly without checkpointing generator state.
+        gen.manual_seed(seed * 1_000_003 + setup.state["steps"])
+        a = model.binarize_input(x)
+        scores = None
+        for l in range(model.n_layers):
+            z, act, scores = model.layer(l, a)
+            H = model.H(l)
+            n_in, n_out = H.shape
+            dH, wrong, sel = local_update(a, z, scores, y, model.P(l), hp.group_size, int(hp.robustness * n_out))
+            H += dH
+            p = hp.p_r * torch.sqrt(1 - acc["prev"]) * math.sqrt(2 / (math.pi * n_in))
+            mask = torch.rand(H.shape, device=H.device, generator=gen) < p
+            H += 2 * _pm1(H) * mask
+            if hp.hidden_bits:
+                bound = 2 ** (hp.hidden_bits - 1)
+                H.clamp_(-bound, bound)
+            stats["err"][l] += wrong.float().mean()
+            stats["updates"][l] += sel.sum()
+            stats["reinforced"][l] += mask.sum()
+            a = act
+        pred = scores.argmax(1)
+        acc["correct"] += (pred == y).sum()
+        acc["seen"] += len(y)
+        err = (pred != y).float().mean()
+        return err, scores.float()

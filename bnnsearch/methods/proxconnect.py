@@ -1,0 +1,124 @@
+"""ProxConnect++ (seed 003; methods.md §5): latent weights w, forward F^{mu_t}(w), backward
+multiplier b^{mu_t}(w), for the pairs BC, BNN, BNN+, BNN++ and PC (see ``nn/prox.py``).
+
+mu moves from mu_0 to mu_T by ``mu_schedule``: ``linear``, ``exponential`` (geometric), or
+``cosine`` on the inverse slope 1/mu (PARQ's schedule [RECON]). An optional final hard phase
+(``hard_phase``: fraction of training) uses F = sign. Evaluation is always hard sign, so
+``val/acc`` and ``test/acc`` are hard-sign accuracies; ``train/acc`` is measured with the soft
+forward, and ``prox/soft_fraction`` shows how much of the network is still soft.
+Latent weights use Adam (or SGD) at ``lr``; with ``pair: bnn`` and ``clip`` they are clipped to
+[-1, 1] after each step (original BNN).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..nn import binary_layers, weight_quantizer
+from ..nn.binarize import stored_weight
+from ..nn.prox import ProxConnect
+from ..schedules import decay, interpolate
+from .base import Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+
+
+@dataclass(frozen=True)
+class ProxHparams:
+    pair: Literal["bc", "bnn", "bnn+", "bnn++", "pc"] = "bnn++"
+    mu0: float = 1.0
+    muT: float = 100.0
+    mu_schedule: Literal["linear", "exponential", "cosine"] = "exponential"
+    hard_phase: float = 0.0
+    beta: float = 5.0
+    clip: bool = True
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    lr_decay: Literal["none", "cosine", "linear"] = "cosine"
+    fp_optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    fp_lr: float = 1e-3
+    act: Literal["ste_clip", "ste_sign", "approx_sign", "identity"] = "ste_clip"
+
+    def validate(self):
+        if self.mu0 <= 0 or self.muT <= 0 or self.beta <= 0 or self.lr <= 0 or self.fp_lr <= 0:
+            raise ValueError("mu0, muT, beta, lr and fp_lr must be positive")
+        if not 0 <= self.hard_phase < 1:
+            raise ValueError("hard_phase must lie in [0, 1)")
+
+
+def mu_at(hp: ProxHparams, p: float) -> float:
+    if hp.mu_schedule == "cosine":
+        return 1.0 / interpolate("cosine", 1.0 / hp.mu0, 1.0 / hp.muT, p)
+    return interpolate(hp.mu_schedule, hp.mu0, hp.muT, p)
+
+
+class _ClipLatent(torch.optim.Optimizer):
+    """Clamps the latent weights to [-1, 1] after the wrapped optimizer's step (original BNN)."""
+
+    def __init__(self, inner: torch.optim.Optimizer):
+        self.inner = inner
+        self.param_groups = inner.param_groups
+        self.defaults = inner.defaults
+        self.state = inner.state
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.inner.step()
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.clamp_(-1.0, 1.0)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, sd):
+        self.inner.load_state_dict(sd)
+
+
+@register_method("proxconnect")
+class ProxConnectMethod(Method):
+    Hparams = ProxHparams
+
+    def weight_quantizer(self, hp: ProxHparams, sign0: str):
+        return lambda layer: ProxConnect(sign0=sign0, pair=hp.pair, mu=hp.mu0, beta=hp.beta)
+
+    def setup(self, model, hp: ProxHparams, total_steps: int, info=None) -> Setup:
+        binary, fp = split_params(model)
+        if hp.optimizer == "adam":
+            opt_b = torch.optim.Adam(binary, lr=hp.lr)
+        else:
+            opt_b = torch.optim.SGD(binary, lr=hp.lr, momentum=0.9)
+        if hp.pair == "bnn" and hp.clip:
+            opt_b = _ClipLatent(opt_b)
+        opts = [opt_b] + ([make_fp_optimizer(hp.fp_optimizer, fp, hp.fp_lr)] if fp else [])
+        check_partition(model, opts)
+        qs = [(weight_quantizer(l), stored_weight(l)) for _, l in binary_layers(model)]
+
+        def set_mu(v: float):
+            hard = hp.hard_phase > 0 and progress_box[0] >= 1.0 - hp.hard_phase
+            for q, _ in qs:
+                q.mu.fill_(v)
+                q.hard_phase = hard
+
+        progress_box = [0.0]
+
+        def mu_value(p: float) -> float:
+            progress_box[0] = p
+            return mu_at(hp, p)
+
+        sched = [
+            Scheduled("mu", mu_value, set_mu),
+            Scheduled("lr", lambda p: hp.lr * decay(hp.lr_decay, p), set_lr(opt_b)),
+        ]
+        if fp:
+            sched.append(Scheduled("fp_lr", lambda p: hp.fp_lr * decay(hp.lr_decay, p), set_lr(opts[-1])))
+
+        def soft_fraction():
+            n = sum(w.numel() for _, w in qs)
+            return {"prox/soft_fraction": sum(q.soft_fraction(w) * w.numel() for q, w in qs) / n,
+                    "prox/hard_phase": float(qs[0][0].hard_phase)}
+
+        return Setup(opts, sched, epoch_metrics=[soft_fraction])

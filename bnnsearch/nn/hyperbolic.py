@@ -1,0 +1,166 @@
+"""Hyperbolic weight parametrization for HBNN (seed 000; methods.md §2).
+
+Poincare ball of curvature -c, radius r = 1/sqrt(c) (geoopt / Ganea et al. 2018 conventions),
+numerically safe: norms clamped at 1e-15, artanh arguments at 1 - 1e-5, points projected into
+the ball of radius (1 - 1e-5) / sqrt(c). The sphere S_r (SBNN) is the ablation variant.
+
+The exponential parametrization cluster (EPC) [RECON: the paper's Eqs. 9 and 12 were not
+available; this is methods.md's recommended reading, with the alternatives selectable]:
+per binarized layer a cluster F = {p_1..p_t} of learnable base points; output filter j
+(v_j = w_tilde[j].flatten()) is mapped by exp_{p_a(j)}(v_j) and binarized by sign. exp at the
+origin is a positive rescaling (it can never change a sign); a moved base point can.
+Assignment a(j): ``roundrobin`` (j mod t, fixed) or ``nearest`` (the point closest to
+exp_0(v_j)). The paper's loss-based choice of the best map per step is not implemented.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .quantizers import Quantizer, _clip_surrogate, _straight, register_quantizer
+
+MIN_NORM = 1e-15
+BALL_EPS = 1e-5
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    return x.norm(dim=-1, keepdim=True).clamp_min(MIN_NORM)
+
+
+def project(x: torch.Tensor, c: float) -> torch.Tensor:
+    maxnorm = (1 - BALL_EPS) / math.sqrt(c)
+    n = _norm(x)
+    return torch.where(n > maxnorm, x / n * maxnorm, x)
+
+
+def mobius_add(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
+    xy = (x * y).sum(-1, keepdim=True)
+    x2 = (x * x).sum(-1, keepdim=True)
+    y2 = (y * y).sum(-1, keepdim=True)
+    num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+    den = 1 + 2 * c * xy + c * c * x2 * y2
+    return num / den.clamp_min(MIN_NORM)
+
+
+def expmap0(v: torch.Tensor, c: float) -> torch.Tensor:
+    sc = math.sqrt(c)
+    n = _norm(v)
+    return project(torch.tanh(sc * n) * v / (sc * n), c)
+
+
+def logmap0(y: torch.Tensor, c: float) -> torch.Tensor:
+    sc = math.sqrt(c)
+    n = _norm(y)
+    return torch.atanh((sc * n).clamp(max=1 - BALL_EPS)) * y / (sc * n)
+
+
+def expmap(x: torch.Tensor, v: torch.Tensor, c: float) -> torch.Tensor:
+    sc = math.sqrt(c)
+    lam = 2 / (1 - c * (x * x).sum(-1, keepdim=True)).clamp_min(MIN_NORM)
+    n = _norm(v)
+    second = torch.tanh(sc * lam * n / 2) * v / (sc * n)
+    return project(mobius_add(x, second, c), c)
+
+
+def sphere_exp(p: torch.Tensor, v: torch.Tensor, r: float) -> torch.Tensor:
+    """exp on the sphere of radius r at p (|p| = r), of v projected onto the tangent space."""
+    vt = v - (v * p).sum(-1, keepdim=True) / (r * r) * p
+    n = _norm(vt)
+    return torch.cos(n / r) * p + r * torch.sin(n / r) * vt / n
+
+
+def rbnn_surrogate(x: torch.Tensor, t: float) -> torch.Tensor:
+    """S with S'(x) = k max(0, sqrt2 t - t^2 |x|), k = max(1/t, 1) (RBNN's training-aware sign)."""
+    k = max(1.0 / t, 1.0)
+    b = math.sqrt(2) / t
+    xc = x.clamp(-b, b)
+    return k * (math.sqrt(2) * t * xc - t * t * xc * xc.abs() / 2)
+
+
+@register_quantizer("hbnn")
+class HyperbolicSign(Quantizer):
+    def __init__(self, sign0="plus", out_channels=1, n=1, manifold="ball", radius=0.05, cluster_size=1,
+                 cluster_init=0.5, assign="roundrobin", ste="identity", scale=True, generator=None):
+        super().__init__(sign0)
+        if manifold not in ("ball", "sphere") or assign not in ("roundrobin", "nearest") or \
+                ste not in ("identity", "clip", "approx", "rbnn"):
+            raise ValueError("bad HBNN option")
+        self.manifold, self.r, self.c = manifold, radius, 1.0 / radius**2
+        self.assign, self.ste, self.ste_t = assign, ste, 1e-2
+        d = torch.randn(cluster_size, n, generator=generator)
+        d = d / d.norm(dim=1, keepdim=True)
+        # Base points: on the sphere, on S_r; in the ball, at cluster_init * r in random directions.
+        pts = d * radius * (1.0 if manifold == "sphere" else cluster_init)
+        self.cluster = nn.Parameter(pts)
+        self.cluster._bnn_cluster = True
+        self.register_buffer("rr_index", torch.arange(out_channels) % cluster_size)
+        self.alpha = nn.Parameter(torch.ones(out_channels)) if scale else None
+
+    def points(self, v: torch.Tensor) -> torch.Tensor:
+        if self.assign == "roundrobin" or self.cluster.shape[0] == 1:
+            return self.cluster[self.rr_index]
+        with torch.no_grad():
+            anchor = expmap0(v, self.c) if self.manifold == "ball" else v / _norm(v) * self.r
+            idx = torch.cdist(anchor, self.cluster.detach()).argmin(dim=1)
+        return self.cluster[idx]
+
+    def phi(self, w: torch.Tensor) -> torch.Tensor:
+        """The hyperbolic weight phi_F(w_tilde), shaped like w."""
+        v = w.flatten(1)
+        p = self.points(v)
+        out = expmap(p, v, self.c) if self.manifold == "ball" else sphere_exp(p, v, self.r)
+        return out.view_as(w)
+
+    def surrogate(self, x):
+        if self.ste == "identity":
+            return x
+        if self.ste == "clip":
+            return _clip_surrogate(x)
+        if self.ste == "approx":
+            xc = x.clamp(-1.0, 1.0)
+            return 2 * xc - xc * xc.abs()
+        return rbnn_surrogate(x, self.ste_t)
+
+    def forward(self, w):
+        h = self.phi(w)
+        out = _straight(self.surrogate(h), self.hard(h)) if self.training else self.hard(h)
+        if self.alpha is not None:
+            out = out * self.alpha.view(-1, *([1] * (w.ndim - 1)))
+        return out
+
+    def hard_sign(self, w):
+        with torch.no_grad():
+            return self.phi(w.detach()) > 0
+
+    def boundary(self) -> torch.Tensor:
+        """Largest sqrt(c) * |p_i| (1 = the ball's boundary; always 1 on the sphere)."""
+        return self.cluster.detach().norm(dim=1).max() * math.sqrt(self.c)
+
+    def inference_params(self) -> int:
+        return self.alpha.numel() if self.alpha is not None else 0
+
+
+class RiemannianSGD(torch.optim.Optimizer):
+    """RSGD for cluster points: ball: p <- proj(p - lr * ((1 - c|p|^2)^2 / 4) grad) (retraction);
+    sphere: tangent projection, step, renormalisation to radius r."""
+
+    def __init__(self, params, lr: float, c: float, manifold: str):
+        super().__init__(params, dict(lr=lr, c=c, manifold=manifold))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for g in self.param_groups:
+            c, lr = g["c"], g["lr"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if g["manifold"] == "ball":
+                    factor = (1 - c * (p * p).sum(-1, keepdim=True)) ** 2 / 4
+                    p.copy_(project(p - lr * factor * p.grad, c))
+                else:
+                    r = 1 / math.sqrt(c)
+                    gt = p.grad - (p.grad * p).sum(-1, keepdim=True) / (r * r) * p
+                    q = p - lr * gt
+                    p.copy_(q / _norm(q) * r)

@@ -1,0 +1,79 @@
+import math
+
+import torch
+
+from bnnsearch.nn.hyperbolic import (HyperbolicSign, RiemannianSGD, expmap, expmap0, logmap0, mobius_add,
+                                     sphere_exp)
+
+C = 1 / 0.05**2  # the paper's best ball radius r = 0.05
+
+
+def test_log_exp_at_origin_roundtrip():
+    v = torch.randn(50, 8, dtype=torch.float64) * 0.01
+    assert torch.allclose(logmap0(expmap0(v, C), C), v, atol=1e-10)
+
+
+def test_images_stay_inside_the_ball():
+    g = torch.Generator().manual_seed(0)
+    p = expmap0(torch.randn(20, 16, generator=g), C)
+    v = torch.randn(20, 16, generator=g) * 100  # far into saturation
+    out = expmap(p, v, C)
+    assert (out.norm(dim=1) * math.sqrt(C) < 1).all()
+    assert (expmap0(v, C).norm(dim=1) * math.sqrt(C) < 1).all()
+
+
+def test_exp_at_origin_never_flips_but_a_moved_base_point_can():
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(200, 32, generator=g)
+    assert torch.equal(torch.sign(expmap0(v, C)), torch.sign(v))
+    assert torch.equal(torch.sign(expmap(torch.zeros(200, 32, dtype=v.dtype), v, C)), torch.sign(v))
+    p = expmap0(torch.randn(200, 32, generator=g), C) * 0.9
+    assert (torch.sign(expmap(p, v * 0.001, C)) != torch.sign(v)).any()
+
+
+def test_mobius_identity_and_sphere_exp():
+    x = expmap0(torch.randn(5, 4, dtype=torch.float64), C)
+    assert torch.allclose(mobius_add(torch.zeros_like(x), x, C), x)
+    assert torch.allclose(mobius_add(x, torch.zeros_like(x), C), x)
+    r = 1.0
+    p = torch.randn(5, 4, dtype=torch.float64)
+    p = p / p.norm(dim=1, keepdim=True) * r
+    out = sphere_exp(p, torch.randn(5, 4, dtype=torch.float64), r)
+    assert torch.allclose(out.norm(dim=1), torch.full((5,), r, dtype=torch.float64))
+
+
+def test_gradients_reach_latent_and_cluster():
+    q = HyperbolicSign(out_channels=6, n=12, radius=0.05, cluster_size=3, cluster_init=0.5)
+    w = torch.randn(6, 3, 2, 2, requires_grad=True)
+    out = q(w)
+    assert set((out / q.alpha.view(-1, 1, 1, 1)).detach().round().unique().tolist()) <= {-1.0, 1.0}
+    (out * torch.randn_like(out)).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    assert q.cluster.grad is not None and q.cluster.grad.abs().sum() > 0
+    assert q.alpha.grad is not None
+
+
+def test_rsgd_keeps_points_in_the_ball_and_on_the_sphere():
+    p = torch.nn.Parameter(expmap0(torch.randn(4, 6), C))
+    opt = RiemannianSGD([p], lr=10.0, c=C, manifold="ball")
+    for _ in range(5):
+        p.grad = torch.randn_like(p) * 100
+        opt.step()
+    assert (p.detach().norm(dim=1) * math.sqrt(C) < 1).all()
+    s = torch.nn.Parameter(torch.nn.functional.normalize(torch.randn(4, 6), dim=1))
+    opt = RiemannianSGD([s], lr=0.5, c=1.0, manifold="sphere")
+    s.grad = torch.randn_like(s)
+    opt.step()
+    assert torch.allclose(s.detach().norm(dim=1), torch.ones(4), atol=1e-6)
+
+
+def test_hbnn_trains_and_reports(tiny_cfg):
+    from bnnsearch.engine import fit
+
+    for mode in ("alternating", "simultaneous"):
+        h = fit(tiny_cfg(method="hbnn", epochs=2, hparams={"update_mode": mode, "cluster_size": 2})).history
+        assert 0 < h[-1]["hbnn/max_boundary"] < 1
+        assert h[-1]["val/acc"] > 0.3 and "bin/flip_from_init/net.3" in h[-1]
+    h = fit(tiny_cfg(method="hbnn", epochs=1, hparams={"manifold": "sphere", "radius": 1.0, "ste": "rbnn"})).history
+    assert h[-1]["hbnn/max_boundary"] == torch.tensor(1.0).item() or abs(h[-1]["hbnn/max_boundary"] - 1) < 1e-5
+    assert "sched/ste_t" in h[-1]
