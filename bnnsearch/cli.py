@@ -83,6 +83,23 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def cmd_space(args) -> int:
+    from .spaces import load_space
+    from .textui import table
+
+    for path in args.spaces:
+        s = load_space(path)
+        print(f"{path}: method {s.method}, objective {s.mode} {s.metric}, fixed {s.fixed}")
+        rows = []
+        for p in s.params:
+            rng = ", ".join(map(str, p.choices)) if p.kind == "categorical" else f"[{p.low}, {p.high}]"
+            rows.append([p.name, ".".join(p.path), p.kind + (" (log)" if p.log else ""), rng])
+        print(table(rows, ["param", "config key", "kind", "range"], align_right=set()))
+        d = s.default_point()
+        print(f"first trial (paper defaults): {d if d else 'none: the defaults lie outside this space'}\n")
+    return 0
+
+
 def cmd_demo(args) -> int:
     args.config = str(DEMO_CONFIG)
     args.out = args.out or "runs/demo"
@@ -104,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.set_defaults(func=cmd_cost)
+
+    s = sub.add_parser("space", help="validate search-space YAML files and show what they compile to")
+    s.add_argument("spaces", nargs="+")
+    s.set_defaults(func=cmd_space)
 
     d = sub.add_parser("demo", help="run the main job on the embedded defaults")
     d.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -80,3 +80,16 @@ def test_cost_command(cfg_file, capsys):
     assert main(["cost", str(cfg_file)]) == 0
     out = capsys.readouterr().out
     assert "net.3" in out and "BOPs" in out and "OPs = BOPs/64 + FLOPs" in out
+
+
+def test_space_command(capsys, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "search_spaces"
+    assert main(["space", str(root / "filtered.yaml"), str(root / "latent.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "hparams.alpha" in out and "float (log)" in out and "outside this space" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: filtered\nparams: {alpha: {float: [1.0, 0.1]}}\n")
+    r = run_cli("space", str(bad))
+    assert r.returncode == 2 and "params.alpha: low >= high" in r.stderr and "Traceback" not in r.stderr

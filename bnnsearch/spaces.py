@@ -1,0 +1,215 @@
+"""Declarative search spaces: YAML -> validated ``SearchSpace`` -> Optuna distributions.
+
+Format (one study per method)::
+
+    method: filtered
+    objective: {metric: val/acc, mode: max}
+    fixed: {arch: mlp, data: mnist5k, epochs: 15, hparams: {alpha_decay: cosine}}
+    params:
+      alpha: {float: [1.0e-7, 1.0e-1], log: true}
+      gamma: {float: [1.0e-3, 1.0], log: true}
+      batch_size: {categorical: [64, 128, 256]}
+      arch_args.widths: {categorical: [[256, 256], [512, 512]]}
+
+A parameter name is a field of the method's ``Hparams`` (``alpha`` -> ``hparams.alpha``), a
+top-level run-config key (``batch_size``), or a dotted path (``arch_args.widths``). Everything is
+checked before anything launches: unknown keys, wrong types, low >= high, log with low <= 0,
+steps, unknown methods, and every bound and choice resolved as a full run config — an error
+names the file and the key. Parsed with a safe loader only.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, load_yaml, resolve
+from .errors import ConfigError
+from .methods import get_method
+
+OBJECTIVE_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss", "train/acc", "train/loss")
+RUN_KEYS = {f.name for f in fields(RunConfig)}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    path: tuple[str, ...]
+    kind: str  # float | int | categorical
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None
+    choices: tuple = ()
+
+    def distribution(self):
+        import optuna.distributions as od
+
+        if self.kind == "float":
+            return od.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "int":
+            return od.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        # Optuna choices must be scalars: lists (e.g. widths) travel as their YAML text.
+        return od.CategoricalDistribution([_encode(c) for c in self.choices])
+
+    def decode(self, value):
+        return _decode(value) if self.kind == "categorical" else value
+
+
+def _encode(v):
+    return v if v is None or isinstance(v, (bool, int, float, str)) else "yaml:" + repr(list(v))
+
+
+def _decode(v):
+    if isinstance(v, str) and v.startswith("yaml:"):
+        from .config import safe_load
+
+        return safe_load(v[5:])
+    return v
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: str
+    method: str
+    metric: str
+    mode: str
+    fixed: dict
+    params: tuple[Param, ...]
+    sha256: str
+
+    def distributions(self) -> dict:
+        return {p.name: p.distribution() for p in self.params}
+
+    def config(self, values: dict, where: str | None = None) -> RunConfig:
+        """The run config of one trial: fixed keys plus sampled values (by parameter name)."""
+        raw = copy.deepcopy(self.fixed)
+        raw["method"] = self.method
+        for p in self.params:
+            if p.name in values:
+                _set(raw, p.path, p.decode(values[p.name]))
+        return resolve(raw, where or self.path)
+
+    def default_point(self) -> dict | None:
+        """The method's paper defaults, if every searched value is inside the space (a good
+        first trial for the sampler); else None."""
+        base = self.config({}).to_dict()
+        point = {}
+        for p in self.params:
+            v = _get(base, p.path)
+            if p.kind == "categorical":
+                if _encode(v) not in [_encode(c) for c in p.choices]:
+                    return None
+                point[p.name] = _encode(v)
+            elif not (p.low <= v <= p.high) or (p.kind == "int" and int(v) != v):
+                return None
+            else:
+                point[p.name] = v
+        return point
+
+
+def _set(raw: dict, path: tuple[str, ...], value) -> None:
+    node = raw
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+    node[path[-1]] = value
+
+
+def _get(d: dict, path: tuple[str, ...]):
+    for k in path:
+        d = d[k]
+    return d
+
+
+def _param(name: str, spec, hp_fields: set[str], where: str) -> Param:
+    if not isinstance(spec, dict):
+        raise ConfigError("expected a mapping like {float: [low, high]}", where)
+    kinds = [k for k in ("float", "int", "categorical") if k in spec]
+    if len(kinds) != 1:
+        raise ConfigError("needs exactly one of float, int, categorical", where)
+    kind = kinds[0]
+    allowed = {"categorical"} if kind == "categorical" else {kind, "log", "step"}
+    extra = set(spec) - allowed
+    if extra:
+        raise ConfigError(f"unknown key {sorted(extra)[0]!r}; allowed: {', '.join(sorted(allowed))}", where)
+    if "." in name:
+        path = tuple(name.split("."))
+        if path[0] not in ("hparams", "arch_args", "data_args"):
+            raise ConfigError("dotted names must start with hparams., arch_args. or data_args.", where)
+    elif name in hp_fields:
+        path = ("hparams", name)
+    elif name in RUN_KEYS - {"method", "hparams", "arch_args", "data_args"}:
+        path = (name,)
+    else:
+        raise ConfigError(f"unknown parameter; the method's hyperparameters are {', '.join(sorted(hp_fields))}", where)
+    if kind == "categorical":
+        choices = spec["categorical"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError("categorical needs a non-empty list", where)
+        return Param(name, path, kind, choices=tuple(choices))
+    bounds = spec[kind]
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise ConfigError(f"{kind} needs [low, high]", where)
+    low, high = bounds
+    num = (int,) if kind == "int" else (int, float)
+    if any(isinstance(b, bool) or not isinstance(b, num) for b in bounds):
+        raise ConfigError(f"bounds must be {'integers' if kind == 'int' else 'numbers'}, got {bounds}", where)
+    if low >= high:
+        raise ConfigError(f"low >= high ({low} >= {high})", where)
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError("log must be true or false", where)
+    if log and low <= 0:
+        raise ConfigError(f"log scale needs low > 0, got {low}", where)
+    step = spec.get("step")
+    if step is not None and (log or not isinstance(step, num) or isinstance(step, bool) or step <= 0):
+        raise ConfigError("step must be a positive number and cannot be combined with log", where)
+    if kind == "float":
+        low, high = float(low), float(high)
+    return Param(name, path, kind, low, high, log, step)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    raw = load_yaml(path)
+    where = str(path)
+    unknown = set(raw) - {"method", "objective", "fixed", "params"}
+    if unknown:
+        raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; allowed: fixed, method, objective, params",
+                          f"{where}: {sorted(unknown)[0]}")
+    if "method" not in raw:
+        raise ConfigError("missing key 'method'", where)
+    method = get_method(raw["method"], f"{where}: method")
+    obj = raw.get("objective", {"metric": "val/acc", "mode": "max"})
+    if not isinstance(obj, dict) or set(obj) - {"metric", "mode"}:
+        raise ConfigError("objective must be {metric: ..., mode: max|min}", f"{where}: objective")
+    metric, mode = obj.get("metric", "val/acc"), obj.get("mode", "max")
+    if metric not in OBJECTIVE_METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(OBJECTIVE_METRICS)}", f"{where}: objective.metric")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode must be max or min, got {mode!r}", f"{where}: objective.mode")
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError("fixed must be a mapping", f"{where}: fixed")
+    if "method" in fixed:
+        raise ConfigError("put the method at the top level, not under fixed", f"{where}: fixed.method")
+    resolve({**fixed, "method": raw["method"]}, f"{where}: fixed")
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, dict) or not params_raw:
+        raise ConfigError("params must be a non-empty mapping", f"{where}: params")
+    hp_fields = {f.name for f in fields(method.Hparams)}
+    params = tuple(_param(str(n), s, hp_fields, f"{where}: params.{n}") for n, s in params_raw.items())
+    space = SearchSpace(where, raw["method"], metric, mode, fixed, params,
+                        hashlib.sha256(path.read_bytes()).hexdigest())
+    # Every bound and choice must resolve as a full run config (types, Hparams.validate, ...).
+    lows = {p.name: (p.low if p.kind != "categorical" else _encode(p.choices[0])) for p in params}
+    for p in params:
+        values = [p.low, p.high] if p.kind != "categorical" else [_encode(c) for c in p.choices]
+        for v in values:
+            try:
+                space.config({**lows, p.name: v}, where="config")
+            except ConfigError as e:
+                raise ConfigError(f"value {p.decode(v)!r} is invalid: {e}", f"{where}: params.{p.name}") from None
+    return space

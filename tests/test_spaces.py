@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from bnnsearch.errors import ConfigError
+from bnnsearch.methods import list_methods
+from bnnsearch.spaces import load_space
+
+ROOT = Path(__file__).resolve().parents[1] / "search_spaces"
+FILES = sorted(ROOT.glob("*.yaml"))
+
+
+def test_one_space_per_method():
+    assert {load_space(f).method for f in FILES} == set(list_methods())
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_every_space_loads_compiles_and_samples(path):
+    space = load_space(path)
+    dists = space.distributions()
+    assert dists and all(isinstance(d, optuna.distributions.BaseDistribution) for d in dists.values())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):  # sampled points resolve into valid run configs
+        trial = study.ask(dists)
+        cfg = space.config(trial.params)
+        assert cfg.method == space.method
+        study.tell(trial, 0.5)
+
+
+def write(tmp_path, doc):
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(doc) if isinstance(doc, dict) else doc)
+    return p
+
+
+BASE = {"method": "filtered", "objective": {"metric": "val/acc", "mode": "max"},
+        "fixed": {"data": "digits", "epochs": 2}, "params": {"alpha": {"float": [1e-5, 1e-1], "log": True}}}
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"bogus": 1}, "space.yaml: bogus: unknown key 'bogus'"),
+    ({"method": "nope"}, "space.yaml: method: unknown method 'nope'"),
+    ({"params": {"alpha": {"float": [0.1, 0.01]}}}, "params.alpha: low >= high"),
+    ({"params": {"alpha": {"float": [0.0, 0.1], "log": True}}}, "params.alpha: log scale needs low > 0"),
+    ({"params": {"alpha": {"float": ["a", 0.1]}}}, "params.alpha: bounds must be numbers"),
+    ({"params": {"lr": {"float": [0.1, 1.0]}}}, "params.lr: unknown parameter"),
+    ({"params": {"alpha": {"float": [1e-3, 2.0]}}}, "params.alpha: value 2.0 is invalid"),
+    ({"params": {"alpha_decay": {"categorical": ["cosine", "sometimes"]}}}, "params.alpha_decay: value 'sometimes' is invalid"),
+    ({"params": {"alpha": {"floaty": [1e-3, 0.1]}}}, "params.alpha: needs exactly one of float, int, categorical"),
+    ({"objective": {"metric": "val/acc", "mode": "up"}}, "objective.mode: mode must be max or min"),
+    ({"objective": {"metric": "val/f1"}}, "objective.metric: unknown metric 'val/f1'"),
+    ({"fixed": {"epochs": "many"}}, "fixed.epochs: expected an integer"),
+    ({"params": {"batch_size": {"int": [16, 8]}}}, "params.batch_size: low >= high"),
+])
+def test_bad_spaces_name_file_and_key(tmp_path, change, needle):
+    doc = {**BASE, **change}
+    with pytest.raises(ConfigError) as e:
+        load_space(write(tmp_path, doc))
+    assert needle in str(e.value), str(e.value)
+
+
+def test_top_level_and_dotted_params(tmp_path):
+    doc = {**BASE, "params": {"batch_size": {"categorical": [32, 64]}, "arch_args.widths": {"categorical": [[16, 16], [32, 32, 32]]}}}
+    space = load_space(write(tmp_path, doc))
+    dists = space.distributions()
+    cfg = space.config({"batch_size": 64, "arch_args.widths": dists["arch_args.widths"].choices[1]})
+    assert cfg.batch_size == 64 and cfg.arch_args["widths"] == [32, 32, 32]
+
+
+def test_yaml_is_parsed_safely(tmp_path):
+    from bnnsearch.errors import UserError
+
+    marker = tmp_path / "executed"
+    p = write(tmp_path, f"method: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_space(p)
+    assert not marker.exists()
