@@ -100,11 +100,86 @@ def cmd_space(args) -> int:
     return 0
 
 
+def _sweep_args(args, space):
+    from .sweep import SweepArgs
+
+    return SweepArgs(
+        space=space, trials=args.trials, sampler=args.sampler, seed=args.seed, startup_trials=args.startup_trials,
+        concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        scheduler=args.scheduler, address=args.address, tracking_uri=args.tracking_uri, experiment=args.experiment,
+        storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures)
+
+
+def print_summary(s: dict, top: int = 5) -> None:
+    from .textui import table
+
+    rows = []
+    for i, r in enumerate(s["top"][:top], 1):
+        cfg = ", ".join(f"{k}={_short(v)}" for k, v in r["config"].items())
+        rows.append([i, r["trial"], r["objective"], r["epochs"], cfg])
+    c = s["counts"]
+    print(f"\nstudy {s['study']}: {c['complete']} complete, {c['stopped early']} stopped early, "
+          f"{c['diverged']} diverged, {c['failed']} failed in {s['seconds']:.0f}s")
+    if rows:
+        print(table(rows, ["rank", "trial", s["metric"], "epochs", "config"], align_right={0, 2, 3}))
+    print(f"\nMLflow: experiment {s['experiment']!r}, parent run {s['parent_run_id']}\n"
+          f"  open the UI with:  mlflow ui --backend-store-uri {s['tracking_uri']}\n"
+          f"Ray results: {s['storage']}")
+
+
+def _short(v):
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def cmd_sweep(args) -> int:
+    from .spaces import load_space
+    from .sweep import run_sweep
+
+    space = load_space(args.space)
+    a = _sweep_args(args, space)
+    print(f"study {a.study_name()}: {space.method}, {a.trials} trials, sampler {a.sampler}, "
+          f"scheduler {a.scheduler}, objective {space.mode} {space.metric}", flush=True)
+    print_summary(run_sweep(a))
+    return 0
+
+
+def cmd_best(args) -> int:
+    from .best import best_trials
+
+    rows, best_cfg = best_trials(args.target, args.tracking_uri, args.experiment, args.top)
+    from .textui import table
+
+    print(table([[i + 1, r["study"], r["trial"], r["value"], r["run_id"]] for i, r in enumerate(rows)],
+                ["rank", "study", "trial", rows[0]["metric"] if rows else "value", "MLflow run"], align_right={0, 3}))
+    out = Path(args.out)
+    out.write_text(best_cfg)
+    print(f"\nwrote the best config to {out}; reproduce it with:  bnnsearch train {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     args.config = str(DEMO_CONFIG)
     args.out = args.out or "runs/demo"
     print(f"bnnsearch demo: one training run on the embedded defaults ({DEMO_CONFIG})\n")
     return cmd_train(args)
+
+
+def add_sweep_flags(w: argparse.ArgumentParser) -> None:
+    w.add_argument("--trials", type=int, default=20)
+    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "gp", "botorch"])
+    w.add_argument("--seed", type=int, default=0, help="sampler seed")
+    w.add_argument("--startup-trials", type=int, default=5, help="random trials before the model-based sampler (same for every sampler)")
+    w.add_argument("--concurrency", type=int, default=0, help="trials at once (default: CPUs / cpus-per-trial)")
+    w.add_argument("--cpus-per-trial", type=float, default=1.0)
+    w.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions let several trials share a GPU")
+    w.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"])
+    w.add_argument("--max-failures", type=int, default=1, help="retries of a trial that raises")
+    w.add_argument("--address", default=None, help="join an existing Ray cluster (ray start --head ...)")
+    w.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite ./mlflow.db)")
+    w.add_argument("--experiment", default=None, help="MLflow experiment (default bnnsearch/<data>/<arch>)")
+    w.add_argument("--storage", default="./bnnsearch_runs", help="Ray results directory")
+    w.add_argument("--name", default=None, help="study name (default <method>-<sampler>-s<seed>)")
+    w.add_argument("--resume", action="store_true", help="continue an interrupted study of this name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("space", help="validate search-space YAML files and show what they compile to")
     s.add_argument("spaces", nargs="+")
     s.set_defaults(func=cmd_space)
+
+    w = sub.add_parser("sweep", help="run a hyperparameter study of one method (Ray Tune + Optuna/BoTorch + MLflow)")
+    w.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
+    add_sweep_flags(w)
+    w.set_defaults(func=cmd_sweep)
+
+    b = sub.add_parser("best", help="print the top trials of a study or experiment and write the best config")
+    b.add_argument("target", help="a study name or an MLflow experiment name")
+    b.add_argument("--top", type=int, default=5)
+    b.add_argument("--out", default="best.yaml")
+    b.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite ./mlflow.db)")
+    b.add_argument("--experiment", default=None, help="restrict the study lookup to this experiment")
+    b.set_defaults(func=cmd_best)
 
     d = sub.add_parser("demo", help="run the main job on the embedded defaults")
     d.add_argument("--set", action="append", metavar="KEY=VALUE")

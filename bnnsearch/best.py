@@ -1,0 +1,50 @@
+"""Pick the best trials of a study (or of a whole experiment) from the MLflow store."""
+from __future__ import annotations
+
+from .errors import UserError
+from .tracking import STUDY_TAG, Tracker
+
+
+def best_trials(target: str, uri: str | None, experiment: str | None, top: int) -> tuple[list[dict], str]:
+    """Top ``top`` finished full-budget trials of study ``target`` (or of experiment ``target``),
+    and the best trial's resolved config YAML."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=uri or default_tracking_uri())
+    exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    exps = [e for e in exps if e is not None]
+    runs, study = [], None
+    for e in exps:
+        tr = Tracker.__new__(Tracker)
+        tr.client, tr.experiment_id = client, e.experiment_id
+        if e.name == target:
+            runs = tr.trial_runs()
+            break
+        found = tr.trial_runs(target)
+        if found:
+            runs, study = found, target
+            break
+    if not runs:
+        raise UserError(f"no study or experiment named {target!r} with finished trials in {uri or default_tracking_uri()}")
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
+    modes = {}
+    for pid in parents:
+        p = client.get_run(pid)
+        modes[pid] = (p.data.params.get("metric", "val/acc"), p.data.params.get("mode", "max"))
+    metric, mode = next(iter(modes.values()))
+    if len(set(modes.values())) > 1:
+        raise UserError(f"{target!r} mixes studies with different objectives {sorted(set(modes.values()))}; name one study")
+    rows = []
+    for r in runs:
+        if r.data.tags.get("bnnsearch.status") != "complete" or "objective" not in r.data.metrics:
+            continue
+        rows.append({"study": r.data.tags.get(STUDY_TAG, study), "trial": r.data.tags.get("bnnsearch.trial_id"),
+                     "value": r.data.metrics["objective"], "run_id": r.info.run_id, "metric": metric})
+    if not rows:
+        raise UserError(f"{target!r} has no complete full-budget trial yet")
+    rows.sort(key=lambda x: -x["value"] if mode == "max" else x["value"])
+    tr = Tracker.__new__(Tracker)
+    tr.client = client
+    return rows[:top], tr.download_text(rows[0]["run_id"], "config.yaml")

@@ -1,0 +1,352 @@
+"""Studies: Ray Tune drives one common trainable (``engine.fit``), an Optuna or BoTorch sampler
+proposes configs, MLflow records them. The only module that imports ray.
+
+* One study per method (one search-space file); a fresh ``OptunaSearch`` and sampler per study.
+  ``random``, ``tpe``, ``gp`` (Optuna's GPSampler) and ``botorch`` (optuna-integration's
+  BoTorchSampler) all get the same number of startup (random) trials unless told otherwise.
+* The paper defaults are the first trial when they lie inside the space (``points_to_evaluate``).
+* Trials report once per epoch through ``ray.tune.report`` with a checkpoint of the engine's
+  state, so a resumed study continues interrupted trials where they were.
+* Early stopping (``--scheduler asha``): a trial stopped before its full budget reaches the
+  sampler as PRUNED, never as a complete full-budget result. Diverged trials (NaN/inf loss)
+  reach it as COMPLETE with a worst-case value and are tagged ``diverged``. A trial that raises
+  is retried up to ``--max-failures`` times, then marked failed; the study goes on.
+* MLflow is written only by the driver (a Tune callback), so the SQLite default has one writer.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+
+from .errors import UserError
+from .spaces import SearchSpace
+
+SAMPLERS = ("random", "tpe", "gp", "botorch")
+SCHEDULERS = ("fifo", "asha")
+BIG = 1e30  # finite stand-in for inf in reports (samplers, JSON and MLflow refuse non-finite values)
+
+
+@dataclass
+class SweepArgs:
+    space: SearchSpace
+    trials: int = 20
+    sampler: str = "tpe"
+    seed: int = 0
+    startup_trials: int = 5
+    concurrency: int = 0  # 0: as many as the CPUs allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    scheduler: str = "fifo"
+    address: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    storage: str = "./bnnsearch_runs"
+    name: str | None = None
+    resume: bool = False
+    max_failures: int = 1
+    quiet: bool = False
+
+    def study_name(self) -> str:
+        return self.name or f"{self.space.method}-{self.sampler}-s{self.seed}"
+
+    def experiment_name(self) -> str:
+        fx = self.space.fixed
+        return self.experiment or f"bnnsearch/{fx.get('data', 'mnist1d')}/{fx.get('arch', 'mlp')}"
+
+
+def make_sampler(name: str, seed: int, n_startup: int):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    if name == "botorch":
+        from optuna_integration import BoTorchSampler
+
+        return BoTorchSampler(seed=seed, n_startup_trials=n_startup)
+    raise UserError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+
+
+def worst_value(space: SearchSpace) -> float:
+    if space.mode == "max":
+        return 0.0 if space.metric.endswith("/acc") else -BIG
+    return BIG
+
+
+def objective_of(m: dict, space: SearchSpace) -> float:
+    v = m.get(space.metric)
+    if m.get("diverged") or v is None or not math.isfinite(v):
+        return worst_value(space)
+    return float(v)
+
+
+def sanitize(m: dict) -> dict:
+    out = {}
+    for k, v in m.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            if math.isnan(v):
+                continue
+            v = math.copysign(BIG, v)
+        out[k] = v
+    return out
+
+
+def trial_config(space: SearchSpace, config: dict, cpus: float):
+    """The resolved run config of a trial. Its torch thread count is pinned to the trial's CPU
+    allocation (oversubscribed threads are slow, and the count changes float reductions: a
+    recorded config must name it to reproduce the trial's metrics exactly)."""
+    import dataclasses
+
+    cfg = space.config(config, where="sampled config")
+    return cfg if cfg.threads else dataclasses.replace(cfg, threads=max(1, int(cpus)))
+
+
+def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0):
+    """The one common trainable: engine.fit on the sampled config, reported to Tune per epoch."""
+    import ray
+
+    from .engine import fit
+
+    cfg = trial_config(space, config, cpus)
+    work = Path(tempfile.mkdtemp(prefix="bnnsearch-trial-"))
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, work, dirs_exist_ok=True)
+    node = ray.get_runtime_context().get_node_id()
+    pid = os.getpid()
+
+    def report(m: dict):
+        out = sanitize(m)
+        out["objective"] = objective_of(m, space)
+        out["node_id"] = node
+        out["worker_pid"] = pid
+        tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    try:
+        fit(cfg, report, checkpoint_dir=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _searcher_cls():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class BudgetAwareOptunaSearch(OptunaSearch):
+        """Tells trials stopped before their full budget as PRUNED (Ray's OptunaSearch would
+        tell them COMPLETE with their last, partial-budget value)."""
+
+        def __init__(self, *a, full_epochs: int, **k):
+            super().__init__(*a, **k)
+            self.full_epochs = full_epochs
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if result and not error and not result.get("diverged") and result.get("epoch", 0) < self.full_epochs:
+                result = None  # -> PRUNED: a partial-budget value is not a full-budget result
+            super().on_trial_complete(trial_id, result, error)
+
+    return BudgetAwareOptunaSearch
+
+
+class MlflowCallback(tune.Callback):
+    """Driver-side Tune callback: MLflow child runs, the parent's best-so-far curve, progress."""
+
+    def __init__(self, args: SweepArgs, parent_id: str, uri: str):
+        self.args, self.parent_id, self.uri = args, parent_id, uri
+        self._setup_state()
+
+    def _setup_state(self):
+        from .tracking import Tracker
+
+        self.tracker = Tracker(self.uri, self.args.experiment_name())
+        self.runs = self.tracker.children(self.parent_id)  # reconcile after a resume
+        self.logged = {tid: self.tracker.last_step(rid) for tid, rid in self.runs.items()}
+        self.done, self.failed, self.values = 0, 0, []
+        self.best = None
+        self._shapes = {}
+
+    def __getstate__(self):  # Tune pickles callbacks with the experiment; the client is rebuilt
+        return {"args": self.args, "parent_id": self.parent_id, "uri": self.uri}
+
+    def __setstate__(self, st):
+        self.__dict__.update(st)
+        self._setup_state()
+
+    def _run(self, trial) -> str:
+        rid = self.runs.get(trial.trial_id)
+        if rid is None:
+            cfg = trial_config(self.args.space, trial.config, self.args.cpus_per_trial)
+            rid = self.tracker.start_trial(self.parent_id, trial.trial_id, str(trial), cfg.to_dict(), self.args.study_name())
+            self.runs[trial.trial_id] = rid
+            self.logged[trial.trial_id] = 0
+            from .config import dump
+
+            self.tracker.log_text(rid, dump(cfg), "config.yaml")
+            self.tracker.log_json(rid, self._cost(cfg), "cost.json")
+        return rid
+
+    def _cost(self, cfg):
+        from .engine import build
+
+        try:
+            data, method, _, model = build(cfg, "cpu")
+            rows, totals = method.inference_cost(model, data.in_shape)
+            return {"rows": [r.__dict__ for r in rows], "totals": totals}
+        except Exception as e:  # noqa: BLE001 - a trial whose data is missing fails in its worker too
+            return {"error": f"{type(e).__name__}: {e}"}
+
+    # Tune callback hooks ---------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        rid = self._run(trial)
+        epoch = int(result.get("epoch", 0))
+        if epoch <= self.logged.get(trial.trial_id, 0):
+            return  # already recorded before a resume
+        keep = {k: v for k, v in result.items() if "/" in k or k in ("epoch", "objective", "diverged")}
+        self.tracker.log_metrics(rid, keep, step=epoch)
+        self.logged[trial.trial_id] = epoch
+        if epoch == 1:
+            self.tracker.set_tags(rid, {"node_id": result.get("node_id", "")})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        rid = self._run(trial)
+        last = trial.last_result or {}
+        full = int(last.get("epoch", 0)) >= self.args.space.config(trial.config, where="sampled config").epochs
+        status = "diverged" if last.get("diverged") else ("complete" if full else "stopped early")
+        self.tracker.set_tags(rid, {"bnnsearch.status": status, "diverged": int(bool(last.get("diverged")))})
+        self.tracker.finish(rid, "FINISHED" if full or last.get("diverged") else "KILLED")
+        self.done += 1
+        if full or last.get("diverged"):
+            v = last.get("objective")
+            self.values.append(v)
+            better = (lambda a, b: a > b) if self.args.space.mode == "max" else (lambda a, b: a < b)
+            if self.best is None or better(v, self.best[0]):
+                self.best = (v, trial.config, rid)
+            self.tracker.log_metrics(self.parent_id, {"trial_value": v, "best_so_far": self.best[0]},
+                                     step=len(self.values))
+        self._progress(trials, trial, status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        rid = self._run(trial)
+        err = str(getattr(trial, "error_msg", "") or "")[-500:]
+        self.tracker.set_tags(rid, {"bnnsearch.status": "failed", "error": err})
+        self.tracker.finish(rid, "FAILED")
+        self.failed += 1
+        self._progress(trials, trial, "FAILED")
+
+    def _progress(self, trials, trial, status):
+        if self.args.quiet:
+            return
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        v = (trial.last_result or {}).get("objective")
+        best = f"{self.best[0]:.4f}" if self.best else "-"
+        val = f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+        print(f"[{self.done + self.failed}/{self.args.trials}] {trial} {status:<13} {self.args.space.metric}={val}"
+              f"  best={best}  running={running} failed={self.failed}", flush=True)
+
+
+
+def run_sweep(a: SweepArgs) -> dict:
+    """Run (or resume) one study; returns a summary with the top trials."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+    import ray
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from .config import dump
+    from .tracking import Tracker, git_sha
+
+    if a.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if a.scheduler not in SCHEDULERS:
+        raise UserError(f"--scheduler {a.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if a.trials < 1 or a.cpus_per_trial <= 0 or a.gpus_per_trial < 0 or a.startup_trials < 0:
+        raise UserError("--trials >= 1, --cpus-per-trial > 0, --gpus-per-trial >= 0 and --startup-trials >= 0 required")
+    space, name = a.space, a.study_name()
+    storage = Path(a.storage).expanduser().resolve()
+    exp_dir = storage / name
+    tracker = Tracker(a.tracking_uri, a.experiment_name())
+    parent = tracker.find_study(name)
+    if a.resume:
+        if parent is None or not exp_dir.exists():
+            raise UserError(f"--resume: no study {name!r} to resume (looked in {exp_dir} and experiment "
+                            f"{a.experiment_name()!r} of {tracker.uri})")
+        parent_id = parent.info.run_id
+    else:
+        if parent is not None or exp_dir.exists():
+            raise UserError(f"study {name!r} already exists ({exp_dir}); add --resume to continue it or --name to start another")
+        parent_id = tracker.start_study(
+            name,
+            tags={"method": space.method, "sampler": a.sampler, "seed": a.seed, "space_file": space.path,
+                  "space_sha256": space.sha256, "git_sha": git_sha(), "scheduler": a.scheduler},
+            params={"trials": a.trials, "sampler": a.sampler, "seed": a.seed, "startup_trials": a.startup_trials,
+                    "metric": space.metric, "mode": space.mode, "space": space.path},
+        )
+        tracker.log_text(parent_id, Path(space.path).read_text(), "space.yaml")
+
+    if not ray.is_initialized():
+        kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=a.address, **kw) if a.address else ray.init(**kw)
+    epochs = space.config({}, where="fixed").epochs
+    train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial),
+                                   {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
+    callback = MlflowCallback(a, parent_id, tracker.uri)
+    t0 = time.time()
+    if a.resume and tune.Tuner.can_restore(str(exp_dir)):
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=train_fn, resume_unfinished=True, resume_errored=True)
+    else:
+        searcher = _searcher_cls()(
+            space=space.distributions(), metric="objective", mode=space.mode,
+            sampler=make_sampler(a.sampler, a.seed, a.startup_trials),
+            points_to_evaluate=[p] if (p := space.default_point()) else None, full_epochs=epochs, seed=None)
+        scheduler = (ASHAScheduler(time_attr="training_iteration", metric="objective", mode=space.mode, max_t=epochs,
+                                   grace_period=1, reduction_factor=3)
+                     if a.scheduler == "asha" else FIFOScheduler())
+        cpus = ray.cluster_resources().get("CPU", 1)
+        concurrency = a.concurrency or max(1, int(cpus // a.cpus_per_trial))
+        tuner = tune.Tuner(
+            train_fn,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        num_samples=a.trials, max_concurrent_trials=concurrency, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback], verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=a.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+    grid = tuner.fit()
+
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        full = int(m.get("epoch", 0)) >= space.config(r.config, where="sampled config").epochs
+        status = "failed" if r.error else ("diverged" if m.get("diverged") else ("complete" if full else "stopped early"))
+        rows.append({"trial": m.get("trial_id", ""), "status": status, "objective": m.get("objective"),
+                     "epochs": m.get("epoch", 0), "config": r.config, "path": r.path})
+    sign = -1 if space.mode == "max" else 1
+    ranked = sorted([r for r in rows if r["status"] == "complete"], key=lambda r: sign * r["objective"])
+    summary = {"study": name, "experiment": a.experiment_name(), "tracking_uri": tracker.uri, "parent_run_id": parent_id,
+               "storage": str(exp_dir), "metric": space.metric, "mode": space.mode, "trials": rows, "top": ranked,
+               "seconds": time.time() - t0}
+    if ranked:
+        best_cfg = trial_config(space, ranked[0]["config"], a.cpus_per_trial)
+        tracker.log_text(parent_id, dump(best_cfg), "best_config.yaml")
+        tracker.set_tags(parent_id, {"best_value": ranked[0]["objective"], "best_trial": ranked[0]["trial"]})
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped early", "diverged", "failed")}
+    tracker.set_tags(parent_id, {f"n_{k.replace(' ', '_')}": v for k, v in counts.items()})
+    tracker.finish(parent_id)
+    summary["counts"] = counts
+    return summary

@@ -1,0 +1,142 @@
+"""MLflow recording: the only module that imports mlflow.
+
+Layout: one experiment per benchmark (``bnnsearch/<data>/<arch>`` unless named); a parent run
+per study (tags: method, sampler, seed, space file hash, git sha, ``bnnsearch.study``) and a
+child run per trial (``mlflow.parentRunId``, ``bnnsearch.trial_id`` = the Ray trial id) with
+params = the resolved config, per-epoch metrics (batched), artifacts: the resolved config YAML and
+the cost table. The parent run carries the best-so-far curve (step = trial index) and the best
+config. All writes go through ``MlflowClient`` from the driver (SQLite has one writer).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+STUDY_TAG = "bnnsearch.study"
+TRIAL_TAG = "bnnsearch.trial_id"
+
+
+def default_tracking_uri() -> str:
+    return "sqlite:///" + str((Path.cwd() / "mlflow.db").resolve())
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient for studies and trials."""
+
+    def __init__(self, uri: str | None, experiment: str):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import logging
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or default_tracking_uri()
+        self._mlflow = mlflow
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        except Exception as e:  # a wrong URI or an unreachable server is a user error
+            raise UserError(f"--tracking-uri {self.uri}: cannot use the MLflow store ({type(e).__name__}: {e})") from None
+        self.experiment = experiment
+
+    # ---- studies
+    def find_study(self, study: str):
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`bnnsearch.kind` = 'study'")
+        return runs[0] if runs else None
+
+    def start_study(self, study: str, tags: dict, params: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=study,
+                                     tags={STUDY_TAG: study, "bnnsearch.kind": "study", **{k: str(v) for k, v in tags.items()}})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def children(self, parent_id: str) -> dict[str, str]:
+        """Ray trial id -> child run id (for reconciling after a resume)."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
+        return {r.data.tags.get(TRIAL_TAG): r.info.run_id for r in runs if r.data.tags.get(TRIAL_TAG)}
+
+    # ---- trials
+    def start_trial(self, parent_id: str, trial_id: str, name: str, config: dict, study: str) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            "mlflow.parentRunId": parent_id, TRIAL_TAG: trial_id, STUDY_TAG: study, "bnnsearch.kind": "trial",
+            "method": config.get("method", "")})
+        self.log_params(run.info.run_id, config)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(text)
+            self.client.log_artifact(run_id, str(p))
+
+    def log_json(self, run_id: str, obj, name: str) -> None:
+        self.log_text(run_id, json.dumps(obj, indent=1, default=str), name)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def last_step(self, run_id: str, key: str = "epoch") -> int:
+        hist = self.client.get_metric_history(run_id, key)
+        return max((m.step for m in hist), default=0)
+
+    # ---- reading back (best, dashboards)
+    def trial_runs(self, study: str | None = None):
+        flt = "tags.`bnnsearch.kind` = 'trial'"
+        if study:
+            flt += f" and tags.`{STUDY_TAG}` = '{study}'"
+        return self.client.search_runs([self.experiment_id], flt, max_results=50000)
+
+    def download_text(self, run_id: str, name: str) -> str:
+        with tempfile.TemporaryDirectory() as d:
+            path = self.client.download_artifacts(run_id, name, d)
+            return Path(path).read_text()
