@@ -160,6 +160,19 @@ def _searcher_cls():
     return BudgetAwareOptunaSearch
 
 
+def _error_text(trial) -> str:
+    """The last line of a failed trial's error (the exception message), for the MLflow tag."""
+    try:
+        err = trial.get_error()
+        text = str(err) if err is not None else ""
+    except Exception:  # noqa: BLE001 - best effort: the error file may be missing
+        text = ""
+    if not text and getattr(trial, "error_file", None) and Path(trial.error_file).exists():
+        text = Path(trial.error_file).read_text()
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else "unknown error")[-500:]
+
+
 class MlflowCallback(tune.Callback):
     """Driver-side Tune callback: MLflow child runs, the parent's best-so-far curve, progress."""
 
@@ -242,7 +255,7 @@ class MlflowCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rid = self._run(trial)
-        err = str(getattr(trial, "error_msg", "") or "")[-500:]
+        err = _error_text(trial)
         self.tracker.set_tags(rid, {"bnnsearch.status": "failed", "error": err})
         self.tracker.finish(rid, "FAILED")
         self.failed += 1
@@ -301,7 +314,8 @@ def run_sweep(a: SweepArgs) -> dict:
 
     if not ray.is_initialized():
         kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        ray.init(address=a.address, **kw) if a.address else ray.init(**kw)
+        # "local": always a fresh local instance, never a stale cluster recorded in /tmp/ray
+        ray.init(address=a.address or "local", **kw)
     epochs = space.config({}, where="fixed").epochs
     train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial),
                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
@@ -328,6 +342,13 @@ def run_sweep(a: SweepArgs) -> dict:
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     grid = tuner.fit()
+    sampler_states = {}
+    study = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    searcher = getattr(study, "search_alg", None) if study else None
+    ot = getattr(searcher, "_ot_study", None)
+    if ot is not None:  # what the sampler was told, by state (fresh studies; a restored one rebuilds it)
+        for t in ot.trials:
+            sampler_states[t.state.name] = sampler_states.get(t.state.name, 0) + 1
 
     rows = []
     for r in grid:
@@ -349,4 +370,5 @@ def run_sweep(a: SweepArgs) -> dict:
     tracker.set_tags(parent_id, {f"n_{k.replace(' ', '_')}": v for k, v in counts.items()})
     tracker.finish(parent_id)
     summary["counts"] = counts
+    summary["sampler_states"] = sampler_states
     return summary

@@ -54,9 +54,10 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import logging
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         import mlflow
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # after import: mlflow sets it on import
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_tracking_uri()

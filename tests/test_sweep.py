@@ -1,0 +1,248 @@
+"""End-to-end studies with the real components: Ray Tune (local, 2 CPUs), Optuna and BoTorch
+samplers, MLflow (SQLite). Small trainables: a tiny MLP on sklearn digits."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+FIXED = {"arch": "mlp", "arch_args": {"widths": [16, 16, 16]}, "data": "digits", "epochs": 2, "batch_size": 64,
+         "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def space_file(tmp_path, params, fixed=None, method="filtered", name="space.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump({"method": method, "objective": {"metric": "val/acc", "mode": "max"},
+                                 "fixed": {**FIXED, "data_root": str(tmp_path / "data"), **(fixed or {})},
+                                 "params": params}))
+    return p
+
+
+ALPHA = {"alpha": {"float": [1e-4, 1e-1], "log": True}, "gamma": {"float": [0.01, 1.0], "log": True}}
+
+
+def sweep(tmp_path, space, **kw):
+    from bnnsearch.spaces import load_space
+    from bnnsearch.sweep import SweepArgs, run_sweep
+
+    args = SweepArgs(space=load_space(space), storage=str(tmp_path / "runs"), quiet=True,
+                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", **kw)
+    return run_sweep(args)
+
+
+def mlflow_runs(tmp_path, summary):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    e = c.get_experiment_by_name(summary["experiment"])
+    kids = c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
+    return c, c.get_run(summary["parent_run_id"]), kids
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "gp", "botorch"])
+def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler):
+    s = sweep(tmp_path, space_file(tmp_path, ALPHA), trials=5, sampler=sampler, startup_trials=2)
+    assert s["counts"] == {"complete": 5, "stopped early": 0, "diverged": 0, "failed": 0}
+    assert s["sampler_states"] == {"COMPLETE": 5}
+    c, parent, kids = mlflow_runs(tmp_path, s)
+    assert parent.data.tags["sampler"] == sampler and parent.info.status == "FINISHED"
+    assert len(kids) == 5 and all(k.info.status == "FINISHED" for k in kids)
+    assert all(k.data.params["hparams.alpha"] and k.data.metrics["epoch"] == 2 for k in kids)
+    curve = [m.value for m in sorted(c.get_metric_history(parent.info.run_id, "best_so_far"), key=lambda m: m.step)]
+    assert len(curve) == 5 and curve == sorted(curve) and curve[-1] == max(k.data.metrics["objective"] for k in kids)
+    names = {a.path for a in c.list_artifacts(kids[0].info.run_id)}
+    assert {"config.yaml", "cost.json"} <= names
+    # the paper default (alpha 1e-3, gamma 0.1) is the first trial
+    assert any(k.data.params["hparams.alpha"] == "0.001" and k.data.params["hparams.gamma"] == "0.1" for k in kids)
+
+
+def test_asha_stops_trials_and_tells_them_pruned(ray_local, tmp_path):
+    s = sweep(tmp_path, space_file(tmp_path, ALPHA, {"epochs": 4}), trials=9, sampler="random", scheduler="asha")
+    n = s["counts"]
+    assert n["stopped early"] > 0 and n["complete"] > 0 and n["complete"] + n["stopped early"] == 9
+    assert s["sampler_states"].get("PRUNED", 0) == n["stopped early"]
+    assert s["sampler_states"].get("COMPLETE", 0) == n["complete"]
+    _, parent, kids = mlflow_runs(tmp_path, s)
+    stopped = [k for k in kids if k.data.tags.get("bnnsearch.status") == "stopped early"]
+    assert len(stopped) == n["stopped early"] and all(k.data.metrics["epoch"] < 4 for k in stopped)
+
+
+def test_diverging_trials_are_recorded_and_the_study_goes_on(ray_local, tmp_path):
+    params = {"fp_lr": {"categorical": [1e-3, 1e38]}}
+    s = sweep(tmp_path, space_file(tmp_path, params, {"hparams": {"fp_optimizer": "sgd"}}), trials=4, sampler="random",
+              seed=3)
+    assert s["counts"]["diverged"] >= 1 and s["counts"]["diverged"] + s["counts"]["complete"] == 4
+    _, _, kids = mlflow_runs(tmp_path, s)
+    div = [k for k in kids if k.data.tags.get("diverged") == "1"]
+    assert div and all(k.data.metrics["objective"] == 0.0 for k in div)
+    assert all(k.data.params["hparams.fp_lr"] == "1e+38" for k in div)
+
+
+def test_failing_trials_are_marked_failed_and_the_study_finishes(ray_local, tmp_path):
+    good = tmp_path / "good.npz"
+    rng = np.random.default_rng(0)
+    np.savez(good, x=rng.normal(size=(200, 8)), y=rng.integers(0, 3, 200))
+    params = {"data_root": {"categorical": [str(good), str(tmp_path / "missing.npz")]}}
+    s = sweep(tmp_path, space_file(tmp_path, params, {"data": "npz", "arch_args": {"widths": [8, 8, 8]}}),
+              trials=6, sampler="random", seed=1, max_failures=1)
+    assert s["counts"]["failed"] >= 1 and s["counts"]["complete"] >= 1
+    assert s["counts"]["failed"] + s["counts"]["complete"] == 6
+    _, _, kids = mlflow_runs(tmp_path, s)
+    failed = [k for k in kids if k.info.status == "FAILED"]
+    assert len(failed) == s["counts"]["failed"]
+    assert all("missing.npz" in k.data.params["data_root"] for k in failed)
+    assert all("does not exist" in k.data.tags["error"] for k in failed)
+
+
+def test_best_reproduces_the_trial(ray_local, tmp_path):
+    from bnnsearch.best import best_trials
+    from bnnsearch.config import load_config
+    from bnnsearch.engine import fit
+
+    s = sweep(tmp_path, space_file(tmp_path, ALPHA), trials=3, sampler="random", name="repro")
+    rows, text = best_trials("repro", f"sqlite:///{tmp_path}/mlflow.db", None, 3)
+    assert rows[0]["value"] == max(r["value"] for r in rows) == s["top"][0]["objective"]
+    p = tmp_path / "best.yaml"
+    p.write_text(text)
+    again = fit(load_config(p)).final
+    assert again["val/acc"] == rows[0]["value"]
+
+
+def test_existing_study_needs_resume_and_resume_needs_a_study(ray_local, tmp_path):
+    from bnnsearch.errors import UserError
+
+    sp = space_file(tmp_path, ALPHA)
+    with pytest.raises(UserError, match="no study 'x' to resume"):
+        sweep(tmp_path, sp, trials=1, name="x", resume=True)
+    sweep(tmp_path, sp, trials=1, name="y")
+    with pytest.raises(UserError, match="already exists"):
+        sweep(tmp_path, sp, trials=1, name="y")
+
+
+def _cli(*args, cwd, **kw):
+    return subprocess.Popen([sys.executable, "-m", "bnnsearch.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def test_resume_after_sigkill(tmp_path):
+    sp = space_file(tmp_path, ALPHA, {"epochs": 3})
+    args = ["sweep", str(sp), "--trials", "6", "--sampler", "tpe", "--startup-trials", "2", "--name", "killme",
+            "--concurrency", "1"]
+    proc = _cli(*args, cwd=tmp_path)
+    seen, t0 = [], time.time()
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("[2/6]"):
+            break
+        assert time.time() - t0 < 240, "".join(seen)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    time.sleep(2)
+    done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *args, "--resume"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    e = c.get_experiment_by_name("bnnsearch/digits/mlp")
+    kids = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'trial'")
+    ids = [k.data.tags["bnnsearch.trial_id"] for k in kids]
+    assert len(ids) == 6 and len(set(ids)) == 6, ids  # the study reached N trials, none duplicated
+    assert all(k.info.status == "FINISHED" for k in kids)
+    for k in kids:  # every epoch recorded once
+        steps = [m.step for m in c.get_metric_history(k.info.run_id, "epoch")]
+        assert sorted(steps) == [1, 2, 3], (k.data.tags["bnnsearch.trial_id"], steps)
+    parents = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'study'")
+    assert len(parents) == 1
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path)], check=False)
+
+
+CLUSTER_SCRIPT = r"""
+import sys, yaml
+from ray.cluster_utils import Cluster
+from bnnsearch.spaces import load_space
+from bnnsearch.sweep import SweepArgs, run_sweep
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+tmp = sys.argv[1]
+s = run_sweep(SweepArgs(space=load_space(sys.argv[2]), trials=4, sampler="random", address=cluster.address,
+                        storage=tmp + "/runs", tracking_uri=f"sqlite:///{tmp}/mlflow.db", quiet=True))
+from mlflow.tracking import MlflowClient
+c = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+e = c.get_experiment_by_name(s["experiment"])
+kids = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'trial'")
+print("NODES", len({k.data.tags["node_id"] for k in kids}), "COMPLETE", s["counts"]["complete"])
+cluster.shutdown()
+"""
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    sp = space_file(tmp_path, ALPHA, {"epochs": 3})
+    script = tmp_path / "cluster.py"
+    script.write_text(CLUSTER_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path), str(sp)], capture_output=True, text=True, timeout=400)
+    assert "NODES 2 COMPLETE 4" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_cli_errors_exit_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: filtered\nparams: {alpha: {float: [1.0, 0.1]}}\n")
+    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "sweep", str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "params.alpha: low >= high" in r.stderr and "Traceback" not in r.stderr
+    sp = space_file(tmp_path, ALPHA)
+    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "sweep", str(sp), "--sampler", "sobol"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "invalid choice: 'sobol'" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "best", "nothing-here"], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and "no study or experiment named 'nothing-here'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_killing_a_trial_worker_retries_or_fails_that_trial(ray_local, tmp_path):
+    """SIGKILL one trial's worker process mid-study: that trial is retried (from its checkpoint)
+    or marked failed, and the study still accounts for every trial."""
+    import threading
+
+    killed = []
+
+    def killer():
+        t0 = time.time()
+        while time.time() - t0 < 120 and not killed:
+            out = subprocess.run(["pgrep", "-f", "ImplicitFunc"], capture_output=True, text=True).stdout.split()
+            if out:
+                time.sleep(1.5)  # let it report an epoch or two first
+                os.kill(int(out[0]), signal.SIGKILL)
+                killed.append(int(out[0]))
+            time.sleep(0.2)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    s = sweep(tmp_path, space_file(tmp_path, ALPHA, {"epochs": 6}), trials=3, sampler="random", max_failures=2,
+              concurrency=1)
+    th.join(timeout=5)
+    assert killed, "no trial worker was found to kill"
+    n = s["counts"]
+    assert n["complete"] + n["failed"] == 3
+    _, parent, kids = mlflow_runs(tmp_path, s)
+    assert len(kids) == 3 and parent.info.status == "FINISHED"
+    for k in kids:
+        if k.info.status == "FINISHED":  # a retried trial still records every epoch exactly once
+            steps = sorted(m.step for m in mlflow_runs(tmp_path, s)[0].get_metric_history(k.info.run_id, "epoch"))
+            assert steps == list(range(1, 7))
