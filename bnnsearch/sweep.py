@@ -176,14 +176,15 @@ def _error_text(trial) -> str:
 class MlflowCallback(tune.Callback):
     """Driver-side Tune callback: MLflow child runs, the parent's best-so-far curve, progress."""
 
-    def __init__(self, args: SweepArgs, parent_id: str, uri: str):
+    def __init__(self, args: SweepArgs, parent_id: str, uri: str, tracker=None):
         self.args, self.parent_id, self.uri = args, parent_id, uri
-        self._setup_state()
+        self._setup_state(tracker)
 
-    def _setup_state(self):
+    def _setup_state(self, tracker=None):
         from .tracking import Tracker
 
-        self.tracker = Tracker(self.uri, self.args.experiment_name())
+        # An MLflow client on SQLite takes seconds to open: share the driver's; rebuild on unpickle.
+        self.tracker = tracker or Tracker(self.uri, self.args.experiment_name())
         self.runs = self.tracker.children(self.parent_id)  # reconcile after a resume
         self.logged = {tid: self.tracker.last_step(rid) for tid, rid in self.runs.items()}
         self.done, self.failed, self.values = 0, 0, []
@@ -319,7 +320,7 @@ def run_sweep(a: SweepArgs) -> dict:
     epochs = space.config({}, where="fixed").epochs
     train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial),
                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
-    callback = MlflowCallback(a, parent_id, tracker.uri)
+    callback = MlflowCallback(a, parent_id, tracker.uri, tracker)
     t0 = time.time()
     if a.resume and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=train_fn, resume_unfinished=True, resume_errored=True)
