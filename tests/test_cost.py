@@ -1,5 +1,4 @@
 """The cost model against hand-computed numbers on a toy net."""
-import torch
 from torch import nn
 
 from bnnsearch.cost import cost_table

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,11 @@ from ..nn.binarize import stored_weight
 from ..registry import Registry
 
 METHODS: Registry["Method"] = Registry("method")
+
+# Hyperparameter types shared by the method files.
+Decay = Literal["none", "cosine", "linear"]
+FpOptimizer = Literal["adam", "adamw", "sgd"]
+ActQuantizer = Literal["ste_clip", "ste_sign", "approx_sign", "identity"]
 
 
 def register_method(name: str):

@@ -15,25 +15,24 @@ same shape).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from ..nn import binary_layers, weight_quantizer
 from ..nn.quantizers import StoredSign
 from ..schedules import decay
-from .base import Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
 
 
 @dataclass(frozen=True)
 class FilteredHparams:
     alpha: float = 1e-3
     gamma: float = 0.1
-    alpha_decay: Literal["none", "cosine", "linear"] = "cosine"
-    fp_optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    alpha_decay: Decay = "cosine"
+    fp_optimizer: FpOptimizer = "adam"
     fp_lr: float = 1e-3
     fp_weight_decay: float = 0.0
-    act: Literal["ste_clip", "ste_sign", "approx_sign", "identity"] = "ste_clip"
+    act: ActQuantizer = "ste_clip"
 
     def validate(self):
         if not 0 < self.alpha <= 1 or not 0 < self.gamma <= 1:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..nn import binary_layers, weight_quantizer
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
 from ..schedules import decay
-from .base import Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ class HbnnHparams:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_decay: Literal["none", "cosine", "linear"] = "cosine"
-    fp_optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr_decay: Decay = "cosine"
+    fp_optimizer: FpOptimizer = "adam"
     fp_lr: float = 1e-3
-    act: Literal["ste_clip", "ste_sign", "approx_sign", "identity"] = "approx_sign"
+    act: ActQuantizer = "approx_sign"
 
     def validate(self):
         if self.radius <= 0 or self.cluster_lr <= 0 or self.lr <= 0 or self.fp_lr <= 0:

@@ -24,9 +24,8 @@ import torch
 
 from ..nn.quantizers import LatentSign
 from ..schedules import decay
-from .base import Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
 
-Decay = Literal["none", "cosine", "linear"]
 
 
 @dataclass(frozen=True)
@@ -39,10 +38,10 @@ class LatentHparams:
     scaling: bool = False
     clipping: bool = False
     clip_mode: Literal["grad", "latent", "both"] = "grad"
-    fp_optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    fp_optimizer: FpOptimizer = "adam"
     fp_lr: float = 1e-3
     fp_weight_decay: float = 0.0
-    act: Literal["ste_clip", "ste_sign", "approx_sign", "identity"] = "ste_clip"
+    act: ActQuantizer = "ste_clip"
 
     def validate(self):
         if self.lr <= 0 or self.fp_lr <= 0:

@@ -31,7 +31,7 @@ the raw integer scores (not comparable with the gradient methods). Reported per 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn

@@ -20,7 +20,7 @@ from ..nn import binary_layers, weight_quantizer
 from ..nn.binarize import stored_weight
 from ..nn.prox import ProxConnect
 from ..schedules import decay, interpolate
-from .base import Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ class ProxHparams:
     clip: bool = True
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
-    lr_decay: Literal["none", "cosine", "linear"] = "cosine"
-    fp_optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr_decay: Decay = "cosine"
+    fp_optimizer: FpOptimizer = "adam"
     fp_lr: float = 1e-3
-    act: Literal["ste_clip", "ste_sign", "approx_sign", "identity"] = "ste_clip"
+    act: ActQuantizer = "ste_clip"
 
     def validate(self):
         if self.mu0 <= 0 or self.muT <= 0 or self.beta <= 0 or self.lr <= 0 or self.fp_lr <= 0:
