@@ -125,6 +125,8 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0):
     if ckpt is not None:
         with ckpt.as_directory() as d:
             shutil.copytree(d, work, dirs_exist_ok=True)
+    # Reporting and checkpoints use ray.tune only (the API that has churned); the node id, for the
+    # record, is a read-only call of Ray core: TuneContext does not expose it.
     node = ray.get_runtime_context().get_node_id()
     pid = os.getpid()
 

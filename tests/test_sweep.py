@@ -245,3 +245,42 @@ def test_killing_a_trial_worker_retries_or_fails_that_trial(ray_local, tmp_path)
         if k.info.status == "FINISHED":  # a retried trial still records every epoch exactly once
             steps = sorted(m.step for m in mlflow_runs(tmp_path, s)[0].get_metric_history(k.info.run_id, "epoch"))
             assert steps == list(range(1, 7))
+
+
+def test_study_against_an_mlflow_server(ray_local, tmp_path):
+    """The same code against an `mlflow server` URI (here with a SQLite backend on loopback)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        from bnnsearch.spaces import load_space
+        from bnnsearch.sweep import SweepArgs, run_sweep
+
+        s = run_sweep(SweepArgs(space=load_space(space_file(tmp_path, ALPHA)), trials=2, sampler="random", quiet=True,
+                                storage=str(tmp_path / "runs"), tracking_uri=uri))
+        assert s["counts"]["complete"] == 2
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient(uri)
+        e = c.get_experiment_by_name(s["experiment"])
+        kids = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'trial'")
+        assert len(kids) == 2 and {a.path for a in c.list_artifacts(kids[0].info.run_id)} >= {"config.yaml"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
