@@ -144,6 +144,31 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import run_compare
+    from .spaces import load_space
+    from .textui import table
+
+    spaces = [load_space(p) for p in args.spaces]
+    base = _sweep_args(args, spaces[0])
+    s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name)
+    rows = []
+    for m, st in s["methods"].items():
+        rows.append([m, f"{st['repeats']}x{st['budget']}", st["best_value"], st["auc_mean"],
+                     f"{st['ttt_median']:g} [{st['ttt_q1']:g}, {st['ttt_q3']:g}]", f"{st['reached']}/{st['repeats']}",
+                     st["cpu_seconds"]])
+    print()
+    print(table(rows, ["method", "studies", f"best {s['metric']}", "AUC", "trials-to-target median [IQR]",
+                       "reached", "CPU s"], align_right={2, 3, 6}))
+    t = s["rank_test"]
+    print(f"\ntarget: {s['target']:.4g} (best of all studies minus {s['target_delta']} points); "
+          f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}")
+    print(f"\nwrote {s['out']}/summary.json, curves.csv, " + ", ".join(Path(p).name for p in s["plots"]))
+    print(f"MLflow comparison run {s['comparison_run_id']} in experiment {s['experiment']!r}\n"
+          f"  open the UI with:  mlflow ui --backend-store-uri {s['tracking_uri']}")
+    return 0
+
+
 def cmd_best(args) -> int:
     from .best import best_trials
 
@@ -213,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
     add_sweep_flags(w)
     w.set_defaults(func=cmd_sweep)
+
+    cp = sub.add_parser("compare", help="hyperparameter efficiency: repeated equal-budget studies per method")
+    cp.add_argument("spaces", nargs="+", help="one search-space YAML per method")
+    cp.add_argument("--repeats", type=int, default=5)
+    cp.add_argument("--target-delta", type=float, default=0.5,
+                    help="target = best value of all studies minus this (percentage points for accuracies)")
+    cp.add_argument("--out", default=None, help="output directory (default runs/<name>)")
+    add_sweep_flags(cp)
+    cp.set_defaults(func=cmd_compare, trials=25, sampler="botorch")
 
     b = sub.add_parser("best", help="print the top trials of a study or experiment and write the best config")
     b.add_argument("target", help="a study name or an MLflow experiment name")

@@ -52,6 +52,7 @@ class SweepArgs:
     resume: bool = False
     max_failures: int = 1
     quiet: bool = False
+    seed_defaults: bool = True  # the paper defaults as the first trial (off in comparisons: equal designs)
 
     def study_name(self) -> str:
         return self.name or f"{self.space.method}-{self.sampler}-s{self.seed}"
@@ -330,7 +331,8 @@ def run_sweep(a: SweepArgs) -> dict:
         searcher = _searcher_cls()(
             space=space.distributions(), metric="objective", mode=space.mode,
             sampler=make_sampler(a.sampler, a.seed, a.startup_trials),
-            points_to_evaluate=[p] if (p := space.default_point()) else None, full_epochs=epochs, seed=None)
+            points_to_evaluate=[p] if a.seed_defaults and (p := space.default_point()) else None,
+            full_epochs=epochs, seed=None)
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric="objective", mode=space.mode, max_t=epochs,
                                    grace_period=1, reduction_factor=3)
                      if a.scheduler == "asha" else FIFOScheduler())

@@ -1,0 +1,178 @@
+"""``bnnsearch compare``: hyperparameter efficiency across methods (seed 002, Fig. 8, for any
+set of methods). For each search space, R independent studies of T trials with the same data,
+splits and epochs, different sampler seeds and the same number of startup trials; then
+best-so-far curves with 95 % bands, trials-to-target, area under the curve, best configs, CPU
+time and a rank test (``efficiency.py``). No arm gets its paper defaults as a free first trial
+(a method whose defaults lie outside its space would be handicapped); every arm starts with the
+same number of random startup trials. Curves are read back from the tracking store (each
+study's parent run logs its trial values in completion order), so a rerun with ``--resume``
+skips finished studies and continues interrupted ones.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .efficiency import method_stats, rank_test, target_value
+from .errors import UserError
+from .spaces import SearchSpace
+from .sweep import SweepArgs, run_sweep
+
+
+def _study_values(tracker, parent_id: str, trials: int) -> list[float | None]:
+    hist = sorted(tracker.client.get_metric_history(parent_id, "trial_value"), key=lambda m: m.step)
+    vals: list[float | None] = [m.value for m in hist][:trials]
+    return vals + [None] * (trials - len(vals))  # failed/pruned trials used budget without a value
+
+
+def _cpu_seconds(tracker, parent_id: str, cpus: float) -> float:
+    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
+    return sum(r.data.metrics.get("time/total_s", 0.0) for r in runs) * cpus
+
+
+def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
+                name: str | None = None) -> dict:
+    from .tracking import Tracker
+
+    metrics = {(s.metric, s.mode) for s in spaces}
+    if len(metrics) > 1:
+        raise UserError(f"compare needs one objective for all spaces, got {sorted(metrics)}")
+    methods = [s.method for s in spaces]
+    if len(set(methods)) != len(methods):
+        raise UserError("compare takes one search space per method")
+    if repeats < 1:
+        raise UserError("--repeats must be >= 1")
+    metric, mode = spaces[0].metric, spaces[0].mode
+    cmp_name = name or "compare-" + "-".join(methods)
+    experiment = base.experiment or f"bnnsearch-compare/{cmp_name}"
+    tracker = Tracker(base.tracking_uri, experiment)
+    out = Path(out or f"runs/{cmp_name}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    per_method: dict[str, list[list[float | None]]] = {}
+    cpu: dict[str, float] = {}
+    parents: dict[str, list[str]] = {}
+    best_cfg: dict[str, tuple[float, str]] = {}
+    for space in spaces:
+        per_method[space.method], cpu[space.method], parents[space.method] = [], 0.0, []
+    # Repeat-major order (r0 of every method, then r1, ...): an interrupted comparison leaves the
+    # arms balanced, and --resume continues where it stopped.
+    for r in range(repeats):
+        for space in spaces:
+            study = f"{cmp_name}-{space.method}-r{r}"
+            parent = tracker.find_study(study)
+            if parent is None or parent.info.status != "FINISHED":
+                if parent is not None and not base.resume:
+                    raise UserError(f"study {study!r} was interrupted; rerun the same command with --resume")
+                print(f"== {space.method}: repeat {r + 1}/{repeats} (sampler seed {r})", flush=True)
+                # No seeded default trial: every arm starts from the same kind of initial design.
+                run_sweep(replace(base, space=space, seed=r, name=study, experiment=experiment,
+                                  resume=parent is not None, quiet=True, seed_defaults=False))
+                parent = tracker.find_study(study)
+            else:
+                print(f"== {space.method}: repeat {r + 1}/{repeats} already finished, skipped", flush=True)
+            pid = parent.info.run_id
+            parents[space.method].append(pid)
+            per_method[space.method].append(_study_values(tracker, pid, base.trials))
+            cpu[space.method] += _cpu_seconds(tracker, pid, base.cpus_per_trial)
+            bv = parent.data.tags.get("best_value")
+            if bv is not None and (space.method not in best_cfg or
+                                   (float(bv) > best_cfg[space.method][0]) == (mode == "max")):
+                best_cfg[space.method] = (float(bv), pid)
+    all_values = [v for studies in per_method.values() for s in studies for v in s]
+    target = target_value(all_values, mode, delta, metric)
+    stats = {m: method_stats(m, studies, target, mode) for m, studies in per_method.items()}
+    test = rank_test({m: s.ttt for m, s in stats.items()}, base.trials)
+    summary = {
+        "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
+        "sampler": base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
+        "rank_test": test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
+        "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
+                        "cpu_seconds": cpu[m], "study_runs": parents[m],
+                        "best_config": tracker.download_text(best_cfg[m][1], "best_config.yaml") if m in best_cfg else None}
+                    for m, s in stats.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
+    with open(out / "curves.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "repeat", "trial", "value", "best_so_far", "mean", "band_low", "band_high"])
+        from .efficiency import best_so_far
+
+        for m, studies in per_method.items():
+            st = stats[m]
+            for r, s in enumerate(studies):
+                for i, (v, b) in enumerate(zip(s, best_so_far(s, mode)), 1):
+                    w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1]])
+    plots = _plots(stats, per_method, target, summary, out)
+    cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
+                                                 "study_runs": json.dumps(parents), "verdict": test["verdict"]},
+                                  params={"repeats": repeats, "trials": base.trials, "sampler": base.sampler,
+                                          "startup_trials": base.startup_trials, "target_delta": delta})
+    tracker.set_tags(cmp_run, {"bnnsearch.kind": "comparison"})
+    for p in [out / "summary.json", out / "curves.csv", *plots]:
+        tracker.client.log_artifact(cmp_run, str(p))
+    tracker.finish(cmp_run)
+    summary["comparison_run_id"] = cmp_run
+    summary["out"] = str(out)
+    summary["plots"] = [str(p) for p in plots]
+    return summary
+
+
+def _json(o):
+    return None if isinstance(o, float) and math.isnan(o) else str(o)
+
+
+def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .efficiency import best_so_far
+
+    mode, metric = summary["mode"], summary["metric"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (m, st), c in zip(stats.items(), colors):
+        xs = list(range(1, st.budget + 1))
+        for s in per_method[m]:
+            ax.plot(xs, best_so_far(s, mode), color=c, alpha=0.15, lw=0.8)
+        ax.plot(xs, st.mean, color=c, lw=2, label=f"{m} (median trials-to-target {st.ttt_median:g})")
+        ax.fill_between(xs, st.low, st.high, color=c, alpha=0.2)
+    ax.axhline(target, color="k", ls="--", lw=1, label=f"target ({target:.4g})")
+    seen = [v for studies in per_method.values() for s in studies for v in best_so_far(s, mode) if not math.isnan(v)]
+    if seen:  # show the data's range; wide t-bands of few repeats are clipped in display only
+        lo, hi = min(seen), max(seen)
+        pad = 0.1 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"best-so-far {metric}")
+    ax.set_title(f"{summary['repeats']} repeats x {summary['trials']} trials, {summary['sampler']}: "
+                 f"{summary['rank_test']['verdict']}" + (f" (p={summary['rank_test']['p_value']:.3g})"
+                                                          if summary["rank_test"]["p_value"] is not None else ""))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    p1 = out / "efficiency.png"
+    fig.tight_layout()
+    fig.savefig(p1, dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(stats)
+    data = [[t if t is not None else st.budget + 1 for t in st.ttt] for st in stats.values()]
+    ax.boxplot(data, tick_labels=names)
+    for i, d in enumerate(data, 1):
+        ax.scatter([i] * len(d), d, alpha=0.5, s=12)
+    budget = max(st.budget for st in stats.values())
+    ax.axhline(budget + 1, color="grey", ls=":", lw=1, label="did not reach the target")
+    ax.set_ylabel("trials to target")
+    ax.legend(fontsize=8)
+    p2 = out / "trials_to_target.png"
+    fig.tight_layout()
+    fig.savefig(p2, dpi=120)
+    plt.close(fig)
+    return [p1, p2]

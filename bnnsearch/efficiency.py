@@ -1,0 +1,126 @@
+"""Hyperparameter-efficiency statistics across repeated equal-budget studies (seed 002, Fig. 8).
+
+Pure functions over plain lists (no Ray, no MLflow), so they are tested on hand-made results.
+A study is the list of its trial values in trial order (full-budget trials; ``None`` for a trial
+that produced no full-budget value — pruned or failed — which improves nothing but uses budget).
+
+* best-so-far curve per study; mean across repeats with a 95 % t-interval band;
+* target = the best value any study of any method reached, minus ``delta`` (plus for ``min``);
+  for accuracy metrics ``delta`` is in percentage points (0.5 -> 0.005), otherwise in metric units;
+* trials-to-target per study: the first 1-based trial index whose best-so-far reaches the target,
+  or ``None`` when the budget ran out first (censored; ranked as budget + 1 in the tests below);
+* area under the best-so-far curve (its mean over trial indices, so comparable across budgets);
+* a rank test of trials-to-target between methods: Mann-Whitney U for two methods,
+  Kruskal-Wallis for more; p < alpha reads "significant", otherwise "not significant".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def best_so_far(values: list[float | None], mode: str = "max") -> list[float]:
+    out, best = [], None
+    for v in values:
+        if v is not None and math.isfinite(v) and (best is None or (v > best if mode == "max" else v < best)):
+            best = v
+        out.append(math.nan if best is None else best)
+    return out
+
+
+def mean_band(curves: list[list[float]], level: float = 0.95) -> tuple[list[float], list[float], list[float]]:
+    """Per index: mean and the t-interval (low, high) across curves (NaNs ignored)."""
+    from scipy import stats
+
+    n_idx = max(len(c) for c in curves)
+    mean, low, high = [], [], []
+    for i in range(n_idx):
+        xs = [c[i] for c in curves if i < len(c) and not math.isnan(c[i])]
+        if not xs:
+            mean.append(math.nan), low.append(math.nan), high.append(math.nan)
+            continue
+        m = sum(xs) / len(xs)
+        if len(xs) < 2:
+            mean.append(m), low.append(m), high.append(m)
+            continue
+        sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+        h = stats.t.ppf(0.5 + level / 2, len(xs) - 1) * sd / math.sqrt(len(xs))
+        mean.append(m), low.append(m - h), high.append(m + h)
+    return mean, low, high
+
+
+def target_value(all_values: list[float], mode: str, delta: float, metric: str) -> float:
+    d = delta / 100.0 if metric.endswith("/acc") else delta
+    finite = [v for v in all_values if v is not None and math.isfinite(v)]
+    if not finite:
+        raise ValueError("no finite trial value to define a target")
+    return max(finite) - d if mode == "max" else min(finite) + d
+
+
+def trials_to_target(curve: list[float], target: float, mode: str) -> int | None:
+    for i, v in enumerate(curve, 1):
+        if not math.isnan(v) and (v >= target if mode == "max" else v <= target):
+            return i
+    return None
+
+
+def auc(curve: list[float]) -> float:
+    xs = [v for v in curve if not math.isnan(v)]
+    return sum(xs) / len(curve) if curve and len(xs) == len(curve) else math.nan
+
+
+@dataclass
+class MethodStats:
+    method: str
+    repeats: int
+    budget: int
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    ttt: list[int | None]
+    ttt_median: float
+    ttt_q1: float
+    ttt_q3: float
+    reached: int
+    auc_mean: float
+    best_value: float
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    pos = (len(xs) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def method_stats(method: str, studies: list[list[float | None]], target: float, mode: str) -> MethodStats:
+    curves = [best_so_far(s, mode) for s in studies]
+    budget = max(len(s) for s in studies)
+    mean, low, high = mean_band(curves)
+    ttt = [trials_to_target(c, target, mode) for c in curves]
+    ranked = [t if t is not None else budget + 1 for t in ttt]  # censored studies rank last
+    finals = [c[-1] for c in curves if c and not math.isnan(c[-1])]
+    return MethodStats(method, len(studies), budget, mean, low, high, ttt, _quantile(ranked, 0.5),
+                       _quantile(ranked, 0.25), _quantile(ranked, 0.75), sum(t is not None for t in ttt),
+                       sum(auc(c) for c in curves) / len(curves),
+                       (max(finals) if mode == "max" else min(finals)) if finals else math.nan)
+
+
+def rank_test(ttts: dict[str, list[int | None]], budget: int, alpha: float = 0.05) -> dict:
+    """Is the difference in trials-to-target between methods statistically meaningful?"""
+    from scipy import stats
+
+    groups = {m: [t if t is not None else budget + 1 for t in v] for m, v in ttts.items()}
+    if len(groups) < 2:
+        return {"test": None, "p_value": None, "verdict": "needs two or more methods"}
+    data = list(groups.values())
+    if all(len(set(g)) == 1 for g in data) and len({g[0] for g in data}) == 1:
+        return {"test": "identical", "p_value": 1.0, "verdict": "not significant"}
+    if len(groups) == 2:
+        res = stats.mannwhitneyu(data[0], data[1], alternative="two-sided")
+        name = "Mann-Whitney U"
+    else:
+        res = stats.kruskal(*data)
+        name = "Kruskal-Wallis"
+    p = float(res.pvalue)
+    return {"test": name, "p_value": p, "verdict": "significant" if p < alpha else "not significant"}

@@ -1,0 +1,65 @@
+"""A small real `bnnsearch compare` run (Ray, Optuna, MLflow) and its resume."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+FIXED = {"arch": "mlp", "arch_args": {"widths": [16, 16, 16]}, "data": "digits", "epochs": 1, "batch_size": 64,
+         "device": "cpu"}
+
+
+def spaces(tmp_path):
+    out = []
+    for method, params in (("latent", {"lr": {"float": [1e-4, 1.0], "log": True}}),
+                           ("filtered", {"alpha": {"float": [1e-7, 1e-1], "log": True}})):
+        p = tmp_path / f"{method}.yaml"
+        p.write_text(yaml.safe_dump({"method": method, "objective": {"metric": "val/acc", "mode": "max"},
+                                     "fixed": {**FIXED, "data_root": str(tmp_path / "data")}, "params": params}))
+        out.append(str(p))
+    return out
+
+
+def run(tmp_path, *extra):
+    cmd = [sys.executable, "-m", "bnnsearch.cli", "compare", *spaces(tmp_path), "--repeats", "2", "--trials", "3",
+           "--sampler", "tpe", "--startup-trials", "2", "--out", str(tmp_path / "out"), "--name", "cmp", *extra]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def test_compare_end_to_end_and_resume(tmp_path):
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "trials-to-target median [IQR]" in r.stdout and "Mann-Whitney U" in r.stdout
+    out = tmp_path / "out"
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["methods"]) == {"latent", "filtered"} and s["repeats"] == 2 and s["trials"] == 3
+    assert s["rank_test"]["verdict"] in ("significant", "not significant")
+    best = max(m["best_value"] for m in s["methods"].values())
+    assert s["target"] == pytest.approx(best - 0.005)
+    rows = list(csv.DictReader((out / "curves.csv").open()))
+    assert len(rows) == 2 * 2 * 3
+    for m in ("latent", "filtered"):  # best-so-far in the CSV is the running max of the values
+        for rep in ("0", "1"):
+            vals = [float(x["value"]) for x in rows if x["method"] == m and x["repeat"] == rep]
+            bsf = [float(x["best_so_far"]) for x in rows if x["method"] == m and x["repeat"] == rep]
+            assert bsf == [max(vals[: i + 1]) for i in range(len(vals))]
+    for png in ("efficiency.png", "trials_to_target.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    e = c.get_experiment_by_name("bnnsearch-compare/cmp")
+    comp = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'comparison'")
+    assert len(comp) == 1
+    links = json.loads(comp[0].data.tags["study_runs"])
+    assert {len(v) for v in links.values()} == {2}
+    assert {a.path for a in c.list_artifacts(comp[0].info.run_id)} >= {"summary.json", "curves.csv", "efficiency.png"}
+    # rerun: every study is finished, so all are skipped and the statistics are the same
+    r2 = run(tmp_path, "--resume")
+    assert r2.returncode == 0 and r2.stdout.count("already finished, skipped") == 4
+    s2 = json.loads((out / "summary.json").read_text())
+    assert s2["target"] == s["target"] and s2["methods"]["latent"]["ttt"] == s["methods"]["latent"]["ttt"]

@@ -1,0 +1,57 @@
+"""Aggregation math of `bnnsearch compare` on hand-made study results."""
+import math
+
+import pytest
+
+from bnnsearch.efficiency import auc, best_so_far, mean_band, method_stats, rank_test, target_value, trials_to_target
+
+
+def test_best_so_far_max_min_and_gaps():
+    assert best_so_far([0.5, None, 0.4, 0.7, 0.6]) == [0.5, 0.5, 0.5, 0.7, 0.7]
+    assert best_so_far([3.0, 2.0, 4.0], mode="min") == [3.0, 2.0, 2.0]
+    c = best_so_far([None, 0.2])
+    assert math.isnan(c[0]) and c[1] == 0.2
+
+
+def test_mean_band_is_a_t_interval():
+    curves = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+    mean, low, high = mean_band(curves)
+    assert mean == [3.0, 4.0]
+    # sd = 2, n = 3, t_{0.975, 2} = 4.302653 -> half width 4.302653 * 2 / sqrt(3) = 4.968275
+    assert high[0] - mean[0] == pytest.approx(4.968275, rel=1e-5)
+    assert mean[0] - low[0] == pytest.approx(4.968275, rel=1e-5)
+
+
+def test_target_and_trials_to_target():
+    assert target_value([0.9, 0.93, None], "max", 0.5, "val/acc") == pytest.approx(0.925)
+    assert target_value([1.2, 0.8], "min", 0.1, "val/loss") == pytest.approx(0.9)
+    curve = best_so_far([0.80, 0.91, 0.90, 0.926, 0.93])
+    assert trials_to_target(curve, 0.925, "max") == 4
+    assert trials_to_target(curve, 0.95, "max") is None
+
+
+def test_auc_is_mean_of_the_curve():
+    assert auc([0.5, 0.5, 0.8, 1.0]) == pytest.approx(0.7)
+    assert math.isnan(auc([math.nan, 1.0]))
+
+
+def test_method_stats_hand_computed():
+    studies = [[0.8, 0.9, 0.95], [0.7, 0.96, 0.96], [0.6, 0.7, 0.8]]
+    st = method_stats("m", studies, target=0.95, mode="max")
+    assert st.ttt == [3, 2, None]
+    # ranked with the censored study at budget + 1 = 4: [3, 2, 4] -> median 3, q1 2.5, q3 3.5
+    assert (st.ttt_median, st.ttt_q1, st.ttt_q3) == (3, 2.5, 3.5)
+    assert st.reached == 2 and st.best_value == 0.96
+    assert st.auc_mean == pytest.approx(((0.8 + 0.9 + 0.95) / 3 + (0.7 + 0.96 + 0.96) / 3 + (0.6 + 0.7 + 0.8) / 3) / 3)
+    assert st.mean[0] == pytest.approx(0.7)
+
+
+def test_rank_test_verdicts():
+    fast = [2, 3, 2, 3, 2, 3, 2, 2, 3, 2]
+    slow = [12, 15, None, 14, 13, None, 16, 12, 15, 14]
+    r = rank_test({"a": fast, "b": slow}, budget=25)
+    assert r["test"] == "Mann-Whitney U" and r["p_value"] < 0.001 and r["verdict"] == "significant"
+    r = rank_test({"a": [3, 5, 4, 6], "b": [4, 5, 3, 6]}, budget=25)
+    assert r["verdict"] == "not significant" and r["p_value"] > 0.5
+    r = rank_test({"a": fast, "b": slow, "c": fast}, budget=25)
+    assert r["test"] == "Kruskal-Wallis" and r["verdict"] == "significant"
