@@ -21,6 +21,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--checkpoint-s", type=float, default=30.0, help="as bnnsearch sweep --checkpoint-s")
     args = ap.parse_args()
     import optuna
     import ray
@@ -52,12 +53,14 @@ def main():
         for n in (2, small, args.trials):  # the first (2 trials) only warms up: DB schema, worker imports
             t0 = time.perf_counter()
             run_sweep(SweepArgs(space=space, trials=n, sampler="random", concurrency=1, quiet=True, name=f"n{n}-{len(walls)}",
+                                checkpoint_s=args.checkpoint_s,
                                 storage=f"{tmp}/runs", tracking_uri=f"sqlite:///{tmp}/mlflow.db"))
             walls[n] = time.perf_counter() - t0
         ray.shutdown()
     study_s = (walls[args.trials] - walls[small]) / (args.trials - small)
     fixed = walls[small] - small * study_s
-    print(f"trials of {args.epochs} epoch(s) on digits, 1 CPU per trial, one at a time")
+    print(f"trials of {args.epochs} epoch(s) on digits, 1 CPU per trial, one at a time, checkpoint every "
+          f"{args.checkpoint_s:g} s")
     print(f"in-process (engine.fit + Optuna):      {inproc:6.3f} s/trial")
     print(f"study (Ray Tune + Optuna + MLflow):    {study_s:6.3f} s/trial   (marginal, from {small} and {args.trials} trials)")
     print(f"ratio study / in-process:              {study_s / inproc:6.2f}x   overhead {study_s - inproc:.3f} s/trial")

@@ -108,7 +108,8 @@ def _sweep_args(args, space):
         space=space, trials=args.trials, sampler=args.sampler, seed=args.seed, startup_trials=args.startup_trials,
         concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         scheduler=args.scheduler, address=args.address, tracking_uri=args.tracking_uri, experiment=args.experiment,
-        storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures)
+        storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
+        checkpoint_s=args.checkpoint_s)
 
 
 def print_summary(s: dict, top: int = 5) -> None:
@@ -207,6 +208,8 @@ def add_sweep_flags(w: argparse.ArgumentParser) -> None:
     w.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions let several trials share a GPU")
     w.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"])
     w.add_argument("--max-failures", type=int, default=1, help="retries of a trial that raises")
+    w.add_argument("--checkpoint-s", type=float, default=30.0,
+                   help="hand Ray a trial checkpoint at most every this many seconds (0: every epoch)")
     w.add_argument("--address", default=None, help="join an existing Ray cluster (ray start --head ...)")
     w.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite ./mlflow.db)")
     w.add_argument("--experiment", default=None, help="MLflow experiment (default bnnsearch/<data>/<arch>)")

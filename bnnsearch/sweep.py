@@ -5,8 +5,10 @@ proposes configs, MLflow records them. The only module that imports ray.
   ``random``, ``tpe``, ``gp`` (Optuna's GPSampler) and ``botorch`` (optuna-integration's
   BoTorchSampler) all get the same number of startup (random) trials unless told otherwise.
 * The paper defaults are the first trial when they lie inside the space (``points_to_evaluate``).
-* Trials report once per epoch through ``ray.tune.report`` with a checkpoint of the engine's
-  state, so a resumed study continues interrupted trials where they were.
+* Trials report once per epoch through ``ray.tune.report``, handing Ray a checkpoint of the
+  engine's state at most every ``checkpoint_s`` seconds, so a resumed study continues an
+  interrupted trial from its last checkpoint (re-run epochs are deterministic and are not
+  recorded twice).
 * Early stopping (``--scheduler asha``): a trial stopped before its full budget reaches the
   sampler as PRUNED, never as a complete full-budget result. Diverged trials (NaN/inf loss)
   reach it as COMPLETE with a worst-case value and are tagged ``diverged``. A trial that raises
@@ -53,6 +55,7 @@ class SweepArgs:
     max_failures: int = 1
     quiet: bool = False
     seed_defaults: bool = True  # the paper defaults as the first trial (off in comparisons: equal designs)
+    checkpoint_s: float = 30.0  # hand Ray a trial checkpoint at most this often (0: every epoch)
 
     def study_name(self) -> str:
         return self.name or f"{self.space.method}-{self.sampler}-s{self.seed}"
@@ -114,7 +117,7 @@ def trial_config(space: SearchSpace, config: dict, cpus: float):
     return cfg if cfg.threads else dataclasses.replace(cfg, threads=max(1, int(cpus)))
 
 
-def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0):
+def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkpoint_s: float = 30.0):
     """The one common trainable: engine.fit on the sampled config, reported to Tune per epoch."""
     import ray
 
@@ -130,13 +133,21 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0):
     # record, is a read-only call of Ray core: TuneContext does not expose it.
     node = ray.get_runtime_context().get_node_id()
     pid = os.getpid()
+    last_ckpt = [time.monotonic()]
 
     def report(m: dict):
         out = sanitize(m)
         out["objective"] = objective_of(m, space)
         out["node_id"] = node
         out["worker_pid"] = pid
-        tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        # The engine saves its state every epoch (cheap, local); handing it to Ray copies it to
+        # storage, which costs more than a short epoch: do that at most every checkpoint_s.
+        now = time.monotonic()
+        if now - last_ckpt[0] >= checkpoint_s:
+            last_ckpt[0] = now
+            tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        else:
+            tune.report(out)
 
     try:
         fit(cfg, report, checkpoint_dir=work)
@@ -265,6 +276,18 @@ class MlflowCallback(tune.Callback):
         self.failed += 1
         self._progress(trials, trial, "FAILED")
 
+    def on_experiment_end(self, trials, **info):
+        """Reconcile: a trial that started just before the driver died can be missing from Ray's
+        last experiment snapshot; on resume Ray re-samples its slot. Its MLflow run is kept (it
+        is what happened) but re-tagged so it no longer counts as a trial of the study."""
+        known = {t.trial_id for t in trials}
+        for tid, rid in self.runs.items():
+            if tid not in known:
+                self.tracker.set_tags(rid, {"bnnsearch.kind": "lost_trial", "bnnsearch.status": "lost",
+                                            "note": "started before the driver died, unknown to the resumed "
+                                                    "study; its slot was sampled again"})
+                self.tracker.finish(rid, "KILLED")
+
     def _progress(self, trials, trial, status):
         if self.args.quiet:
             return
@@ -321,7 +344,8 @@ def run_sweep(a: SweepArgs) -> dict:
         # "local": always a fresh local instance, never a stale cluster recorded in /tmp/ray
         ray.init(address=a.address or "local", **kw)
     epochs = space.config({}, where="fixed").epochs
-    train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial),
+    train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial,
+                                                        checkpoint_s=a.checkpoint_s),
                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
     callback = MlflowCallback(a, parent_id, tracker.uri, tracker)
     t0 = time.time()
