@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/bnnsearch demo
 
-test: install
+# The dashboard's browser tests need Chromium (Debian's package); install it where we can.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium could not be installed: the dashboard's browser tests will be skipped"
+
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The default suite minus tests marked slow.

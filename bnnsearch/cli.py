@@ -184,6 +184,21 @@ def cmd_best(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from dashboards import build_html
+    from dashboards.server import serve
+
+    if args.export:
+        Path(args.export).write_text(build_html(args.tracking_uri, args.mlflow_ui))
+        print(f"wrote {args.export} (one self-contained HTML file)")
+        return 0
+    try:
+        serve(args.tracking_uri, args.port, args.mlflow_ui, args.refresh)
+    except OSError as e:
+        raise UserError(f"--port {args.port}: cannot serve the dashboard ({e.strerror})") from None
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .spaces import load_space
     from .sweep import run_sweep
@@ -258,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite ./mlflow.db)")
     b.add_argument("--experiment", default=None, help="restrict the study lookup to this experiment")
     b.set_defaults(func=cmd_best)
+
+    ds = sub.add_parser("dashboard", help="serve (or export) the cross-study dashboard from the tracking store")
+    ds.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite ./mlflow.db)")
+    ds.add_argument("--port", type=int, default=8050)
+    ds.add_argument("--refresh", type=int, default=30, help="seconds between page refreshes")
+    ds.add_argument("--mlflow-ui", default="http://127.0.0.1:5000", help="where points link to (the MLflow UI)")
+    ds.add_argument("--export", default=None, help="write the dashboard to this HTML file instead of serving it")
+    ds.set_defaults(func=cmd_dashboard)
 
     d = sub.add_parser("demo", help="run the main job on the embedded defaults: a small real study")
     add_sweep_flags(d)

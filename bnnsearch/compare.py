@@ -113,9 +113,12 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                                   params={"repeats": repeats, "trials": base.trials, "sampler": base.sampler,
                                           "startup_trials": base.startup_trials, "target_delta": delta})
     tracker.set_tags(cmp_run, {"bnnsearch.kind": "comparison"})
-    for p in [out / "summary.json", out / "curves.csv", *plots]:
+    tracker.finish(cmp_run)  # finished before the export, so the dashboard shows this comparison
+    from dashboards import build_html
+
+    (out / "dashboard.html").write_text(build_html(tracker.uri))
+    for p in [out / "summary.json", out / "curves.csv", *plots, out / "dashboard.html"]:
         tracker.client.log_artifact(cmp_run, str(p))
-    tracker.finish(cmp_run)
     summary["comparison_run_id"] = cmp_run
     summary["out"] = str(out)
     summary["plots"] = [str(p) for p in plots]

@@ -141,3 +141,41 @@ class Tracker:
         with tempfile.TemporaryDirectory() as d:
             path = self.client.download_artifacts(run_id, name, d)
             return Path(path).read_text()
+
+
+def snapshot(uri: str | None = None) -> dict:
+    """Everything bnnsearch recorded in a tracking store, as plain dicts (for dashboards):
+    {experiments: [{id, name, studies: [...], trials: [...], comparisons: [...]}], uri}."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+
+    def as_dict(r):
+        return {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+                "start": r.info.start_time, "tags": dict(r.data.tags), "params": dict(r.data.params),
+                "metrics": dict(r.data.metrics)}
+
+    out = []
+    for e in client.search_experiments():
+        runs = client.search_runs([e.experiment_id], "tags.`bnnsearch.kind` != ''", max_results=50000)
+        if not runs:
+            continue
+        by_kind: dict[str, list] = {"study": [], "trial": [], "comparison": []}
+        for r in runs:
+            kind = r.data.tags.get("bnnsearch.kind")
+            if kind in by_kind:
+                by_kind[kind].append(as_dict(r))
+        for s in by_kind["study"]:
+            s["trial_values"] = [m.value for m in sorted(client.get_metric_history(s["run_id"], "trial_value"),
+                                                         key=lambda m: m.step)]
+        out.append({"id": e.experiment_id, "name": e.name, "studies": by_kind["study"],
+                    "trials": by_kind["trial"], "comparisons": by_kind["comparison"]})
+    return {"uri": uri, "experiments": out, "client": client}
+
+
+def metric_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]

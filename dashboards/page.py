@@ -1,0 +1,207 @@
+"""The dashboard page, generated from a tracking-store snapshot."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+
+from bnnsearch.efficiency import method_stats, rank_test, target_value
+
+from .svg import PALETTE, Frame
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:15px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:12px}
+svg.chart{background:#fff;border:1px solid #ddd;font-size:11px}svg .plot{fill:#fafafa;stroke:#bbb}
+svg .grid{stroke:#e6e6e6}svg .title{font-size:13px;font-weight:600}.note{color:#666;font-size:12px}"""
+
+
+def _run_url(ui: str, exp_id: str, run_id: str) -> str:
+    return f"{ui.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+
+
+def _num(v):
+    try:
+        f = float(v)
+        return f if math.isfinite(f) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _efficiency_section(exp, comp) -> str:
+    study_runs = json.loads(comp["tags"].get("study_runs", "{}"))
+    params = comp["params"]
+    trials = int(params.get("trials", 0) or 0)
+    delta = float(params.get("target_delta", 0.5))
+    studies = {s["run_id"]: s for s in exp["studies"]}
+    per_method = {m: [studies[p]["trial_values"] for p in pids if p in studies] for m, pids in study_runs.items()}
+    per_method = {m: [(v + [None] * (trials - len(v)))[:trials] for v in vs] for m, vs in per_method.items() if vs}
+    if not per_method:
+        return "<p class=note>no studies of this comparison in the store</p>"
+    first = studies[next(iter(study_runs.values()))[0]]
+    metric, mode = first["params"].get("metric", "val/acc"), first["params"].get("mode", "max")
+    target = target_value([v for vs in per_method.values() for s in vs for v in s], mode, delta, metric)
+    stats = {m: method_stats(m, vs, target, mode) for m, vs in per_method.items()}
+    test = rank_test({m: s.ttt for m, s in stats.items()}, trials)
+    all_y = [y for s in stats.values() for y in s.mean if y is not None and not math.isnan(y)]
+    fr = Frame(list(range(1, trials + 1)), all_y + [target], title=f"best-so-far {metric}: mean and 95% band",
+               xlabel="trial", ylabel=metric)
+    for (m, st), c in zip(stats.items(), PALETTE):
+        xs = list(range(1, st.budget + 1))
+        fr.band(xs, st.low, st.high, c)
+        fr.line(xs, st.mean, c)
+    fr.line([1, trials], [target, target], "#000", width=1, dash="4,3")
+    fr.legend([(m, c) for m, c in zip(stats, PALETTE)] + [("target", "#000")])
+    rows = "".join(
+        f"<tr><td>{html.escape(m)}</td><td>{st.repeats}x{st.budget}</td><td>{st.best_value:.4g}</td>"
+        f"<td>{st.auc_mean:.4g}</td><td>{st.ttt_median:g} [{st.ttt_q1:g}, {st.ttt_q3:g}]</td>"
+        f"<td>{st.reached}/{st.repeats}</td></tr>" for m, st in stats.items())
+    p = test["p_value"]
+    return (f"<div class=charts>{fr.svg()}</div><table><tr><th>method</th><th>studies</th><th>best</th><th>AUC</th>"
+            f"<th>trials-to-target median [IQR]</th><th>reached</th></tr>{rows}</table>"
+            f"<p>target {target:.4g} (best of all studies minus {delta} points); {test['test']}: "
+            f"p = {'n/a' if p is None else format(p, '.3g')} &rarr; <b>{test['verdict']}</b></p>")
+
+
+def _importance(trials, mode):
+    """fANOVA importance (Optuna) over the trials' numeric/categorical hyperparameters."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    keys = sorted({k for t in trials for k in t["params"] if k.startswith("hparams.")})
+    dists = {}
+    for k in keys:
+        vals = [t["params"].get(k) for t in trials]
+        nums = [_num(v) for v in vals]
+        if all(n is not None for n in nums) and len(set(nums)) > 1:
+            lo, hi = min(nums), max(nums)
+            dists[k] = optuna.distributions.FloatDistribution(lo, hi, log=lo > 0 and hi / lo > 100)
+        elif len(set(vals)) > 1:
+            dists[k] = optuna.distributions.CategoricalDistribution(sorted(set(map(str, vals))))
+    if not dists:
+        return {}
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for t in trials:
+        params = {k: (_num(t["params"][k]) if isinstance(d, optuna.distributions.FloatDistribution)
+                      else str(t["params"][k])) for k, d in dists.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t["metrics"]["objective"]))
+    if len(study.trials) < 4:
+        return {}
+    return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+
+
+def _method_section(exp, method, trials, ui, client) -> str:
+    done = [t for t in trials if t["tags"].get("bnnsearch.status") == "complete" and "objective" in t["metrics"]]
+    if not done:
+        return "<p class=note>no complete trial yet</p>"
+    studies = [s for s in exp["studies"] if s["tags"].get("method") == method]
+    mode = studies[0]["params"].get("mode", "max") if studies else "max"
+    sign = 1 if mode == "max" else -1
+    parts = []
+    try:
+        imp = _importance(done, mode)
+    except Exception as e:  # noqa: BLE001 - importance is best effort on few trials
+        imp = {}
+        parts.append(f"<p class=note>hyperparameter importance not available: {html.escape(str(e))}</p>")
+    if imp:
+        parts.append("<table><tr><th>hyperparameter</th><th>fANOVA importance</th></tr>" + "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in imp.items()) + "</table>")
+    charts = []
+    keys = sorted({k for t in done for k in t["params"] if k.startswith("hparams.")},
+                  key=lambda k: -imp.get(k, 0.0))
+    for k in keys[:6]:
+        vals = [t["params"].get(k) for t in done]
+        nums = [_num(v) for v in vals]
+        if len({str(v) for v in vals}) < 2:
+            continue
+        if all(n is not None for n in nums):
+            logx = min(nums) > 0 and max(nums) / min(nums) > 100
+            fr = Frame(nums, [t["metrics"]["objective"] for t in done], logx=logx, title=f"objective vs {k}",
+                       xlabel=k, ylabel="objective")
+            for t, x in zip(done, nums):
+                fr.point(x, t["metrics"]["objective"], PALETTE[0], _run_url(ui, exp["id"], t["run_id"]),
+                         f"{t['name']}: {t['metrics']['objective']:.4f}")
+        else:
+            cats = sorted({str(v) for v in vals})
+            fr = Frame(list(range(len(cats))), [t["metrics"]["objective"] for t in done],
+                       title=f"objective vs {k} ({', '.join(cats)})", xlabel=f"{k} (category index)", ylabel="objective")
+            for i, (t, v) in enumerate(zip(done, vals)):
+                fr.point(cats.index(str(v)) + 0.15 * ((i % 5) - 2) / 2, t["metrics"]["objective"], PALETTE[1],
+                         _run_url(ui, exp["id"], t["run_id"]), f"{t['name']}: {v}")
+        charts.append(fr.svg())
+    best = max(done, key=lambda t: sign * t["metrics"]["objective"])
+    from bnnsearch.tracking import metric_history
+
+    flips = metric_history(client, best["run_id"], "bin/flip_ratio")
+    if flips:
+        fr = Frame([s for s, _ in flips], [v for _, v in flips], title=f"best trial {best['name']}: flip ratio per step",
+                   xlabel="epoch", ylabel="bin/flip_ratio")
+        fr.line([s for s, _ in flips], [v for _, v in flips], PALETTE[2])
+        charts.append(fr.svg())
+    for key in sorted(k for k in best["metrics"] if k.startswith("sched/"))[:2]:
+        h = metric_history(client, best["run_id"], key)
+        fr = Frame([s for s, _ in h], [v for _, v in h], title=f"best trial: {key}", xlabel="epoch", ylabel=key)
+        fr.line([s for s, _ in h], [v for _, v in h], PALETTE[3])
+        charts.append(fr.svg())
+    return "".join(parts) + "<div class=charts>" + "".join(charts) + "</div>"
+
+
+def _pareto(points):
+    """Points not dominated (higher objective, lower cost)."""
+    front = []
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or p[1] > front[-1][1]:
+            front.append(p)
+    return front
+
+
+def _cost_section(exp, ui) -> str:
+    done = [t for t in exp["trials"] if t["tags"].get("bnnsearch.status") == "complete"
+            and "objective" in t["metrics"] and "cost/ops" in t["metrics"]]
+    if not done:
+        return "<p class=note>no complete trial with cost metrics</p>"
+    methods = sorted({t["tags"].get("method", "?") for t in done})
+    charts = []
+    for key, label in (("cost/ops", "OPs per sample (BOPs/64 + FLOPs)"), ("cost/mem_bits", "memory (bits)"),
+                       ("cost/train_rel", "modelled training cost vs fp32")):
+        pts = [(t["metrics"][key], t["metrics"]["objective"], t) for t in done if key in t["metrics"]]
+        if not pts:
+            continue
+        fr = Frame([p[0] for p in pts], [p[1] for p in pts], logx=min(p[0] for p in pts) > 0,
+                   title=f"objective vs {label}", xlabel=key, ylabel="objective")
+        for x, y, t in pts:
+            fr.point(x, y, PALETTE[methods.index(t["tags"].get("method", "?")) % len(PALETTE)],
+                     _run_url(ui, exp["id"], t["run_id"]), f"{t['tags'].get('method')} {t['name']}: {y:.4f}")
+        front = _pareto([(x, y) for x, y, _ in pts])
+        fr.line([x for x, _ in front], [y for _, y in front], "#000", width=1.2, dash="3,2")
+        fr.legend([(m, PALETTE[i % len(PALETTE)]) for i, m in enumerate(methods)] + [("Pareto front", "#000")])
+        charts.append(fr.svg())
+    return "<div class=charts>" + "".join(charts) + "</div>"
+
+
+def build_html(uri: str | None = None, ui: str = "http://127.0.0.1:5000", refresh_s: int = 0) -> str:
+    """The whole dashboard as one self-contained HTML document."""
+    from bnnsearch.tracking import snapshot
+
+    snap = snapshot(uri)
+    client = snap.pop("client")
+    body = [f"<h1>bnnsearch dashboard</h1><p class=note>tracking store {html.escape(snap['uri'])}; "
+            f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}; points link to their MLflow runs at {html.escape(ui)}</p>"]
+    if not snap["experiments"]:
+        body.append("<p>No bnnsearch studies in this store yet: run <code>bnnsearch sweep</code> or "
+                    "<code>bnnsearch compare</code>.</p>")
+    for exp in snap["experiments"]:
+        body.append(f"<h2>{html.escape(exp['name'])}</h2>")
+        body.append(f"<p class=note>{len(exp['studies'])} studies, {len(exp['trials'])} trials</p>")
+        for comp in exp["comparisons"]:
+            body.append(f"<h3>Efficiency: {html.escape(comp['name'] or '')}</h3>" + _efficiency_section(exp, comp))
+        body.append("<h3>Accuracy vs cost (all trials; dashed: Pareto front)</h3>" + _cost_section(exp, ui))
+        for method in sorted({t["tags"].get("method", "?") for t in exp["trials"]}):
+            trials = [t for t in exp["trials"] if t["tags"].get("method") == method]
+            body.append(f"<h3>{html.escape(method)}: importance, objective vs hyperparameters, best trial</h3>"
+                        + _method_section(exp, method, trials, ui, client))
+    meta = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
+    return (f"<!doctype html><html><head><meta charset=utf-8>{meta}<title>bnnsearch dashboard</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")

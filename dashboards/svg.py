@@ -1,0 +1,95 @@
+"""Minimal inline-SVG charts (no JavaScript, no network): lines with bands, and scatters whose
+points link to their MLflow runs."""
+from __future__ import annotations
+
+import html
+import math
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+W, H, L, R, T, B = 640, 340, 64, 16, 34, 46
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    step = 10 ** math.floor(math.log10((hi - lo) / n))
+    for m in (1, 2, 5, 10):
+        if (hi - lo) / (step * m) <= n:
+            step *= m
+            break
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+class Frame:
+    def __init__(self, xs, ys, logx=False, title="", xlabel="", ylabel=""):
+        self.logx = logx
+        fx = [self._tx(x) for x in xs if x is not None and (not logx or x > 0)]
+        fy = [y for y in ys if y is not None and math.isfinite(y)]
+        self.x0, self.x1 = (min(fx), max(fx)) if fx else (0, 1)
+        self.y0, self.y1 = (min(fy), max(fy)) if fy else (0, 1)
+        if self.x1 == self.x0:
+            self.x0, self.x1 = self.x0 - 1, self.x1 + 1
+        pad = 0.06 * ((self.y1 - self.y0) or 1.0)
+        self.y0, self.y1 = self.y0 - pad, self.y1 + pad
+        self.parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" class="chart" '
+                      f'viewBox="0 0 {W} {H}"><text x="{W / 2}" y="18" text-anchor="middle" class="title">'
+                      f"{html.escape(title)}</text>"]
+        self._axes(xlabel, ylabel)
+
+    def _tx(self, x):
+        return math.log10(x) if self.logx else x
+
+    def px(self, x):
+        return L + (self._tx(x) - self.x0) / (self.x1 - self.x0) * (W - L - R)
+
+    def py(self, y):
+        return H - B - (y - self.y0) / (self.y1 - self.y0) * (H - T - B)
+
+    def _axes(self, xlabel, ylabel):
+        p = self.parts
+        p.append(f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" class="plot"/>')
+        for t in _ticks(self.y0, self.y1):
+            y = self.py(t)
+            p.append(f'<line x1="{L}" x2="{W - R}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                     f'<text x="{L - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+        for t in _ticks(self.x0, self.x1):
+            x = L + (t - self.x0) / (self.x1 - self.x0) * (W - L - R)
+            label = _fmt(10**t) if self.logx else _fmt(t)
+            p.append(f'<text x="{x:.1f}" y="{H - B + 16}" text-anchor="middle">{label}</text>')
+        p.append(f'<text x="{(L + W - R) / 2}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>'
+                 f'<text x="14" y="{(T + H - B) / 2}" transform="rotate(-90 14 {(T + H - B) / 2})" '
+                 f'text-anchor="middle">{html.escape(ylabel)}</text>')
+
+    def line(self, xs, ys, color, width=2.0, dash="", opacity=1.0):
+        pts = " ".join(f"{self.px(x):.1f},{self.py(y):.1f}" for x, y in zip(xs, ys) if y is not None and math.isfinite(y))
+        if pts:
+            self.parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="{width}" '
+                              f'stroke-dasharray="{dash}" opacity="{opacity}"/>')
+
+    def band(self, xs, lo, hi, color):
+        up = [(x, y) for x, y in zip(xs, hi) if y is not None and math.isfinite(y)]
+        dn = [(x, y) for x, y in zip(xs, lo) if y is not None and math.isfinite(y)][::-1]
+        if up and dn:
+            pts = " ".join(f"{self.px(x):.1f},{self.py(min(max(y, self.y0), self.y1)):.1f}" for x, y in up + dn)
+            self.parts.append(f'<polygon points="{pts}" fill="{color}" opacity="0.18" class="band"/>')
+
+    def point(self, x, y, color, href=None, tip=""):
+        if y is None or not math.isfinite(y) or (self.logx and x <= 0):
+            return
+        c = (f'<circle cx="{self.px(x):.1f}" cy="{self.py(y):.1f}" r="4" fill="{color}" opacity="0.8" class="pt">'
+             f"<title>{html.escape(tip)}</title></circle>")
+        self.parts.append(f'<a href="{html.escape(href)}" target="_blank">{c}</a>' if href else c)
+
+    def legend(self, items):
+        for i, (name, color) in enumerate(items):
+            y = T + 14 + 16 * i
+            self.parts.append(f'<rect x="{W - R - 150}" y="{y - 9}" width="10" height="10" fill="{color}"/>'
+                              f'<text x="{W - R - 135}" y="{y}">{html.escape(name)}</text>')
+
+    def svg(self) -> str:
+        return "".join(self.parts) + "</svg>"
