@@ -30,7 +30,15 @@ def _num(v):
         return None
 
 
+def _colors(exp) -> dict[str, str]:
+    """One colour per method for the whole page (sorted names, so stable across charts)."""
+    names = sorted({t["tags"].get("method", "?") for t in exp["trials"]}
+                   | {m for c in exp["comparisons"] for m in json.loads(c["tags"].get("study_runs", "{}"))})
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(names)}
+
+
 def _efficiency_section(exp, comp) -> str:
+    colors = _colors(exp)
     study_runs = json.loads(comp["tags"].get("study_runs", "{}"))
     params = comp["params"]
     trials = int(params.get("trials", 0) or 0)
@@ -48,12 +56,12 @@ def _efficiency_section(exp, comp) -> str:
     all_y = [y for s in stats.values() for y in s.mean if y is not None and not math.isnan(y)]
     fr = Frame(list(range(1, trials + 1)), all_y + [target], title=f"best-so-far {metric}: mean and 95% band",
                xlabel="trial", ylabel=metric)
-    for (m, st), c in zip(stats.items(), PALETTE):
+    for m, st in stats.items():
         xs = list(range(1, st.budget + 1))
-        fr.band(xs, st.low, st.high, c)
-        fr.line(xs, st.mean, c)
+        fr.band(xs, st.low, st.high, colors[m])
+        fr.line(xs, st.mean, colors[m])
     fr.line([1, trials], [target, target], "#000", width=1, dash="4,3")
-    fr.legend([(m, c) for m, c in zip(stats, PALETTE)] + [("target", "#000")])
+    fr.legend([(m, colors[m]) for m in stats] + [("target", "#000")])
     rows = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{st.repeats}x{st.budget}</td><td>{st.best_value:.4g}</td>"
         f"<td>{st.auc_mean:.4g}</td><td>{st.ttt_median:g} [{st.ttt_q1:g}, {st.ttt_q3:g}]</td>"
@@ -162,6 +170,7 @@ def _cost_section(exp, ui) -> str:
             and "objective" in t["metrics"] and "cost/ops" in t["metrics"]]
     if not done:
         return "<p class=note>no complete trial with cost metrics</p>"
+    colors = _colors(exp)
     methods = sorted({t["tags"].get("method", "?") for t in done})
     charts = []
     for key, label in (("cost/ops", "OPs per sample (BOPs/64 + FLOPs)"), ("cost/mem_bits", "memory (bits)"),
@@ -172,11 +181,11 @@ def _cost_section(exp, ui) -> str:
         fr = Frame([p[0] for p in pts], [p[1] for p in pts], logx=min(p[0] for p in pts) > 0,
                    title=f"objective vs {label}", xlabel=key, ylabel="objective")
         for x, y, t in pts:
-            fr.point(x, y, PALETTE[methods.index(t["tags"].get("method", "?")) % len(PALETTE)],
+            fr.point(x, y, colors[t["tags"].get("method", "?")],
                      _run_url(ui, exp["id"], t["run_id"]), f"{t['tags'].get('method')} {t['name']}: {y:.4f}")
         front = _pareto([(x, y) for x, y, _ in pts])
         fr.line([x for x, _ in front], [y for _, y in front], "#000", width=1.2, dash="3,2")
-        fr.legend([(m, PALETTE[i % len(PALETTE)]) for i, m in enumerate(methods)] + [("Pareto front", "#000")])
+        fr.legend([(m, colors[m]) for m in methods] + [("Pareto front", "#000")])
         charts.append(fr.svg())
     return "<div class=charts>" + "".join(charts) + "</div>"
 
