@@ -29,9 +29,10 @@ def _study_values(tracker, parent_id: str, trials: int) -> list[float | None]:
     return vals + [None] * (trials - len(vals))  # failed/pruned trials used budget without a value
 
 
-def _cpu_seconds(tracker, parent_id: str, cpus: float) -> float:
+def _trial_seconds(tracker, parent_id: str) -> float:
+    """Wall seconds of training over a study's trials (each trial's engine time)."""
     runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
-    return sum(r.data.metrics.get("time/total_s", 0.0) for r in runs) * cpus
+    return sum(r.data.metrics.get("time/total_s", 0.0) for r in runs)
 
 
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
@@ -55,10 +56,11 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     t0 = time.time()
     per_method: dict[str, list[list[float | None]]] = {}
     cpu: dict[str, float] = {}
+    gpu: dict[str, float] = {}
     parents: dict[str, list[str]] = {}
     best_cfg: dict[str, tuple[float, str]] = {}
     for space in spaces:
-        per_method[space.method], cpu[space.method], parents[space.method] = [], 0.0, []
+        per_method[space.method], cpu[space.method], gpu[space.method], parents[space.method] = [], 0.0, 0.0, []
     # Repeat-major order (r0 of every method, then r1, ...): an interrupted comparison leaves the
     # arms balanced, and --resume continues where it stopped.
     for r in range(repeats):
@@ -78,7 +80,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
             pid = parent.info.run_id
             parents[space.method].append(pid)
             per_method[space.method].append(_study_values(tracker, pid, base.trials))
-            cpu[space.method] += _cpu_seconds(tracker, pid, base.cpus_per_trial)
+            secs = _trial_seconds(tracker, pid)
+            cpu[space.method] += secs * base.cpus_per_trial
+            gpu[space.method] += secs * base.gpus_per_trial
             bv = parent.data.tags.get("best_value")
             if bv is not None and (space.method not in best_cfg or
                                    (float(bv) > best_cfg[space.method][0]) == (mode == "max")):
@@ -92,7 +96,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         "sampler": base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
         "rank_test": test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
-                        "cpu_seconds": cpu[m], "study_runs": parents[m],
+                        "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
                         "best_config": tracker.download_text(best_cfg[m][1], "best_config.yaml") if m in best_cfg else None}
                     for m, s in stats.items()},
     }

@@ -8,7 +8,7 @@ import time
 
 from bnnsearch.efficiency import method_stats, rank_test, target_value
 
-from .svg import PALETTE, Frame
+from .svg import PALETTE, Frame, parallel_coordinates
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:15px}
@@ -139,6 +139,7 @@ def _method_section(exp, method, trials, ui, client) -> str:
                 fr.point(cats.index(str(v)) + 0.15 * ((i % 5) - 2) / 2, t["metrics"]["objective"], PALETTE[1],
                          _run_url(ui, exp["id"], t["run_id"]), f"{t['name']}: {v}")
         charts.append(fr.svg())
+    charts.insert(0, _parallel(done, keys[:8], exp, ui, method))
     best = max(done, key=lambda t: sign * t["metrics"]["objective"])
     from bnnsearch.tracking import metric_history
 
@@ -154,6 +155,28 @@ def _method_section(exp, method, trials, ui, client) -> str:
         fr.line([s for s, _ in h], [v for _, v in h], PALETTE[3])
         charts.append(fr.svg())
     return "".join(parts) + "<div class=charts>" + "".join(charts) + "</div>"
+
+
+def _parallel(done, keys, exp, ui, method) -> str:
+    """Parallel coordinates: each axis a hyperparameter scaled to [0, 1] (log-scaled when its
+    values span more than two decades; categories evenly spaced)."""
+    axes, cols = [], []
+    for k in keys:
+        vals = [t["params"].get(k) for t in done]
+        nums = [_num(v) for v in vals]
+        if len({str(v) for v in vals}) < 2:
+            continue
+        if all(n is not None for n in nums):
+            tx = [math.log10(n) for n in nums] if min(nums) > 0 and max(nums) / min(nums) > 100 else nums
+            lo, hi = min(tx), max(tx)
+            cols.append([(v - lo) / (hi - lo) for v in tx])
+        else:
+            cats = sorted({str(v) for v in vals})
+            cols.append([cats.index(str(v)) / max(len(cats) - 1, 1) for v in vals])
+        axes.append(k.removeprefix("hparams."))
+    rows = [([c[i] for c in cols], t["metrics"]["objective"], _run_url(ui, exp["id"], t["run_id"]),
+             f"{t['name']}: {t['metrics']['objective']:.4f}") for i, t in enumerate(done)]
+    return parallel_coordinates(axes, rows, f"{method}: parallel coordinates of the trials") if axes else ""
 
 
 def _pareto(points):

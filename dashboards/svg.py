@@ -93,3 +93,29 @@ class Frame:
 
     def svg(self) -> str:
         return "".join(self.parts) + "</svg>"
+
+
+def parallel_coordinates(axes: list[str], rows: list[tuple[list[float], float, str | None, str]], title: str) -> str:
+    """One polyline per trial across normalised hyperparameter axes, coloured from poor (light)
+    to good (dark blue) objective; ``rows`` = (values in [0, 1], objective, href, tooltip)."""
+    if not axes or not rows:
+        return ""
+    w, h, top, bottom, left, right = 640, 340, 40, 60, 40, 40
+    xs = [left + i * (w - left - right) / max(len(axes) - 1, 1) for i in range(len(axes))]
+    objs = [o for _, o, _, _ in rows]
+    lo, hi = min(objs), max(objs)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" class="chart" viewBox="0 0 {w} {h}">'
+             f'<text x="{w / 2}" y="18" text-anchor="middle" class="title">{html.escape(title)}</text>']
+    for x, name in zip(xs, axes):
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{h - bottom}" stroke="#999"/>'
+                     f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">{html.escape(name)}</text>')
+    for vals, obj, href, tip in sorted(rows, key=lambda r: r[1]):
+        t = (obj - lo) / (hi - lo) if hi > lo else 1.0
+        color = f"rgb({int(200 - 170 * t)},{int(210 - 120 * t)},{int(235 - 55 * t)})"
+        pts = " ".join(f"{x:.1f},{top + (1 - v) * (h - top - bottom):.1f}" for x, v in zip(xs, vals))
+        line = (f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.6" opacity="0.85">'
+                f"<title>{html.escape(tip)}</title></polyline>")
+        parts.append(f'<a href="{html.escape(href)}" target="_blank">{line}</a>' if href else line)
+    parts.append(f'<text x="{w - right}" y="{h - 12}" text-anchor="end">colour: objective {lo:.3g} (light) '
+                 f"to {hi:.3g} (dark)</text></svg>")
+    return "".join(parts)

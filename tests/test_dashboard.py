@@ -44,6 +44,7 @@ def _check_page(dom):
     assert dom.count("<svg") >= 5 and dom.count("<circle") >= 16  # every trial is a point somewhere
     assert "<polygon" in dom and "polyline" in dom  # bands and curves drawn
     assert "trials-to-target median" in dom and "fANOVA importance" in dom
+    assert "parallel coordinates of the trials" in dom
     assert "#/experiments/" in dom and "/runs/" in dom  # points link to their MLflow runs
 
 
