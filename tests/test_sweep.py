@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,14 +222,32 @@ def test_killing_a_trial_worker_retries_or_fails_that_trial(ray_local, tmp_path)
 
     killed = []
 
+    import ray
+
+    # This test's own Ray only: trial workers are children of its raylet (another process's
+    # studies on the same machine must never be touched).
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+
+    def own_workers():
+        out = subprocess.run(["pgrep", "-f", "ImplicitFunc"], capture_output=True, text=True).stdout.split()
+        pids = []
+        for p in out:
+            try:
+                ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == raylet:
+                pids.append(int(p))
+        return pids
+
     def killer():
         t0 = time.time()
         while time.time() - t0 < 120 and not killed:
-            out = subprocess.run(["pgrep", "-f", "ImplicitFunc"], capture_output=True, text=True).stdout.split()
-            if out:
+            pids = own_workers()
+            if pids:
                 time.sleep(1.5)  # let it report an epoch or two first
-                os.kill(int(out[0]), signal.SIGKILL)
-                killed.append(int(out[0]))
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
             time.sleep(0.2)
 
     th = threading.Thread(target=killer, daemon=True)
