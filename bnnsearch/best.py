@@ -17,8 +17,7 @@ def best_trials(target: str, uri: str | None, experiment: str | None, top: int) 
     exps = [e for e in exps if e is not None]
     runs, study = [], None
     for e in exps:
-        tr = Tracker.__new__(Tracker)
-        tr.client, tr.experiment_id = client, e.experiment_id
+        tr = Tracker.from_client(client, e.experiment_id)
         if e.name == target:
             runs = tr.trial_runs()
             break
@@ -45,6 +44,4 @@ def best_trials(target: str, uri: str | None, experiment: str | None, top: int) 
     if not rows:
         raise UserError(f"{target!r} has no complete full-budget trial yet")
     rows.sort(key=lambda x: -x["value"] if mode == "max" else x["value"])
-    tr = Tracker.__new__(Tracker)
-    tr.client = client
-    return rows[:top], tr.download_text(rows[0]["run_id"], "config.yaml")
+    return rows[:top], Tracker.from_client(client).download_text(rows[0]["run_id"], "config.yaml")

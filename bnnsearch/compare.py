@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .efficiency import method_stats, rank_test, target_value
+from .efficiency import method_stats, pad_budget, rank_test, target_value
 from .errors import UserError
 from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
@@ -25,8 +25,7 @@ from .sweep import SweepArgs, run_sweep
 
 def _study_values(tracker, parent_id: str, trials: int) -> list[float | None]:
     hist = sorted(tracker.client.get_metric_history(parent_id, "trial_value"), key=lambda m: m.step)
-    vals: list[float | None] = [m.value for m in hist][:trials]
-    return vals + [None] * (trials - len(vals))  # failed/pruned trials used budget without a value
+    return pad_budget([m.value for m in hist], trials)
 
 
 def _trial_seconds(tracker, parent_id: str) -> float:

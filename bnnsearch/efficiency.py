@@ -19,6 +19,12 @@ import math
 from dataclasses import dataclass
 
 
+def pad_budget(values: list[float | None], trials: int) -> list[float | None]:
+    """A study's values over its full budget: trials without a full-budget value (failed,
+    pruned, or never run) used budget without improving anything."""
+    return (list(values) + [None] * (trials - len(values)))[:trials]
+
+
 def best_so_far(values: list[float | None], mode: str = "max") -> list[float]:
     out, best = [], None
     for v in values:

@@ -70,6 +70,13 @@ class Tracker:
             raise UserError(f"--tracking-uri {self.uri}: cannot use the MLflow store ({type(e).__name__}: {e})") from None
         self.experiment = experiment
 
+    @classmethod
+    def from_client(cls, client, experiment_id: str | None = None) -> "Tracker":
+        """A Tracker over an existing MlflowClient (reading back studies, no experiment created)."""
+        tr = cls.__new__(cls)
+        tr.client, tr.experiment_id, tr.uri = client, experiment_id, None
+        return tr
+
     # ---- studies
     def find_study(self, study: str):
         runs = self.client.search_runs([self.experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`bnnsearch.kind` = 'study'")

@@ -6,7 +6,7 @@ import json
 import math
 import time
 
-from bnnsearch.efficiency import method_stats, rank_test, target_value
+from bnnsearch.efficiency import method_stats, pad_budget, rank_test, target_value
 
 from .svg import PALETTE, Frame, parallel_coordinates
 
@@ -45,7 +45,7 @@ def _efficiency_section(exp, comp) -> str:
     delta = float(params.get("target_delta", 0.5))
     studies = {s["run_id"]: s for s in exp["studies"]}
     per_method = {m: [studies[p]["trial_values"] for p in pids if p in studies] for m, pids in study_runs.items()}
-    per_method = {m: [(v + [None] * (trials - len(v)))[:trials] for v in vs] for m, vs in per_method.items() if vs}
+    per_method = {m: [pad_budget(v, trials) for v in vs] for m, vs in per_method.items() if vs}
     if not per_method:
         return "<p class=note>no studies of this comparison in the store</p>"
     first = studies[next(iter(study_runs.values()))[0]]

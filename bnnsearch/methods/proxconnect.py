@@ -98,19 +98,16 @@ class ProxConnectMethod(Method):
         qs = [(weight_quantizer(l), stored_weight(l)) for _, l in binary_layers(model)]
 
         def set_mu(v: float):
-            hard = hp.hard_phase > 0 and progress_box[0] >= 1.0 - hp.hard_phase
             for q, _ in qs:
                 q.mu.fill_(v)
-                q.hard_phase = hard
 
-        progress_box = [0.0]
-
-        def mu_value(p: float) -> float:
-            progress_box[0] = p
-            return mu_at(hp, p)
+        def set_hard(v: float):
+            for q, _ in qs:
+                q.hard_phase = v > 0
 
         sched = [
-            Scheduled("mu", mu_value, set_mu),
+            Scheduled("mu", lambda p: mu_at(hp, p), set_mu),
+            Scheduled("hard_phase", lambda p: float(hp.hard_phase > 0 and p >= 1.0 - hp.hard_phase), set_hard),
             Scheduled("lr", lambda p: hp.lr * decay(hp.lr_decay, p), set_lr(opt_b)),
         ]
         if fp:
