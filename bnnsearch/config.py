@@ -53,6 +53,10 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     eval_batch_size: int = 2048
+    # A control, not a method: the binary weights keep their initial signs (their storage is
+    # restored after every step) while everything else trains. What a method's binary training
+    # adds is its accuracy above this control.
+    freeze_binary: bool = False
 
     def validate(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -78,6 +82,8 @@ def resolve(raw: dict, where: str = "config") -> RunConfig:
     """Validate a raw mapping and return it with every default filled in."""
     cfg = parse_dataclass(RunConfig, raw, where)
     method = get_method(cfg.method, f"{where}.method")
+    if "arch" not in raw and method.archs is not None:  # e.g. local_binary trains only local_mlp
+        cfg = dataclasses.replace(cfg, arch=method.archs[0])
     ARCHS.get(cfg.arch, f"{where}.arch")
     DATASETS.get(cfg.data, f"{where}.data")
     if method.archs is not None and cfg.arch not in method.archs:
@@ -89,7 +95,7 @@ def resolve(raw: dict, where: str = "config") -> RunConfig:
     if only is not None and cfg.method != only:
         raise ConfigError(f"arch {cfg.arch!r} is trained only by method {only!r}", f"{where}.arch")
     try:
-        method.validate_config(hp, arch)
+        method.validate_config(hp, arch, cfg.epochs)
     except ValueError as e:
         raise ConfigError(str(e), f"{where}.hparams") from None
     return dataclasses.replace(cfg, hparams=to_dict(hp), arch_args=to_dict(arch), data_args=to_dict(data))

@@ -11,6 +11,18 @@ Format (one study per method)::
       batch_size: {categorical: [64, 128, 256]}
       arch_args.widths: {categorical: [[256, 256], [512, 512]]}
 
+Conditional parameters (sampled only where they act)::
+
+    params:
+      pair: {categorical: [bc, bnn, bnn+, bnn++, pc]}
+      mu0: {float: [0.5, 5.0], when: {pair: [bnn++, pc]}}
+
+``when`` maps earlier categorical parameters to the values under which this one is sampled (all
+must hold). An inactive parameter is not sampled and the trial runs with the method's default
+(or the ``fixed`` value). A conditional space is sampled define-by-run (Optuna); TPE models it
+with ``multivariate`` + ``group``; GP and BoTorch model only parameters present in every trial
+and sample the rest at random — ``sweep`` warns about that.
+
 A parameter name is a field of the method's ``Hparams`` (``alpha`` -> ``hparams.alpha``), a
 top-level run-config key (``batch_size``), or a dotted path (``arch_args.widths``). Everything is
 checked before anything launches: unknown keys, wrong types, low >= high, log with low <= 0,
@@ -43,6 +55,7 @@ class Param:
     log: bool = False
     step: Any = None
     choices: tuple = ()
+    when: tuple = ()  # ((parent name, (allowed values, encoded)), ...)
 
     def distribution(self):
         import optuna.distributions as od
@@ -56,6 +69,18 @@ class Param:
 
     def decode(self, value):
         return _decode(value) if self.kind == "categorical" else value
+
+    def active(self, values: dict) -> bool:
+        """Is this parameter sampled, given the (encoded) values of the parameters before it?"""
+        return all(parent in values and values[parent] in allowed for parent, allowed in self.when)
+
+    def suggest(self, trial):
+        """Sample this parameter from an Optuna trial (define-by-run)."""
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step or 1)
+        return trial.suggest_categorical(self.name, [_encode(c) for c in self.choices])
 
 
 def _encode(v):
@@ -83,12 +108,39 @@ class SearchSpace:
     def distributions(self) -> dict:
         return {p.name: p.distribution() for p in self.params}
 
+    @property
+    def conditional(self) -> bool:
+        return any(p.when for p in self.params)
+
+    def active_params(self, values: dict) -> list[Param]:
+        """The parameters a trial with these (flat or nested) values samples."""
+        values = flat_values(values)
+        return [p for p in self.params if p.active(values)]
+
+    def sampler_space(self):
+        """What ``OptunaSearch(space=...)`` takes: a distribution dict for a flat space, a
+        define-by-run function for a conditional one."""
+        if not self.conditional:
+            return self.distributions()
+        params = self.params
+
+        def define(trial):
+            values = {}
+            for p in params:
+                if p.active(values):
+                    values[p.name] = p.suggest(trial)
+            return None
+
+        return define
+
     def config(self, values: dict, where: str | None = None) -> RunConfig:
-        """The run config of one trial: fixed keys plus sampled values (by parameter name)."""
+        """The run config of one trial: fixed keys plus sampled values (by parameter name;
+        dotted names may arrive flat or nested, as Ray Tune unflattens them)."""
+        values = flat_values(values)
         raw = copy.deepcopy(self.fixed)
         raw["method"] = self.method
         for p in self.params:
-            if p.name in values:
+            if p.name in values and p.active(values):
                 _set(raw, p.path, p.decode(values[p.name]))
         return resolve(raw, where or self.path)
 
@@ -98,6 +150,8 @@ class SearchSpace:
         base = self.config({}).to_dict()
         point = {}
         for p in self.params:
+            if not p.active(point):
+                continue
             v = _get(base, p.path)
             if p.kind == "categorical":
                 if _encode(v) not in [_encode(c) for c in p.choices]:
@@ -108,6 +162,19 @@ class SearchSpace:
             else:
                 point[p.name] = v
         return point
+
+
+def flat_values(values: dict) -> dict:
+    """{'arch_args': {'widths': w}} -> {'arch_args.widths': w} for the dotted prefixes (Ray Tune
+    hands a trial's config back nested); other keys unchanged."""
+    out = {}
+    for k, v in values.items():
+        if k in ("hparams", "arch_args", "data_args") and isinstance(v, dict):
+            for kk, vv in flat_values(v).items():
+                out[f"{k}.{kk}"] = vv
+        else:
+            out[k] = v
+    return out
 
 
 def _set(raw: dict, path: tuple[str, ...], value) -> None:
@@ -123,9 +190,11 @@ def _get(d: dict, path: tuple[str, ...]):
     return d
 
 
-def _param(name: str, spec, hp_fields: set[str], where: str) -> Param:
+def _param(name: str, spec, hp_fields: set[str], where: str, earlier: dict | None = None) -> Param:
     if not isinstance(spec, dict):
         raise ConfigError("expected a mapping like {float: [low, high]}", where)
+    spec = dict(spec)
+    when = _when(spec.pop("when", None), earlier or {}, where)
     kinds = [k for k in ("float", "int", "categorical") if k in spec]
     if len(kinds) != 1:
         raise ConfigError("needs exactly one of float, int, categorical", where)
@@ -133,7 +202,7 @@ def _param(name: str, spec, hp_fields: set[str], where: str) -> Param:
     allowed = {"categorical"} if kind == "categorical" else {kind, "log", "step"}
     extra = set(spec) - allowed
     if extra:
-        raise ConfigError(f"unknown key {sorted(extra)[0]!r}; allowed: {', '.join(sorted(allowed))}", where)
+        raise ConfigError(f"unknown key {sorted(extra)[0]!r}; allowed: {', '.join(sorted(allowed | {'when'}))}", where)
     if "." in name:
         path = tuple(name.split("."))
         if path[0] not in ("hparams", "arch_args", "data_args"):
@@ -148,7 +217,7 @@ def _param(name: str, spec, hp_fields: set[str], where: str) -> Param:
         choices = spec["categorical"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError("categorical needs a non-empty list", where)
-        return Param(name, path, kind, choices=tuple(choices))
+        return Param(name, path, kind, choices=tuple(choices), when=when)
     bounds = spec[kind]
     if not isinstance(bounds, list) or len(bounds) != 2:
         raise ConfigError(f"{kind} needs [low, high]", where)
@@ -168,7 +237,28 @@ def _param(name: str, spec, hp_fields: set[str], where: str) -> Param:
         raise ConfigError("step must be a positive number and cannot be combined with log", where)
     if kind == "float":
         low, high = float(low), float(high)
-    return Param(name, path, kind, low, high, log, step)
+    return Param(name, path, kind, low, high, log, step, when=when)
+
+
+def _when(spec, earlier: dict, where: str) -> tuple:
+    """Validate ``when: {parent: [values]}`` against the categorical parameters declared before."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError("when must be a mapping {parameter: [values]}", f"{where}.when")
+    out = []
+    for parent, vals in spec.items():
+        p = earlier.get(parent)
+        if p is None or p.kind != "categorical":
+            raise ConfigError(f"{parent!r} must be a categorical parameter declared above this one", f"{where}.when")
+        vals = vals if isinstance(vals, list) else [vals]
+        enc = [_encode(c) for c in p.choices]
+        bad = [v for v in vals if _encode(v) not in enc]
+        if bad or not vals:
+            raise ConfigError(f"{bad[0] if bad else vals!r} is not a choice of {parent} ({', '.join(map(str, p.choices))})",
+                              f"{where}.when.{parent}")
+        out.append((parent, tuple(_encode(v) for v in vals)))
+    return tuple(out)
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -200,16 +290,25 @@ def load_space(path: str | Path) -> SearchSpace:
     if not isinstance(params_raw, dict) or not params_raw:
         raise ConfigError("params must be a non-empty mapping", f"{where}: params")
     hp_fields = {f.name for f in fields(method.Hparams)}
-    params = tuple(_param(str(n), s, hp_fields, f"{where}: params.{n}") for n, s in params_raw.items())
+    declared: dict[str, Param] = {}
+    for n, spec in params_raw.items():
+        declared[str(n)] = _param(str(n), spec, hp_fields, f"{where}: params.{n}", declared)
+    params = tuple(declared.values())
+    searched_epochs = [p.name for p in params if p.path == ("epochs",)]
+    if searched_epochs:
+        raise ConfigError("epochs cannot be searched: a trial's budget is the fixed epoch count (compared against it "
+                          "to tell complete from stopped-early trials); put epochs under fixed",
+                          f"{where}: params.epochs")
     space = SearchSpace(where, raw["method"], metric, mode, fixed, params,
                         hashlib.sha256(path.read_bytes()).hexdigest())
     # Every bound and choice must resolve as a full run config (types, Hparams.validate, ...).
     lows = {p.name: (p.low if p.kind != "categorical" else _encode(p.choices[0])) for p in params}
     for p in params:
         values = [p.low, p.high] if p.kind != "categorical" else [_encode(c) for c in p.choices]
+        base = {**lows, **{parent: allowed[0] for parent, allowed in p.when}}  # a context where p acts
         for v in values:
             try:
-                space.config({**lows, p.name: v}, where="config")
+                space.config({**base, p.name: v}, where="config")
             except ConfigError as e:
                 raise ConfigError(f"value {p.decode(v)!r} is invalid: {e}", f"{where}: params.{p.name}") from None
     return space

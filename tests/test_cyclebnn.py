@@ -33,14 +33,55 @@ def test_minmax_quantizer_levels():
     assert torch.equal(x.grad, torch.ones_like(x))  # STE
 
 
-def test_weight_forward_is_binary_times_alpha():
+def test_weight_forward_is_binary_and_alpha_scales_the_output():
     q = CyclicWeight(bits=4, out_channels=3)
     w = torch.randn(3, 5, 2, 2)
-    out = q(w)
-    ratio = out / q.alpha.view(-1, 1, 1, 1)
-    assert set(ratio.detach().round().unique().tolist()) <= {-1.0, 1.0}
+    assert set(q(w).detach().unique().tolist()) <= {-1.0, 1.0}
     assert q.bits == 1
     assert CyclicWeight(bits=4, precision_mode="true_kbit_forward", out_channels=3).bits == 4
+
+
+def _cyclic_linear(grad_bits):
+    from bnnsearch.methods import get_method
+    from bnnsearch.nn import binary_layers
+
+    m = get_method("cyclebnn")
+    hp = CycleHparams(grad_bits=grad_bits)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Linear(8, 5, bias=False), torch.nn.Linear(5, 2))
+    from bnnsearch.nn import binarize
+
+    binarize(net, m.weight_quantizer(hp, "plus"), m.act_quantizer(hp), seed=0)
+    m.init_binary(net, hp)
+    (_, layer), = binary_layers(net)
+    return layer
+
+
+def test_output_is_alpha_times_binary_product():
+    layer = _cyclic_linear(0)
+    with torch.no_grad():
+        layer.parametrizations.weight[0].alpha.copy_(torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0]))
+    layer.eval()
+    x = torch.randn(4, 8)
+    wb = layer.parametrizations.weight[0](layer.parametrizations.weight.original)
+    a = layer.input_quantizer(x)
+    expect = (a @ wb.T) * layer.parametrizations.weight[0].alpha
+    assert torch.allclose(layer(x), expect)
+
+
+def test_gradient_is_quantized_before_alpha():
+    """methods.md §3.1 step 6: y = conv(A_b, W_b); quantize dL/dy to g bits; then y <- alpha * y.
+    The gradient reaching the binary product therefore has at most 2^g levels over the whole
+    tensor (quantized after alpha it would be alpha_j times 2^g levels per channel)."""
+    from bnnsearch.nn.cyclic import scale_output
+
+    layer = _cyclic_linear(3)
+    with torch.no_grad():
+        layer.parametrizations.weight[0].alpha.copy_(torch.tensor([0.3, 1.0, 1.7, 2.9, 4.1]))
+    y = torch.randn(64, 5, requires_grad=True)
+    out = scale_output(layer, y, 3)
+    assert torch.allclose(out, y * layer.parametrizations.weight[0].alpha)
+    out.backward(torch.randn(64, 5))
+    assert len(y.grad.unique()) <= 2**3
 
 
 def test_gradient_quantized_to_g_bits():
@@ -77,3 +118,14 @@ def test_schedule_reported_and_resume_keeps_cost(tiny_cfg, tmp_path):
     resumed = fit(cfg, checkpoint_dir=tmp_path).history
     for k in ("cost/train_bitops", "cost/train_rel", "val/acc", "sched/bits"):
         assert resumed[-1][k] == full[-1][k]
+
+
+def test_epoch_unit_with_too_many_cycles_is_rejected(tiny_cfg):
+    from bnnsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="precision would stay at b_min"):
+        tiny_cfg(method="cyclebnn", epochs=10, hparams={"schedule_unit": "epoch", "cycles": 8})
+    cfg = tiny_cfg(method="cyclebnn", epochs=10, hparams={"schedule_unit": "epoch", "cycles": 5})
+    hp = cfg.hp()
+    # P = 2: b = round(2 + 4 (1 - cos(pi k / 2)) / 2), k = 0, 1 -> 2, 4
+    assert [cyclic_bits(t, 10, hp) for t in range(10)] == [2, 4] * 5

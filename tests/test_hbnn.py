@@ -77,3 +77,27 @@ def test_hbnn_trains_and_reports(tiny_cfg):
     h = fit(tiny_cfg(method="hbnn", epochs=1, hparams={"manifold": "sphere", "radius": 1.0, "ste": "rbnn"})).history
     assert h[-1]["hbnn/max_boundary"] == torch.tensor(1.0).item() or abs(h[-1]["hbnn/max_boundary"] - 1) < 1e-5
     assert "sched/ste_t" in h[-1]
+
+
+def test_ste_choices_give_different_gradients_at_radius_005():
+    """The four surrogates must differ at the paper's best radius (applied to h itself, clip
+    was bit-identical to identity and approx a constant 2x)."""
+    from bnnsearch.nn.hyperbolic import HyperbolicSign
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 32) * 0.1
+    g_out = torch.randn(8, 32)
+    grads = {}
+    for ste in ("identity", "clip", "approx", "rbnn"):
+        q = HyperbolicSign(out_channels=8, n=32, radius=0.05, cluster_size=1, ste=ste, scale=False,
+                           generator=torch.Generator().manual_seed(0))
+        q.ste_t = 1.0
+        wi = w.clone().requires_grad_(True)
+        q(wi).backward(g_out)
+        grads[ste] = wi.grad
+    names = list(grads)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not torch.allclose(grads[a], grads[b], rtol=1e-3), (a, b)
+    ratio = grads["approx"] / grads["identity"]
+    assert not torch.allclose(ratio, torch.full_like(ratio, 2.0), rtol=1e-2)  # not a mere lr factor

@@ -111,3 +111,28 @@ def test_few_hidden_bits_stay_near_chance(tiny_cfg):
     res = fit(cfg)
     assert res.model.H0.abs().max() <= 8
     assert res.final["val/acc"] < 0.3
+
+
+def test_two_valued_features_are_kept():
+    """A +-1 (or 0/1) feature whose median equals its maximum would become constant under
+    'strictly above the median'; two-valued features are thresholded at their midpoint."""
+    from types import SimpleNamespace
+
+    x = torch.tensor([[1.0, 0.0, 0.3], [1.0, 1.0, 0.9], [-1.0, 1.0, 0.5], [1.0, 1.0, 0.1], [-1.0, 0.0, 0.7]])
+    net = LocalBinaryNet(3, 2, (4,))
+    get_method("local_binary").prepare(net, SimpleNamespace(x_train=x))
+    a = net.binarize_input(x)
+    assert a[:, 0].tolist() == [1, 1, -1, 1, -1]   # +-1 kept (median +1 would make it all -1)
+    assert a[:, 1].tolist() == [-1, 1, 1, 1, -1]   # 0/1 kept (median 1)
+    assert a[:, 2].tolist() == [-1, 1, -1, -1, 1]  # many-valued: strictly above the median 0.5
+    img = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]], [[[1.0, 1.0], [0.0, 1.0]]]])  # (N=2, C=1, 2, 2), 0/1 valued
+    net2 = LocalBinaryNet(4, 2, (4,))
+    get_method("local_binary").prepare(net2, SimpleNamespace(x_train=img))
+    assert net2.binarize_input(img).tolist() == [[-1, 1, 1, 1], [1, 1, -1, 1]]
+
+
+def test_local_binary_without_arch_uses_local_mlp(tiny_cfg):
+    from bnnsearch.config import resolve
+
+    cfg = resolve({"method": "local_binary", "data": "digits", "hparams": {"group_size": 5}})
+    assert cfg.arch == "local_mlp"

@@ -135,8 +135,8 @@ class Method:
     def weight_quantizer(self, hp, sign0: str) -> Callable[[nn.Module], nn.Module]:
         raise NotImplementedError
 
-    def validate_config(self, hp, arch_args) -> None:
-        """Cross-checks between hyperparameters and arch options; raise ValueError."""
+    def validate_config(self, hp, arch_args, epochs: int | None = None) -> None:
+        """Cross-checks between hyperparameters, arch options and the epoch budget; raise ValueError."""
 
     def inference_cost(self, model: nn.Module, in_shape: tuple[int, ...]):
         """(per-layer rows, totals) of the static inference cost (see cost.py)."""
@@ -153,6 +153,12 @@ class Method:
             q, w = weight_quantizer(layer), stored_weight(layer)
             out.append((name, (lambda q=q, w=w: q.hard_sign(w)), w.numel()))
         return out
+
+    def binary_storage(self, model: nn.Module) -> list[torch.Tensor]:
+        """The tensors that decide the binary weights' signs (latent or +-1 storage). The
+        ``freeze_binary`` control restores them after every step. Default: the stored binary
+        weights."""
+        return split_params(model)[0]
 
     def act_quantizer(self, hp, sign0: str = "plus"):
         return getattr(hp, "act", "ste_clip")

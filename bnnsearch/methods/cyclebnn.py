@@ -28,7 +28,7 @@ import torch
 
 from ..cost import layer_macs
 from ..nn import binary_layers, weight_quantizer
-from ..nn.cyclic import CyclicAct, CyclicWeight, quantize_grad
+from ..nn.cyclic import CyclicAct, CyclicWeight, scale_output
 from ..schedules import decay
 from .base import Method, RunInfo, Scheduled, Setup, check_partition, register_method, set_lr
 
@@ -83,10 +83,15 @@ class CycleBNN(Method):
     def act_quantizer(self, hp: CycleHparams, sign0: str = "plus"):
         return lambda layer: CyclicAct(sign0, hp.precision_mode, hp.b_max)
 
+    def validate_config(self, hp: CycleHparams, arch_args, epochs: int | None = None) -> None:
+        if hp.schedule_unit == "epoch" and hp.shape != "static" and epochs is not None and epochs // hp.cycles < 2:
+            raise ValueError(f"schedule_unit: epoch with {hp.cycles} cycles over {epochs} epochs leaves cycles of "
+                             f"{epochs // hp.cycles} epoch(s): the precision would stay at b_min ({hp.b_min}); use at most "
+                             f"{max(1, epochs // 2)} cycles, more epochs, or schedule_unit: iteration")
+
     def init_binary(self, model, hp: CycleHparams):
-        if hp.grad_bits:
-            for _, layer in binary_layers(model):
-                layer.register_forward_hook(lambda m, i, out, g=hp.grad_bits: quantize_grad(out, g))
+        for _, layer in binary_layers(model):
+            layer.register_forward_hook(lambda m, i, out, g=hp.grad_bits: scale_output(m, out, g))
 
     def setup(self, model, hp: CycleHparams, total_steps: int, info: RunInfo | None = None) -> Setup:
         opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)

@@ -3,7 +3,9 @@
 were not available; this follows methods.md's recommended implementation, with the variants
 selectable: ``manifold`` (ball | sphere), ``assign`` (roundrobin | nearest), ``update_mode``
 (alternating | simultaneous) and ``ste`` (identity = ReCU's weight surrogate, the default;
-clip; approx = 2 - 2|x|; rbnn = RBNN's training-aware surrogate with t from 1e-2 to 1e1).
+clip; approx = 2 - 2|x|; rbnn = RBNN's training-aware surrogate with t from 1e-2 to 1e1). The
+surrogates act on each filter's hyperbolic coordinates in units of their RMS (h / rms_j(h)),
+where their bounds mean something; see ``HyperbolicSign.surrogate``.
 
 Pipeline per binarized layer: latent w_tilde -> phi_F(w_tilde) = exp_{p_a(j)}(v_j) per output
 filter -> sign -> times a learnable per-channel scale. Per step (``alternating``):
@@ -22,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..nn import binary_layers, weight_quantizer
+from ..nn import binary_layers, is_binary_param, weight_quantizer
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
 from ..schedules import decay
 from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
@@ -74,6 +76,10 @@ class HBNN(Method):
                                   hp.cluster_init, hp.assign, hp.ste, hp.scale, gen)
 
         return make
+
+    def binary_storage(self, model):
+        """Latent weights and the cluster's base points: both move the signs."""
+        return [p for p in model.parameters() if is_binary_param(p) or _is_cluster(p)]
 
     def setup(self, model, hp: HbnnHparams, total_steps: int, info=None) -> Setup:
         binary, rest = split_params(model)

@@ -100,4 +100,10 @@ class Latent(Method):
         sched = [Scheduled("lr", lambda p: hp.lr * decay(hp.lr_decay, p), set_lr(opt_b))]
         if fp:
             sched.append(Scheduled("fp_lr", lambda p: hp.fp_lr * decay(hp.lr_decay, p), set_lr(opts[1])))
-        return Setup(opts, sched)
+
+        def magnitudes():  # methods.md §4.4: the share of latent weights in the clipping region, and |w|
+            n = sum(p.numel() for p in binary)
+            out = sum((p.detach().abs() > 1).sum() for p in binary) / n
+            return {"latent/clip_fraction": out, "latent/mean_abs": sum(p.detach().abs().sum() for p in binary) / n}
+
+        return Setup(opts, sched, epoch_metrics=[magnitudes])

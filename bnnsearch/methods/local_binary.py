@@ -5,7 +5,8 @@ Network (arch ``local_mlp``): L binary fully-connected layers. Layer l stores in
 (metaplastic) weights H_l; W_l = sign(H_l), z_l = a_{l-1} W_l, a_l = sign(z_l). Each layer has
 a fixed random local classifier P_l in {-1, +1}^{N_l x C}; the prediction is the argmax of the
 last layer's local scores a_L P_L. Inputs are binarized at the training-set median (per channel for images, per feature for
-vectors): +1 strictly above it, -1 otherwise.
+vectors): +1 strictly above it, -1 otherwise; features that already take only two values keep
+them (threshold at their midpoint).
 
 Per minibatch and layer (greedy, single pass; layer l+1 sees layer l's activations from
 before its update):
@@ -146,7 +147,7 @@ class LocalBinary(Method):
     Hparams = LocalHparams
     archs = ("local_mlp",)
 
-    def validate_config(self, hp: LocalHparams, arch_args: LocalMlpArgs) -> None:
+    def validate_config(self, hp: LocalHparams, arch_args: LocalMlpArgs, epochs: int | None = None) -> None:
         bad = [w for w in arch_args.widths if w % hp.group_size]
         if bad:
             raise ValueError(f"group_size {hp.group_size} must divide every width in arch_args.widths "
@@ -175,14 +176,21 @@ class LocalBinary(Method):
 
     def prepare(self, model: LocalBinaryNet, data) -> None:
         """Binarization thresholds: the training median per channel for images (N, C, H, W),
-        per feature for vectors."""
+        per feature for vectors. A feature (or channel) that takes at most two values keeps
+        them: its threshold is their midpoint. (The median of a +-1 feature with more +1s is +1,
+        and 'strictly above the median' would map the whole feature to -1, losing it.)"""
         x = data.x_train
+        flat = x.transpose(0, 1).flatten(1) if x.ndim == 4 else x.flatten(1).T  # (features or channels, N)
+        thr = flat.median(dim=1).values
+        lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+        two_valued = ((flat == lo[:, None]) | (flat == hi[:, None])).all(dim=1)
+        thr = torch.where(two_valued, (lo + hi) / 2, thr)
         if x.ndim == 4:
-            med = x.transpose(0, 1).flatten(1).median(dim=1).values  # (C,)
-            thr = med[:, None].expand(x.shape[1], x.shape[2] * x.shape[3]).flatten()
-        else:
-            thr = x.flatten(1).median(dim=0).values
+            thr = thr[:, None].expand(x.shape[1], x.shape[2] * x.shape[3]).flatten()
         model.threshold.copy_(thr)
+
+    def binary_storage(self, model: LocalBinaryNet):
+        return [model.H(l) for l in range(model.n_layers)]
 
     def binary_signs(self, model: LocalBinaryNet):
         return [(f"H{l}", (lambda l=l: model.H(l) >= 0), model.H(l).numel()) for l in range(model.n_layers)]

@@ -10,6 +10,10 @@ Activations: per-sample standardization a / sqrt(Var_{C,H,W}(a) + 1e-5) in train
 with a per-tensor range (batch min/max in training, an EMA with momentum 0.9 at evaluation);
 sign with ApproxSign's backward max(0, 2 - 2|x|).
 
+Layer output (``scale_output``, a forward hook): y = conv(A_b, W_b); the gradient of y is
+quantized to g bits (stochastic rounding), *then* y <- alpha * y, as in the spec's step 6, so the
+quantizer sees the gradient before the scale (alpha is not folded into the weight).
+
 ``precision_mode``: ``prequant_then_sign`` (default, code-faithful: the forward is always
 binary, k only moves which side of zero values fall) or ``true_kbit_forward`` (the variant: the
 k-bit values themselves are used, no sign). ``bits`` is a buffer set every step by the
@@ -22,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from . import rng
 from .quantizers import Quantizer, _straight, register_quantizer
 
 
@@ -74,7 +79,9 @@ class CyclicWeight(_CyclicBase):
         return self.hard(wh) if hard else _straight(wh, self.hard(wh))
 
     def forward(self, w):
-        return self._binary(w, hard=not self.training) * self.alpha.view(-1, *([1] * (w.ndim - 1)))
+        # alpha is applied to the layer's output by ``scale_output`` (after the gradient of the
+        # binary conv's output is quantized, methods.md §3.1 step 6), not folded into the weight.
+        return self._binary(w, hard=not self.training)
 
     def hard_sign(self, w):
         with torch.no_grad():
@@ -117,7 +124,8 @@ class CyclicAct(_CyclicBase):
 
 class _GradQuant(torch.autograd.Function):
     """Identity forward; the backward quantizes the gradient to g bits with stochastic rounding
-    over its per-tensor range (CPT ``quantize_grad``)."""
+    over its per-tensor range (CPT ``quantize_grad``); the rounding noise comes from the
+    training stream (``nn/rng.py``), so a resumed run rounds exactly as the uninterrupted one."""
 
     @staticmethod
     def forward(ctx, x, g_bits):
@@ -129,9 +137,20 @@ class _GradQuant(torch.autograd.Function):
         levels = 2.0 ** ctx.g - 1
         lo, hi = grad.amin(), grad.amax()
         s = torch.clamp((hi - lo) / levels, min=1e-12)
-        q = torch.floor((grad - lo) / s + torch.rand_like(grad))
+        q = torch.floor((grad - lo) / s + rng.rand_like(grad))
         return lo + s * q.clamp(0, levels), None
 
 
 def quantize_grad(x: torch.Tensor, g_bits: int) -> torch.Tensor:
     return _GradQuant.apply(x, g_bits) if g_bits > 0 else x
+
+
+def scale_output(layer: nn.Module, out: torch.Tensor, g_bits: int) -> torch.Tensor:
+    """y = alpha * Q_g(conv(A_b, W_b)) (+ bias, unscaled): the gradient reaching Q_g is the one of
+    the unscaled binary product. Applied as a forward hook of every binarized layer."""
+    alpha = layer.parametrizations.weight[0].alpha.view(1, -1, *([1] * (out.ndim - 2)))
+    bias = layer.bias
+    if bias is None:
+        return quantize_grad(out, g_bits) * alpha
+    b = bias.view(1, -1, *([1] * (out.ndim - 2)))
+    return quantize_grad(out - b, g_bits) * alpha + b

@@ -113,15 +113,24 @@ class HyperbolicSign(Quantizer):
         out = expmap(p, v, self.c) if self.manifold == "ball" else sphere_exp(p, v, self.r)
         return out.view_as(w)
 
-    def surrogate(self, x):
+    def surrogate(self, h):
+        """S with S'(h) = the STE's derivative at u = h / s, s = each filter's RMS coordinate
+        (detached) [RECON]: the hyperbolic coordinates are tiny (|h_j| < r, r = 0.05), so the
+        surrogates' unit-scale bounds (clip at |u| <= 1, 2 - 2|u|, RBNN's sqrt2/t) are measured
+        in units of the filter's own spread, like ReCU's standardized weights — applied to h
+        itself, clip would equal identity and approx 2 x identity. S(h) = s * f(h / s)."""
         if self.ste == "identity":
-            return x
+            return h
+        s = h.detach().pow(2).mean(dim=tuple(range(1, h.ndim)), keepdim=True).sqrt().clamp_min(MIN_NORM)
+        u = h / s
         if self.ste == "clip":
-            return _clip_surrogate(x)
-        if self.ste == "approx":
-            xc = x.clamp(-1.0, 1.0)
-            return 2 * xc - xc * xc.abs()
-        return rbnn_surrogate(x, self.ste_t)
+            f = _clip_surrogate(u)
+        elif self.ste == "approx":
+            uc = u.clamp(-1.0, 1.0)
+            f = 2 * uc - uc * uc.abs()
+        else:
+            f = rbnn_surrogate(u, self.ste_t)
+        return s * f
 
     def forward(self, w):
         h = self.phi(w)

@@ -10,7 +10,8 @@ the value is the forward map and the gradient is the surrogate's derivative. Thi
 quantizer a plain differentiable expression (compile-friendly, no custom autograd state).
 
 sign(0) policy (methods.md §1): ``plus`` (default) maps 0 to +1, ``random`` draws ±1,
-``zero`` keeps torch.sign's 0 (code-faithful to some releases; not binary).
+``zero`` keeps torch.sign's 0 (code-faithful to some releases; not binary). The ``random``
+coins come from the training stream (``nn/rng.py``), which checkpoints restore.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
+from . import rng
 
 QUANTIZERS: Registry[type] = Registry("quantizer")
 register_quantizer = QUANTIZERS.register
@@ -31,7 +33,7 @@ def sign0(x: torch.Tensor, policy: str = "plus") -> torch.Tensor:
     if policy == "zero":
         return torch.sign(x)
     if policy == "random":
-        coin = torch.where(torch.rand_like(x) < 0.5, -1.0, 1.0).to(x.dtype)
+        coin = torch.where(rng.rand_like(x) < 0.5, -1.0, 1.0).to(x.dtype)
         return torch.where(x == 0, coin, torch.sign(x))
     raise ValueError(f"unknown sign0 policy {policy!r}; choose one of {SIGN0_POLICIES}")
 
