@@ -154,12 +154,14 @@ def cmd_compare(args) -> int:
     s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name)
     rows = []
     for m, st in s["methods"].items():
-        rows.append([m, f"{st['repeats']}x{st['budget']}", st["best_value"], st["auc_mean"],
+        hp = st["hyperparameters"]
+        n_hp = f"{hp['active_min']}" if hp["active_min"] == hp["active_max"] else f"{hp['active_min']}-{hp['active_max']}"
+        rows.append([m, n_hp, f"{st['repeats']}x{st['budget']}", st["best_value"], st["auc_mean"],
                      f"{st['ttt_median']:g} [{st['ttt_q1']:g}, {st['ttt_q3']:g}]", f"{st['reached']}/{st['repeats']}",
                      st["cpu_seconds"]])
     print()
-    print(table(rows, ["method", "studies", f"best {s['metric']}", "AUC", "trials-to-target median [IQR]",
-                       "reached", "CPU s"], align_right={2, 3, 6}))
+    print(table(rows, ["method", "HPs", "studies", f"best {s['metric']}", "AUC", "trials-to-target median [IQR]",
+                       "reached", "CPU s"], align_right={3, 4, 7}))
     t = s["rank_test"]
     print(f"\ntarget: {s['target']:.4g} (best of all studies minus {s['target_delta']} points); "
           f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}")
@@ -202,7 +204,7 @@ def cmd_dashboard(args) -> int:
 def cmd_demo(args) -> int:
     args.spaces = [str(DEMO_DIR / "demo_latent.yaml"), str(DEMO_DIR / "demo_filtered.yaml")]
     args.name = args.name or time.strftime("demo-%Y%m%d-%H%M%S")
-    print(f"bnnsearch demo: hyperparameter efficiency of latent-weight SGD (6 hyperparameters) vs the filtered-"
+    print(f"bnnsearch demo: hyperparameter efficiency of latent-weight SGD (4 hyperparameters) vs the filtered-"
           f"gradient optimizer (2), seed 002's Figure 8 in small: {args.repeats} {args.sampler.upper()} studies of "
           f"{args.trials} trials per method on mnist5k; local Ray, MLflow in ./mlflow.db; "
           f"embedded defaults in {DEMO_DIR}\n", flush=True)

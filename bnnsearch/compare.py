@@ -24,8 +24,9 @@ from .sweep import SweepArgs, run_sweep
 
 
 def _study_values(tracker, parent_id: str, trials: int) -> list[float | None]:
-    hist = sorted(tracker.client.get_metric_history(parent_id, "trial_value"), key=lambda m: m.step)
-    return pad_budget([m.value for m in hist], trials)
+    from .tracking import study_values
+
+    return pad_budget(study_values(tracker.client, parent_id), trials)
 
 
 def _trial_seconds(tracker, parent_id: str) -> float:
@@ -88,13 +89,18 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                 best_cfg[space.method] = (float(bv), pid)
     all_values = [v for studies in per_method.values() for s in studies for v in s]
     target = target_value(all_values, mode, delta, metric)
-    stats = {m: method_stats(m, studies, target, mode) for m, studies in per_method.items()}
+    finite = [v for v in all_values if v is not None and math.isfinite(v)]
+    floor = (min(finite) if mode == "max" else max(finite)) if finite else None
+    stats = {m: method_stats(m, studies, target, mode, floor) for m, studies in per_method.items()}
+    # Hyperparameters each method is tuned over: only those a trial samples (conditional spaces).
+    active = {s.method: s.active_range() for s in spaces}
     test = rank_test({m: s.ttt for m, s in stats.items()}, base.trials)
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
         "sampler": base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
         "rank_test": test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
+                        "hyperparameters": {"active_min": active[m][0], "active_max": active[m][1]},
                         "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
                         "best_config": tracker.download_text(best_cfg[m][1], "best_config.yaml") if m in best_cfg else None}
                     for m, s in stats.items()},

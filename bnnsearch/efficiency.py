@@ -9,7 +9,8 @@ that produced no full-budget value — pruned or failed — which improves nothi
   for accuracy metrics ``delta`` is in percentage points (0.5 -> 0.005), otherwise in metric units;
 * trials-to-target per study: the first 1-based trial index whose best-so-far reaches the target,
   or ``None`` when the budget ran out first (censored; ranked as budget + 1 in the tests below);
-* area under the best-so-far curve (its mean over trial indices, so comparable across budgets);
+* area under the best-so-far curve (its mean over trial indices, so comparable across budgets;
+  indices before a study's first value count as the worst value of the comparison);
 * a rank test of trials-to-target between methods: Mann-Whitney U for two methods,
   Kruskal-Wallis for more; p < alpha reads "significant", otherwise "not significant".
 """
@@ -70,9 +71,14 @@ def trials_to_target(curve: list[float], target: float, mode: str) -> int | None
     return None
 
 
-def auc(curve: list[float]) -> float:
-    xs = [v for v in curve if not math.isnan(v)]
-    return sum(xs) / len(curve) if curve and len(xs) == len(curve) else math.nan
+def auc(curve: list[float], floor: float | None = None) -> float:
+    """Mean of the best-so-far curve over trial indices. Indices before a study's first value
+    (its first trials failed or were pruned) count as ``floor`` — the worst value any study of
+    the comparison reached — rather than making the area undefined."""
+    if not curve:
+        return math.nan
+    xs = [floor if math.isnan(v) else v for v in curve]
+    return math.nan if any(x is None for x in xs) else sum(xs) / len(xs)
 
 
 @dataclass
@@ -99,7 +105,8 @@ def _quantile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def method_stats(method: str, studies: list[list[float | None]], target: float, mode: str) -> MethodStats:
+def method_stats(method: str, studies: list[list[float | None]], target: float, mode: str,
+                 floor: float | None = None) -> MethodStats:
     curves = [best_so_far(s, mode) for s in studies]
     budget = max(len(s) for s in studies)
     mean, low, high = mean_band(curves)
@@ -108,7 +115,7 @@ def method_stats(method: str, studies: list[list[float | None]], target: float, 
     finals = [c[-1] for c in curves if c and not math.isnan(c[-1])]
     return MethodStats(method, len(studies), budget, mean, low, high, ttt, _quantile(ranked, 0.5),
                        _quantile(ranked, 0.25), _quantile(ranked, 0.75), sum(t is not None for t in ttt),
-                       sum(auc(c) for c in curves) / len(curves),
+                       sum(auc(c, floor) for c in curves) / len(curves),
                        (max(finals) if mode == "max" else min(finals)) if finals else math.nan)
 
 

@@ -117,6 +117,19 @@ class SearchSpace:
         values = flat_values(values)
         return [p for p in self.params if p.active(values)]
 
+    def active_range(self) -> tuple[int, int]:
+        """(fewest, most) parameters one trial samples, over every combination of the choices
+        that conditions depend on: the count of hyperparameters a method is tuned over."""
+        import itertools
+
+        parents = sorted({parent for p in self.params for parent, _ in p.when})
+        choices = [[_encode(c) for c in next(q for q in self.params if q.name == n).choices] for n in parents]
+        counts = []
+        for combo in itertools.product(*choices) if parents else [()]:
+            values = dict(zip(parents, combo))
+            counts.append(sum(p.active(values) for p in self.params))
+        return min(counts), max(counts)
+
     def sampler_space(self):
         """What ``OptunaSearch(space=...)`` takes: a distribution dict for a flat space, a
         define-by-run function for a conditional one."""

@@ -17,6 +17,7 @@ proposes configs, MLflow records them. The only module that imports ray.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -28,6 +29,7 @@ from pathlib import Path
 from ray import tune
 
 from .errors import UserError
+from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
 SAMPLERS = ("random", "tpe", "gp", "botorch")
@@ -65,7 +67,12 @@ class SweepArgs:
         return self.experiment or f"bnnsearch/{fx.get('data', 'mnist1d')}/{fx.get('arch', 'mlp')}"
 
 
-def make_sampler(name: str, seed: int, n_startup: int):
+def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False):
+    """An Optuna sampler. For a conditional space TPE models the parameters jointly where they
+    co-occur (``multivariate`` + ``group``); GP and BoTorch model only parameters present in
+    every trial and sample the rest at random (optuna#6164): ``run_sweep`` says so."""
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,6 +80,10 @@ def make_sampler(name: str, seed: int, n_startup: int):
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
+        if conditional:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, group=True)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
@@ -126,9 +137,11 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
     cfg = trial_config(space, config, cpus)
     work = Path(tempfile.mkdtemp(prefix="bnnsearch-trial-"))
     ckpt = tune.get_checkpoint()
+    resumed_from = 0
     if ckpt is not None:
         with ckpt.as_directory() as d:
             shutil.copytree(d, work, dirs_exist_ok=True)
+        resumed_from = checkpoint_epoch(work)
     # Reporting and checkpoints use ray.tune only (the API that has churned); the node id, for the
     # record, is a read-only call of Ray core: TuneContext does not expose it.
     node = ray.get_runtime_context().get_node_id()
@@ -140,6 +153,7 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
         out["objective"] = objective_of(m, space)
         out["node_id"] = node
         out["worker_pid"] = pid
+        out["resumed_from_epoch"] = resumed_from  # 0: this run of the trial started from scratch
         # The engine saves its state every epoch (cheap, local); handing it to Ray copies it to
         # storage, which costs more than a short epoch: do that at most every checkpoint_s.
         now = time.monotonic()
@@ -155,16 +169,73 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
         shutil.rmtree(work, ignore_errors=True)
 
 
+def checkpoint_epoch(work: Path) -> int:
+    """The epoch an engine checkpoint in ``work`` continues from (0 if none)."""
+    import torch
+
+    from .engine import CKPT_NAME
+
+    path = Path(work) / CKPT_NAME
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) if path.exists() else 0
+
+
+JOURNAL = "bnnsearch_suggestions.jsonl"
+
+
+def read_journal(exp_dir: Path) -> list[dict]:
+    path = Path(exp_dir) / JOURNAL
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+    return out
+
+
 def _searcher_cls():
     from ray.tune.search.optuna import OptunaSearch
 
     class BudgetAwareOptunaSearch(OptunaSearch):
         """Tells trials stopped before their full budget as PRUNED (Ray's OptunaSearch would
-        tell them COMPLETE with their last, partial-budget value)."""
+        tell them COMPLETE with their last, partial-budget value).
 
-        def __init__(self, *a, full_epochs: int, **k):
+        Every suggestion is appended to a journal in the experiment folder before Ray sees it.
+        A trial that the driver started after Ray's last experiment snapshot is unknown to a
+        restored study; on restore, such trials are replayed in order — the same parameters
+        enqueued to the sampler — so no started trial is lost or re-sampled, and the MLflow
+        callback continues the trial's run (``replay_of`` in the journal).
+        """
+
+        def __init__(self, *a, full_epochs: int, journal: str, **k):
             super().__init__(*a, **k)
             self.full_epochs = full_epochs
+            self.journal = journal
+            self._replay: list[tuple[str, dict]] = []
+
+        def restore(self, checkpoint_path):
+            journal = self.journal
+            super().restore(checkpoint_path)
+            self.journal = journal  # the folder may have moved; ours is the live one
+            known = set(self._ot_trials)
+            self._replay = [(e["trial_id"], e["params"]) for e in read_journal(Path(journal).parent)
+                            if e["trial_id"] not in known]
+
+        def suggest(self, trial_id):
+            replay_of = None
+            if trial_id not in self._ot_trials and self._replay:
+                replay_of, params = self._replay.pop(0)
+                self._ot_study.enqueue_trial(params)
+            cfg = super().suggest(trial_id)
+            if cfg is not None and trial_id in self._ot_trials:
+                entry = {"trial_id": trial_id, "params": self._ot_trials[trial_id].params, "replay_of": replay_of}
+                with open(self.journal, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            return cfg
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             if result and not error and not result.get("diverged") and result.get("epoch", 0) < self.full_epochs:
@@ -188,10 +259,19 @@ def _error_text(trial) -> str:
 
 
 class MlflowCallback(tune.Callback):
-    """Driver-side Tune callback: MLflow child runs, the parent's best-so-far curve, progress."""
+    """Driver-side Tune callback: MLflow child runs, the parent's per-trial record, progress.
 
-    def __init__(self, args: SweepArgs, parent_id: str, uri: str, tracker=None):
-        self.args, self.parent_id, self.uri = args, parent_id, uri
+    The parent's record: the k-th finished trial gets ``bnnsearch.trial_index = k`` on its run
+    (set first), then step k of ``trial_state`` on the parent (1 with a full-budget value, 0
+    pruned or failed), ``trial_value`` and ``best_so_far``. After a resume the record is rebuilt
+    from the child runs' tags (a step the kill left unwritten is written), so any number of
+    kills and resumes leaves steps 1..N exactly once and best-so-far never decreasing."""
+
+    INDEX, VALUE = "bnnsearch.trial_index", "bnnsearch.trial_value"
+    FINISHED = ("complete", "diverged", "stopped early", "failed")
+
+    def __init__(self, args: SweepArgs, parent_id: str, uri: str, tracker=None, exp_dir: str | None = None):
+        self.args, self.parent_id, self.uri, self.exp_dir = args, parent_id, uri, exp_dir
         self._setup_state(tracker)
 
     def _setup_state(self, tracker=None):
@@ -199,22 +279,68 @@ class MlflowCallback(tune.Callback):
 
         # An MLflow client on SQLite takes seconds to open: share the driver's; rebuild on unpickle.
         self.tracker = tracker or Tracker(self.uri, self.args.experiment_name())
-        self.runs = self.tracker.children(self.parent_id)  # reconcile after a resume
+        children = self.tracker.child_runs(self.parent_id)  # reconcile after a resume
+        self.runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in children if r.data.tags.get(TRIAL_TAG)}
         self.logged = {tid: self.tracker.last_step(rid) for tid, rid in self.runs.items()}
-        self.done, self.failed, self.values = 0, 0, []
+        self.indexed = {r.info.run_id: int(r.data.tags[self.INDEX]) for r in children if self.INDEX in r.data.tags}
+        self.finished = sum(r.data.tags.get("bnnsearch.status") in self.FINISHED for r in children)
+        self.failed = sum(r.data.tags.get("bnnsearch.status") == "failed" for r in children)
         self.best = None
-        self._shapes = {}
+        self.values: list = []
+        by_index = sorted((int(r.data.tags[self.INDEX]), r) for r in children if self.INDEX in r.data.tags)
+        states = self.tracker.steps(self.parent_id, "trial_state")
+        for k, r in by_index:
+            v = r.data.tags.get(self.VALUE)
+            self._record(k, None if v in (None, "") else float(v), r.data.params, r.info.run_id, log=k not in states)
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; the client is rebuilt
-        return {"args": self.args, "parent_id": self.parent_id, "uri": self.uri}
+        return {"args": self.args, "parent_id": self.parent_id, "uri": self.uri, "exp_dir": self.exp_dir}
 
     def __setstate__(self, st):
         self.__dict__.update(st)
         self._setup_state()
 
+    def _record(self, k: int, value, config, rid: str, log: bool = True):
+        """Step k of the parent's per-trial record (value None: no full-budget value)."""
+        self.values.append(value)
+        better = (lambda a, b: a > b) if self.args.space.mode == "max" else (lambda a, b: a < b)
+        if value is not None and (self.best is None or better(value, self.best[0])):
+            self.best = (value, config, rid)
+        if log:
+            m = {"trial_state": float(value is not None)}
+            if value is not None:
+                m["trial_value"] = value
+            if self.best is not None:
+                m["best_so_far"] = self.best[0]
+            self.tracker.log_metrics(self.parent_id, m, step=k)
+
+    def _count(self, rid: str, value, config) -> None:
+        if rid in self.indexed:  # counted before a resume (a replayed trial finishing again)
+            return
+        k = len(self.indexed) + 1
+        self.indexed[rid] = k
+        self.tracker.set_tags(rid, {self.INDEX: k, self.VALUE: "" if value is None else value})
+        self._record(k, value, config, rid)
+
+    def _adopt(self, trial) -> str | None:
+        """The MLflow run of the trial this one replays (the same config after a driver kill)."""
+        if not self.exp_dir:
+            return None
+        for e in read_journal(Path(self.exp_dir)):
+            if e["trial_id"] == trial.trial_id and e.get("replay_of") in self.runs:
+                rid = self.runs[e["replay_of"]]
+                self.tracker.set_tags(rid, {TRIAL_TAG: trial.trial_id, "bnnsearch.replayed_as": trial.trial_id})
+                self.logged[trial.trial_id] = self.logged.get(e["replay_of"], 0)
+                return rid
+        return None
+
     def _run(self, trial) -> str:
         rid = self.runs.get(trial.trial_id)
         if rid is None:
+            rid = self._adopt(trial)
+            if rid is not None:
+                self.runs[trial.trial_id] = rid
+                return rid
             cfg = trial_config(self.args.space, trial.config, self.args.cpus_per_trial)
             rid = self.tracker.start_trial(self.parent_id, trial.trial_id, str(trial), cfg.to_dict(), self.args.study_name())
             self.runs[trial.trial_id] = rid
@@ -242,6 +368,9 @@ class MlflowCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rid = self._run(trial)
         epoch = int(result.get("epoch", 0))
+        resumed = int(result.get("resumed_from_epoch", 0))
+        if resumed and epoch == resumed + 1:
+            self.tracker.set_tags(rid, {"bnnsearch.resumed_from_epoch": resumed})
         if epoch <= self.logged.get(trial.trial_id, 0):
             return  # already recorded before a resume
         keep = {k: v for k, v in result.items() if "/" in k or k in ("epoch", "objective", "diverged")}
@@ -255,17 +384,14 @@ class MlflowCallback(tune.Callback):
         last = trial.last_result or {}
         full = int(last.get("epoch", 0)) >= self.args.space.config(trial.config, where="sampled config").epochs
         status = "diverged" if last.get("diverged") else ("complete" if full else "stopped early")
-        self.tracker.set_tags(rid, {"bnnsearch.status": status, "diverged": int(bool(last.get("diverged")))})
+        tags = {"bnnsearch.status": status, "diverged": int(bool(last.get("diverged")))}
+        if getattr(trial, "num_failures", 0):  # its worker died and Ray retried it
+            tags["bnnsearch.retries"] = trial.num_failures
+        self.tracker.set_tags(rid, tags)
         self.tracker.finish(rid, "FINISHED" if full or last.get("diverged") else "KILLED")
-        self.done += 1
-        if full or last.get("diverged"):
-            v = last.get("objective")
-            self.values.append(v)
-            better = (lambda a, b: a > b) if self.args.space.mode == "max" else (lambda a, b: a < b)
-            if self.best is None or better(v, self.best[0]):
-                self.best = (v, trial.config, rid)
-            self.tracker.log_metrics(self.parent_id, {"trial_value": v, "best_so_far": self.best[0]},
-                                     step=len(self.values))
+        if rid not in self.indexed:
+            self.finished += 1
+        self._count(rid, last.get("objective") if full or last.get("diverged") else None, trial.config)
         self._progress(trials, trial, status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -273,19 +399,21 @@ class MlflowCallback(tune.Callback):
         err = _error_text(trial)
         self.tracker.set_tags(rid, {"bnnsearch.status": "failed", "error": err})
         self.tracker.finish(rid, "FAILED")
-        self.failed += 1
+        if rid not in self.indexed:
+            self.finished += 1
+            self.failed += 1
+        self._count(rid, None, trial.config)
         self._progress(trials, trial, "FAILED")
 
     def on_experiment_end(self, trials, **info):
-        """Reconcile: a trial that started just before the driver died can be missing from Ray's
-        last experiment snapshot; on resume Ray re-samples its slot. Its MLflow run is kept (it
-        is what happened) but re-tagged so it no longer counts as a trial of the study."""
+        """Reconcile: a run whose trial is unknown to the resumed study and was not replayed (it
+        should not happen: lost trials are replayed) is kept, as what happened, but re-tagged so
+        it no longer counts as a trial of the study."""
         known = {t.trial_id for t in trials}
         for tid, rid in self.runs.items():
-            if tid not in known:
+            if tid not in known and rid not in {self.runs[t] for t in known if t in self.runs}:
                 self.tracker.set_tags(rid, {"bnnsearch.kind": "lost_trial", "bnnsearch.status": "lost",
-                                            "note": "started before the driver died, unknown to the resumed "
-                                                    "study; its slot was sampled again"})
+                                            "note": "started before the driver died, unknown to the resumed study"})
                 self.tracker.finish(rid, "KILLED")
 
     def _progress(self, trials, trial, status):
@@ -295,7 +423,7 @@ class MlflowCallback(tune.Callback):
         v = (trial.last_result or {}).get("objective")
         best = f"{self.best[0]:.4f}" if self.best else "-"
         val = f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-        print(f"[{self.done + self.failed}/{self.args.trials}] {trial} {status:<13} {self.args.space.metric}={val}"
+        print(f"[{self.finished}/{self.args.trials}] {trial} {status:<13} {self.args.space.metric}={val}"
               f"  best={best}  running={running} failed={self.failed}", flush=True)
 
 
@@ -347,16 +475,23 @@ def run_sweep(a: SweepArgs) -> dict:
     train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial,
                                                         checkpoint_s=a.checkpoint_s),
                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
-    callback = MlflowCallback(a, parent_id, tracker.uri, tracker)
+    callback = MlflowCallback(a, parent_id, tracker.uri, tracker, str(exp_dir))
     t0 = time.time()
     if a.resume and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=train_fn, resume_unfinished=True, resume_errored=True)
     else:
+        if space.conditional and a.sampler in ("gp", "botorch") and not a.quiet:
+            always = [p.name for p in space.params if not p.when]
+            print(f"warning: --sampler {a.sampler} models only the parameters every trial samples "
+                  f"({', '.join(always)}); the conditional ones "
+                  f"({', '.join(p.name for p in space.params if p.when)}) are sampled at random (optuna#6164). "
+                  f"--sampler tpe models them.", flush=True)
+        exp_dir.mkdir(parents=True, exist_ok=True)
         searcher = _searcher_cls()(
-            space=space.distributions(), metric="objective", mode=space.mode,
-            sampler=make_sampler(a.sampler, a.seed, a.startup_trials),
+            space=space.sampler_space(), metric="objective", mode=space.mode,
+            sampler=make_sampler(a.sampler, a.seed, a.startup_trials, space.conditional),
             points_to_evaluate=[p] if a.seed_defaults and (p := space.default_point()) else None,
-            full_epochs=epochs, seed=None)
+            full_epochs=epochs, journal=str(exp_dir / JOURNAL), seed=None)
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric="objective", mode=space.mode, max_t=epochs,
                                    grace_period=1, reduction_factor=3)
                      if a.scheduler == "asha" else FIFOScheduler())

@@ -88,10 +88,16 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def child_runs(self, parent_id: str) -> list:
+        return self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                       max_results=10000)
+
     def children(self, parent_id: str) -> dict[str, str]:
         """Ray trial id -> child run id (for reconciling after a resume)."""
-        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
-        return {r.data.tags.get(TRIAL_TAG): r.info.run_id for r in runs if r.data.tags.get(TRIAL_TAG)}
+        return {r.data.tags.get(TRIAL_TAG): r.info.run_id for r in self.child_runs(parent_id) if r.data.tags.get(TRIAL_TAG)}
+
+    def steps(self, run_id: str, key: str) -> dict[int, float]:
+        return {m.step: m.value for m in self.client.get_metric_history(run_id, key)}
 
     # ---- trials
     def start_trial(self, parent_id: str, trial_id: str, name: str, config: dict, study: str) -> str:
@@ -177,11 +183,21 @@ def snapshot(uri: str | None = None) -> dict:
             if kind in by_kind:
                 by_kind[kind].append(as_dict(r))
         for s in by_kind["study"]:
-            s["trial_values"] = [m.value for m in sorted(client.get_metric_history(s["run_id"], "trial_value"),
-                                                         key=lambda m: m.step)]
+            s["trial_values"] = study_values(client, s["run_id"])
         out.append({"id": e.experiment_id, "name": e.name, "studies": by_kind["study"],
                     "trials": by_kind["trial"], "comparisons": by_kind["comparison"]})
     return {"uri": uri, "experiments": out, "client": client}
+
+
+def study_values(client, parent_id: str) -> list[float | None]:
+    """A study's per-trial record in trial order: step k of ``trial_state`` is the k-th finished
+    trial; its ``trial_value`` (a full-budget value) or None (pruned or failed). Studies recorded
+    before ``trial_state`` existed have only their valued trials, in order."""
+    values = {m.step: m.value for m in client.get_metric_history(parent_id, "trial_value")}
+    states = {m.step for m in client.get_metric_history(parent_id, "trial_state")}
+    if not states:
+        return [values[k] for k in sorted(values)]
+    return [values.get(k) for k in range(1, max(states) + 1)]
 
 
 def metric_history(client, run_id: str, key: str) -> list[tuple[int, float]]:

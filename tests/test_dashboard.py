@@ -1,5 +1,6 @@
 """The dashboard in a real browser (headless Chromium): the served page and the HTML export load
 with no console errors and their plots have data. Runs on a small real study."""
+import os
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import yaml
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and os.environ.get("CI") == "true":
+    raise RuntimeError("CI=true but chromium is not installed: the browser tests must run in CI (make browser)")
 
 
 def chromium_dom(url, tmp_path):

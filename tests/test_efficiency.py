@@ -32,7 +32,11 @@ def test_target_and_trials_to_target():
 
 def test_auc_is_mean_of_the_curve():
     assert auc([0.5, 0.5, 0.8, 1.0]) == pytest.approx(0.7)
-    assert math.isnan(auc([math.nan, 1.0]))
+    assert math.isnan(auc([math.nan, 1.0]))  # no floor given: undefined
+    # A failed first trial: the index before the first value counts as the comparison's floor.
+    assert auc([math.nan, 1.0], floor=0.2) == pytest.approx(0.6)
+    st = method_stats("m", [[None, 0.9, 0.95], [0.8, 0.9, 0.95]], target=0.9, mode="max", floor=0.5)
+    assert math.isfinite(st.auc_mean) and st.auc_mean == pytest.approx(((0.5 + 0.9 + 0.95) + (0.8 + 0.9 + 0.95)) / 6)
 
 
 def test_method_stats_hand_computed():

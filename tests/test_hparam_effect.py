@@ -20,7 +20,8 @@ from bnnsearch.engine import fit
 from bnnsearch.methods import list_methods
 from bnnsearch.spaces import _encode, load_space
 
-SPACES = sorted(Path(__file__).resolve().parents[1].glob("search_spaces/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = sorted(ROOT.glob("search_spaces/*.yaml")) + sorted(ROOT.glob("bnnsearch/defaults/demo_*.yaml"))
 
 
 def _tiny(space, root, epochs=2):
@@ -74,7 +75,7 @@ def test_every_searched_hyperparameter_changes_training(path, name, tmp_path):
 def test_inert_parameter_check_can_fail(tmp_path):
     """Control: a parameter that does not act (BNN's latent clip at a small lr, in a context
     where it cannot bind) is reported inert."""
-    space = _tiny(load_space(SPACES[0].parent / "proxconnect.yaml"), tmp_path / "data", 6)
+    space = _tiny(load_space(ROOT / "search_spaces/proxconnect.yaml"), tmp_path / "data", 6)
     ctx = {"pair": "bnn", "lr": 1e-4}
     assert _history(space, {**ctx, "clip": True}) == _history(space, {**ctx, "clip": False})
 

@@ -140,36 +140,61 @@ def _cli(*args, cwd, **kw):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
-def test_resume_after_sigkill(tmp_path):
-    sp = space_file(tmp_path, ALPHA, {"epochs": 3})
-    args = ["sweep", str(sp), "--trials", "6", "--sampler", "tpe", "--startup-trials", "2", "--name", "killme",
-            "--concurrency", "1"]
-    proc = _cli(*args, cwd=tmp_path)
+def _kill_at(args, cwd, marker, timeout=240):
+    proc = _cli(*args, cwd=cwd)
     seen, t0 = [], time.time()
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("[2/6]"):
+        if line.startswith(marker):
             break
-        assert time.time() - t0 < 240, "".join(seen)
+        assert time.time() - t0 < timeout, "".join(seen)
+    time.sleep(0.7)  # let the running trials report an epoch or two past the marker
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
     time.sleep(2)
+    return "".join(seen)
+
+
+def test_resume_after_two_sigkills_keeps_the_record_whole(tmp_path):
+    """Kill the driver twice while trials run, resume: the parent's per-trial record holds steps
+    1..N exactly once with a non-decreasing best-so-far, no trial is lost or re-sampled (N child
+    runs, each config sampled once, every epoch recorded once), and with --checkpoint-s 0 a
+    killed trial continues from its last checkpointed epoch."""
+    sp = space_file(tmp_path, ALPHA, {"epochs": 6, "batch_size": 16})
+    n = 6
+    args = ["sweep", str(sp), "--trials", str(n), "--sampler", "tpe", "--startup-trials", "2", "--name", "killme",
+            "--concurrency", "2", "--checkpoint-s", "0"]
+    _kill_at(args, tmp_path, "[1/6]")
+    _kill_at([*args, "--resume"], tmp_path, "[3/6]")
     done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *args, "--resume"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from mlflow.tracking import MlflowClient
 
+    from bnnsearch.tracking import study_values
+
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     e = c.get_experiment_by_name("bnnsearch/digits/mlp")
     kids = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'trial'")
-    ids = [k.data.tags["bnnsearch.trial_id"] for k in kids]
-    assert len(ids) == 6 and len(set(ids)) == 6, ids  # the study reached N trials, none duplicated
+    assert not c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'lost_trial'")
+    assert len(kids) == n, [k.data.tags for k in kids]  # no trial lost, none re-sampled into a new run
+    configs = {(k.data.params["hparams.alpha"], k.data.params["hparams.gamma"]) for k in kids}
+    assert len(configs) == n
     assert all(k.info.status == "FINISHED" for k in kids)
     for k in kids:  # every epoch recorded once
         steps = [m.step for m in c.get_metric_history(k.info.run_id, "epoch")]
-        assert sorted(steps) == [1, 2, 3], (k.data.tags["bnnsearch.trial_id"], steps)
-    parents = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'study'")
-    assert len(parents) == 1
+        assert sorted(steps) == list(range(1, 7)), (k.data.tags["bnnsearch.trial_id"], steps)
+    (parent,) = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'study'")
+    pid = parent.info.run_id
+    states = sorted(m.step for m in c.get_metric_history(pid, "trial_state"))
+    assert states == list(range(1, n + 1)), states  # steps 1..N exactly once
+    best = [m.value for m in sorted(c.get_metric_history(pid, "best_so_far"), key=lambda m: m.step)]
+    assert len(best) == n and best == sorted(best)
+    by_index = {int(k.data.tags["bnnsearch.trial_index"]): float(k.data.tags["bnnsearch.trial_value"]) for k in kids}
+    assert sorted(by_index) == list(range(1, n + 1))
+    assert study_values(c, pid) == [by_index[i] for i in range(1, n + 1)]  # what compare/dashboard read
+    resumed = [int(k.data.tags["bnnsearch.resumed_from_epoch"]) for k in kids if "bnnsearch.resumed_from_epoch" in k.data.tags]
+    assert resumed and all(0 < r < 6 for r in resumed), "no killed trial continued from its checkpoint"
     subprocess.run(["pkill", "-9", "-f", str(tmp_path)], check=False)
 
 
@@ -252,14 +277,18 @@ def test_killing_a_trial_worker_retries_or_fails_that_trial(ray_local, tmp_path)
 
     th = threading.Thread(target=killer, daemon=True)
     th.start()
-    s = sweep(tmp_path, space_file(tmp_path, ALPHA, {"epochs": 6}), trials=3, sampler="random", max_failures=2,
-              concurrency=1)
+    s = sweep(tmp_path, space_file(tmp_path, ALPHA, {"epochs": 6, "batch_size": 16}), trials=3, sampler="random",
+              max_failures=2, concurrency=1, checkpoint_s=0)
     th.join(timeout=5)
     assert killed, "no trial worker was found to kill"
     n = s["counts"]
     assert n["complete"] + n["failed"] == 3
     _, parent, kids = mlflow_runs(tmp_path, s)
     assert len(kids) == 3 and parent.info.status == "FINISHED"
+    # The kill hit a trial: it was retried (from its last epoch's checkpoint when it had one), or failed.
+    hit = [k for k in kids if {"bnnsearch.retries", "bnnsearch.resumed_from_epoch"} & set(k.data.tags)
+           or k.info.status == "FAILED"]
+    assert hit, [k.data.tags for k in kids]
     for k in kids:
         if k.info.status == "FINISHED":  # a retried trial still records every epoch exactly once
             steps = sorted(m.step for m in mlflow_runs(tmp_path, s)[0].get_metric_history(k.info.run_id, "epoch"))
