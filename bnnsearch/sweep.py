@@ -410,8 +410,9 @@ class MlflowCallback(tune.Callback):
         should not happen: lost trials are replayed) is kept, as what happened, but re-tagged so
         it no longer counts as a trial of the study."""
         known = {t.trial_id for t in trials}
+        live = {self.runs[t] for t in known if t in self.runs}  # runs adopted by a replayed trial included
         for tid, rid in self.runs.items():
-            if tid not in known and rid not in {self.runs[t] for t in known if t in self.runs}:
+            if tid not in known and rid not in live:
                 self.tracker.set_tags(rid, {"bnnsearch.kind": "lost_trial", "bnnsearch.status": "lost",
                                             "note": "started before the driver died, unknown to the resumed study"})
                 self.tracker.finish(rid, "KILLED")
