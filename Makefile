@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test test-fast lint bench clean lock
+.PHONY: install browser postgres demo test test-fast lint bench clean lock
 
 # Installs use the exact versions in constraints.txt (what the suite last passed with), so every
 # machine gets the same install; `make lock` refreshes them deliberately.
@@ -36,7 +36,14 @@ browser:
 	  { if [ "$$CI" = "true" ]; then echo "chromium could not be installed (CI=true): failing"; exit 1; fi; \
 	    echo "chromium could not be installed: the dashboard's browser tests will be skipped"; }
 
-test: install browser
+# The cluster tracking-store test runs mlflow server on a real PostgreSQL (Debian's package).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ; } || \
+	  { if [ "$$CI" = "true" ]; then echo "postgresql could not be installed (CI=true): failing"; exit 1; fi; \
+	    echo "postgresql could not be installed: the PostgreSQL store test will be skipped"; }
+
+test: install browser postgres
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The default suite minus tests marked slow.

@@ -27,6 +27,39 @@ def default_tracking_uri() -> str:
     return "sqlite:///" + str((Path.cwd() / "mlflow.db").resolve())
 
 
+def check_store(uri: str | None, must_exist: bool = False, flag: str = "--tracking-uri") -> str:
+    """Fail in seconds, with one clear line, on a tracking store that cannot work: an MLflow
+    server that does not answer (MLflow itself retries for minutes), a SQLite path that is not a
+    database, or (``must_exist``, for commands that only read) a SQLite file that does not exist
+    (opening one would silently create an empty store). Returns the URI."""
+    uri = uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+        except urllib.error.HTTPError:
+            pass  # it answers (a proxy or an auth layer may refuse /health): let MLflow talk to it
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(f"{flag} {uri}: no MLflow server answers there ({reason})") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_dir():
+            raise UserError(f"{flag} {uri}: {path} is a directory, not an SQLite database")
+        if path.exists():
+            with open(path, "rb") as f:
+                head = f.read(16)
+            if head and head != b"SQLite format 3\x00":
+                raise UserError(f"{flag} {uri}: {path} is not an SQLite database")
+        elif must_exist:
+            raise UserError(f"{flag} {uri}: {path} does not exist (nothing recorded there; check the path)")
+        elif not path.parent.is_dir():
+            raise UserError(f"{flag} {uri}: folder {path.parent} does not exist")
+    return uri
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -52,6 +85,7 @@ class Tracker:
 
     def __init__(self, uri: str | None, experiment: str):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print our own progress
         import logging
 
         import mlflow
@@ -60,15 +94,26 @@ class Tracker:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri or default_tracking_uri()
+        self.uri = check_store(uri)
         self._mlflow = mlflow
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
-            exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            self.experiment_id = self._experiment_id(experiment)
         except Exception as e:  # a wrong URI or an unreachable server is a user error
             raise UserError(f"--tracking-uri {self.uri}: cannot use the MLflow store ({type(e).__name__}: {e})") from None
         self.experiment = experiment
+
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # another study created it between our read and our write
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     @classmethod
     def from_client(cls, client, experiment_id: str | None = None) -> "Tracker":
@@ -124,8 +169,10 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        if tags:  # one request for all of them (a round trip each costs against a tracking server)
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -138,6 +185,10 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed study, or a trial continuing after an interrupt)."""
+        self.client.update_run(run_id, status="RUNNING")
 
     def last_step(self, run_id: str, key: str = "epoch") -> int:
         hist = self.client.get_metric_history(run_id, key)
@@ -164,7 +215,7 @@ def snapshot(uri: str | None = None) -> dict:
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    uri = uri or default_tracking_uri()
+    uri = check_store(uri, must_exist=True)
     client = MlflowClient(tracking_uri=uri)
 
     def as_dict(r):
