@@ -10,11 +10,20 @@ def best_trials(target: str, uri: str | None, experiment: str | None, top: int) 
     and the best trial's resolved config YAML."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import default_tracking_uri
+    from .tracking import check_store, default_tracking_uri
 
-    client = MlflowClient(tracking_uri=uri or default_tracking_uri())
-    exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
-    exps = [e for e in exps if e is not None]
+    if top < 1:
+        raise UserError(f"--top {top}: must be >= 1")
+    client = MlflowClient(tracking_uri=check_store(uri, must_exist=True))
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise UserError(f"--experiment {experiment!r}: no such experiment in {uri or default_tracking_uri()} "
+                            f"(there: {', '.join(names) or 'none'})")
+        exps = [exp]
+    else:
+        exps = client.search_experiments()
     runs, study = [], None
     for e in exps:
         tr = Tracker.from_client(client, e.experiment_id)

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 DEMO_DIR = Path(__file__).parent / "defaults"
 
@@ -34,13 +34,15 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out or f"runs/{cfg.method}-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}")
-    write_config(out, cfg)
-    writer = MetricsWriter(out / "metrics.jsonl")
     show = _progress(cfg.epochs)
     print(f"training {cfg.method} on {cfg.data} with {cfg.arch} for {cfg.epochs} epochs -> {out}/", flush=True)
+    writer = []  # the run directory is written once the first epoch exists: a run that fails to start leaves none
 
     def report(m):
-        writer(m)
+        if not writer:
+            write_config(out, cfg)
+            writer.append(MetricsWriter(out / "metrics.jsonl"))
+        writer[0](m)
         show(m)
 
     res = fit(cfg, report)
@@ -151,7 +153,8 @@ def cmd_compare(args) -> int:
 
     spaces = [load_space(p) for p in args.spaces]
     base = _sweep_args(args, spaces[0])
-    s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name)
+    s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name,
+                    allow_mixed=getattr(args, "allow_mixed", False))
     rows = []
     for m, st in s["methods"].items():
         hp = st["hyperparameters"]
@@ -181,16 +184,30 @@ def cmd_best(args) -> int:
     print(table([[i + 1, r["study"], r["trial"], r["value"], r["run_id"]] for i, r in enumerate(rows)],
                 ["rank", "study", "trial", rows[0]["metric"] if rows else "value", "MLflow run"], align_right={0, 3}))
     out = Path(args.out)
+    _writable(out, "--out")
     out.write_text(best_cfg)
     print(f"\nwrote the best config to {out}; reproduce it with:  bnnsearch train {out}")
     return 0
+
+
+def _writable(path: Path, flag: str) -> None:
+    """An output file's folder is created if missing; a folder where a file should go is an error."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create folder {path.parent} ({e.strerror})") from None
 
 
 def cmd_dashboard(args) -> int:
     from dashboards import build_html
     from dashboards.server import serve
 
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: must be a TCP port, 1-65535")
     if args.export:
+        _writable(Path(args.export), "--export")
         Path(args.export).write_text(build_html(args.tracking_uri, args.mlflow_ui))
         print(f"wrote {args.export} (one self-contained HTML file)")
         return 0
@@ -206,101 +223,170 @@ def cmd_demo(args) -> int:
     args.name = args.name or time.strftime("demo-%Y%m%d-%H%M%S")
     print(f"bnnsearch demo: hyperparameter efficiency of latent-weight SGD (4 hyperparameters) vs the filtered-"
           f"gradient optimizer (2), seed 002's Figure 8 in small: {args.repeats} {args.sampler.upper()} studies of "
-          f"{args.trials} trials per method on mnist5k; local Ray, MLflow in ./mlflow.db; "
+          f"{args.trials} trials per method on mnist5k; {'Ray at ' + args.address if args.address else 'local Ray'}, "
+          f"MLflow in {args.tracking_uri or 'sqlite:///./mlflow.db'}; "
           f"embedded defaults in {DEMO_DIR}\n", flush=True)
     rc = cmd_compare(args)
     print("\nbrowse: the plots and dashboard.html above, or  bnnsearch dashboard  (http://127.0.0.1:8050)")
     return rc
 
 
-def add_sweep_flags(w: argparse.ArgumentParser) -> None:
-    w.add_argument("--trials", type=int, default=20)
-    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "gp", "botorch"])
-    w.add_argument("--seed", type=int, default=0, help="sampler seed")
-    w.add_argument("--startup-trials", type=int, default=5, help="random trials before the model-based sampler (same for every sampler)")
-    w.add_argument("--concurrency", type=int, default=0, help="trials at once (default: CPUs / cpus-per-trial)")
-    w.add_argument("--cpus-per-trial", type=float, default=1.0)
-    w.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions let several trials share a GPU")
-    w.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"])
-    w.add_argument("--max-failures", type=int, default=1, help="retries of a trial that raises")
+def add_sweep_flags(w: argparse.ArgumentParser, kind: str = "sweep") -> None:
+    """The study flags shared by sweep, compare and demo (``kind`` picks the help that is true)."""
+    many = kind != "sweep"
+    w.add_argument("--trials", type=int, default=20, help="trials per study")
+    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "gp", "botorch"],
+                   help="Optuna sampler (botorch: BoTorchSampler from optuna-integration)")
+    w.add_argument("--seed", type=int, default=0,
+                   help="sampler seed" + (" of the first repeat; repeat r uses seed + r" if many else ""))
+    w.add_argument("--startup-trials", type=int, default=5,
+                   help="random trials before the model-based sampler (same for every sampler)")
+    w.add_argument("--concurrency", type=int, default=0, help="trials at once (0: CPUs / cpus-per-trial)")
+    w.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray CPUs reserved by each trial")
+    w.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="Ray GPUs reserved by each trial; fractions let several trials share a GPU")
+    w.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"],
+                   help="fifo: every trial runs its full budget; asha: stop poor trials early (pruned)")
+    w.add_argument("--max-failures", type=int, default=1, help="retries of a trial that raises (-1: unlimited)")
     w.add_argument("--checkpoint-s", type=float, default=30.0,
                    help="hand Ray a trial checkpoint at most every this many seconds (0: every epoch)")
-    w.add_argument("--address", default=None, help="join an existing Ray cluster (ray start --head ...)")
-    w.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite ./mlflow.db)")
-    w.add_argument("--experiment", default=None, help="MLflow experiment (default bnnsearch/<data>/<arch>)")
-    w.add_argument("--storage", default="./bnnsearch_runs", help="Ray results directory")
-    w.add_argument("--name", default=None, help="study name (default <method>-<sampler>-s<seed>)")
-    w.add_argument("--resume", action="store_true", help="continue an interrupted study of this name")
+    w.add_argument("--address", default=None, help="join an existing Ray cluster at HOST:PORT (ray start --head ...); "
+                   "default: a local Ray instance")
+    w.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    w.add_argument("--experiment", default=None,
+                   help="MLflow experiment (default: bnnsearch-compare/<name>)" if many
+                   else "MLflow experiment (default: bnnsearch/<data>/<arch>)")
+    w.add_argument("--storage", default="./bnnsearch_runs", help="Ray results directory (trial checkpoints, resume state)")
+    w.add_argument("--name", default=None,
+                   help={"sweep": "study name (default: <method>-<sampler>-s<seed>)",
+                         "compare": "comparison name (default: compare-<method>-<method>...); studies are "
+                                    "<name>-<method>-r<repeat>",
+                         "demo": "comparison name (default: demo-<date>-<time>)"}[kind])
+    w.add_argument("--resume", action="store_true",
+                   help="continue an interrupted " + ("comparison: finished studies are kept, the interrupted one "
+                                                      "continues, the missing ones run" if many else "study of this name"))
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default (except None and store_true flags)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bnnsearch", description="Hyperparameter search for binary neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one configuration")
-    t.add_argument("config", help="run config YAML")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (dotted: hparams.lr=0.1)")
-    t.add_argument("--out", help="output directory (default runs/<method>-<data>-<time>)")
+    def cmd(name, help, description):
+        return sub.add_parser(name, help=help, description=description, formatter_class=_Help)
+
+    t = cmd("train", "train one configuration",
+            "Train one configuration without Ray or MLflow; writes config.yaml, metrics.jsonl and cost.json.")
+    t.add_argument("config", help="run config YAML (any key left out takes its default)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (dotted: hparams.lr=0.1); repeatable")
+    t.add_argument("--out", help="output directory (default: runs/<method>-<data>-<time>)")
     t.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("cost", help="print the per-layer inference cost table")
-    c.add_argument("config")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c = cmd("cost", "print the per-layer inference cost table",
+            "Per-layer parameters, MACs, BOPs, FLOPs and memory of a config's network, per sample.")
+    c.add_argument("config", help="run config YAML")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (dotted: hparams.lr=0.1); repeatable")
     c.set_defaults(func=cmd_cost)
 
-    s = sub.add_parser("space", help="validate search-space YAML files and show what they compile to")
-    s.add_argument("spaces", nargs="+")
+    s = cmd("space", "validate search-space YAML files and show what they compile to",
+            "Validate search spaces (every bound and choice must resolve to a valid config) and print them.")
+    s.add_argument("spaces", nargs="+", help="search-space YAML files (search_spaces/*.yaml)")
     s.set_defaults(func=cmd_space)
 
-    w = sub.add_parser("sweep", help="run a hyperparameter study of one method (Ray Tune + Optuna/BoTorch + MLflow)")
+    w = cmd("sweep", "run a hyperparameter study of one method (Ray Tune + Optuna/BoTorch + MLflow)",
+            "Run (or --resume) one hyperparameter study: Ray Tune trials, an Optuna or BoTorch sampler, every "
+            "trial recorded in MLflow under the study's parent run. Ctrl-C stops it (exit 130) and prints the "
+            "command that resumes it.")
     w.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
     add_sweep_flags(w)
     w.set_defaults(func=cmd_sweep)
 
-    cp = sub.add_parser("compare", help="hyperparameter efficiency: repeated equal-budget studies per method")
+    cp = cmd("compare", "hyperparameter efficiency: repeated equal-budget studies per method",
+             "Hyperparameter efficiency across methods (seed 002's Figure 8 for any methods): --repeats studies "
+             "of --trials trials per search space, best-so-far curves, trials-to-target, AUC and a rank test.")
     cp.add_argument("spaces", nargs="+", help="one search-space YAML per method")
-    cp.add_argument("--repeats", type=int, default=5)
+    cp.add_argument("--repeats", type=int, default=5, help="independent studies per method")
     cp.add_argument("--target-delta", type=float, default=0.5,
                     help="target = best value of all studies minus this (percentage points for accuracies)")
-    cp.add_argument("--out", default=None, help="output directory (default runs/<name>)")
-    add_sweep_flags(cp)
+    cp.add_argument("--out", default=None, help="output directory (default: runs/<name>)")
+    cp.add_argument("--allow-mixed", action="store_true",
+                    help="compare spaces that train on different data (refused by default: their values differ in kind)")
+    add_sweep_flags(cp, "compare")
     cp.set_defaults(func=cmd_compare, trials=25, sampler="botorch")
 
-    b = sub.add_parser("best", help="print the top trials of a study or experiment and write the best config")
+    b = cmd("best", "print the top trials of a study or experiment and write the best config",
+            "The top complete full-budget trials of a study (or of every study of an experiment), and the best "
+            "one's resolved config, ready for `bnnsearch train`.")
     b.add_argument("target", help="a study name or an MLflow experiment name")
-    b.add_argument("--top", type=int, default=5)
-    b.add_argument("--out", default="best.yaml")
-    b.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite ./mlflow.db)")
+    b.add_argument("--top", type=int, default=5, help="how many trials to list")
+    b.add_argument("--out", default="best.yaml", help="where to write the best trial's config")
+    b.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     b.add_argument("--experiment", default=None, help="restrict the study lookup to this experiment")
     b.set_defaults(func=cmd_best)
 
-    ds = sub.add_parser("dashboard", help="serve (or export) the cross-study dashboard from the tracking store")
-    ds.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite ./mlflow.db)")
-    ds.add_argument("--port", type=int, default=8050)
+    ds = cmd("dashboard", "serve (or export) the cross-study dashboard from the tracking store",
+             "What the MLflow UI cannot show: efficiency curves across studies, trials-to-target, accuracy vs "
+             "cost, hyperparameters in parallel coordinates. Served on localhost, or exported as one HTML file.")
+    ds.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    ds.add_argument("--port", type=int, default=8050, help="port to serve on (127.0.0.1)")
     ds.add_argument("--refresh", type=int, default=30, help="seconds between page refreshes")
     ds.add_argument("--mlflow-ui", default="http://127.0.0.1:5000", help="where points link to (the MLflow UI)")
     ds.add_argument("--export", default=None, help="write the dashboard to this HTML file instead of serving it")
     ds.set_defaults(func=cmd_dashboard)
 
-    d = sub.add_parser("demo", help="run the main job on the embedded defaults: a small latent-vs-filtered comparison")
-    d.add_argument("--repeats", type=int, default=3)
-    d.add_argument("--target-delta", type=float, default=0.5)
-    d.add_argument("--out", default=None)
-    add_sweep_flags(d)
+    d = cmd("demo", "run the main job on the embedded defaults: a small latent-vs-filtered comparison",
+            "The main job on the embedded defaults: latent-weight SGD vs the filtered-gradient optimizer on "
+            "mnist5k (no network needed), local Ray, MLflow in SQLite.")
+    d.add_argument("--repeats", type=int, default=3, help="independent studies per method")
+    d.add_argument("--target-delta", type=float, default=0.5,
+                   help="target = best value of all studies minus this (percentage points for accuracies)")
+    d.add_argument("--out", default=None, help="output directory (default: runs/<name>)")
+    add_sweep_flags(d, "demo")
     d.set_defaults(func=cmd_demo, trials=8, sampler="tpe", startup_trials=3)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserError as e:
         print(f"bnnsearch: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"\nbnnsearch: interrupted: {e}\ncontinue it with:\n  {resume_command(argv, e.name)}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("bnnsearch: interrupted", file=sys.stderr)
         return 130
+
+
+def resume_command(argv: list[str], name: str) -> str:
+    """The command line that continues an interrupted study or comparison: the same arguments
+    with its name pinned (a demo's name carries a time stamp) and --resume."""
+    import shlex
+
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        if tok == "--name":
+            skip = True
+            continue
+        if tok.startswith("--name=") or tok == "--resume":
+            continue
+        out.append(tok)
+    return shlex.join(["bnnsearch", *out, "--name", name, "--resume"])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .efficiency import method_stats, pad_budget, rank_test, target_value
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
 
@@ -36,7 +36,7 @@ def _trial_seconds(tracker, parent_id: str) -> float:
 
 
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
-                name: str | None = None) -> dict:
+                name: str | None = None, allow_mixed: bool = False) -> dict:
     from .tracking import Tracker
 
     metrics = {(s.metric, s.mode) for s in spaces}
@@ -46,7 +46,14 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     if len(set(methods)) != len(methods):
         raise UserError("compare takes one search space per method")
     if repeats < 1:
-        raise UserError("--repeats must be >= 1")
+        raise UserError(f"--repeats {repeats}: must be >= 1")
+    if not delta >= 0:
+        raise UserError(f"--target-delta {delta:g}: must be >= 0 (the target lies this far below the best value)")
+    data = {s.path: (c.data, c.data_args) for s in spaces for c in [s.config({}, where=f"{s.path}: fixed")]}
+    if len(set(map(repr, data.values()))) > 1 and not allow_mixed:
+        seen = "; ".join(f"{p}: {d} {a or ''}".rstrip() for p, (d, a) in data.items())
+        raise UserError(f"the spaces train on different data ({seen}): their values are not comparable; "
+                        "make data and data_args equal, or pass --allow-mixed")
     metric, mode = spaces[0].metric, spaces[0].mode
     cmp_name = name or "compare-" + "-".join(methods)
     experiment = base.experiment or f"bnnsearch-compare/{cmp_name}"
@@ -70,10 +77,14 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
             if parent is None or parent.info.status != "FINISHED":
                 if parent is not None and not base.resume:
                     raise UserError(f"study {study!r} was interrupted; rerun the same command with --resume")
-                print(f"== {space.method}: repeat {r + 1}/{repeats} (sampler seed {r})", flush=True)
+                print(f"== {space.method}: repeat {r + 1}/{repeats} (sampler seed {base.seed + r})", flush=True)
                 # No seeded default trial: every arm starts from the same kind of initial design.
-                run_sweep(replace(base, space=space, seed=r, name=study, experiment=experiment,
-                                  resume=parent is not None, quiet=True, seed_defaults=False))
+                try:
+                    run_sweep(replace(base, space=space, seed=base.seed + r, name=study, experiment=experiment,
+                                      resume=parent is not None, quiet=True, seed_defaults=False,
+                                      label=f"{space.method} {base.sampler} r{r}"))
+                except Interrupted as e:  # nothing after it runs; --resume continues this study first
+                    raise Interrupted(f"comparison {cmp_name!r} stopped in {e}", cmp_name) from None
                 parent = tracker.find_study(study)
             else:
                 print(f"== {space.method}: repeat {r + 1}/{repeats} already finished, skipped", flush=True)

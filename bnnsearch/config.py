@@ -59,10 +59,11 @@ class RunConfig:
     freeze_binary: bool = False
 
     def validate(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.threads < 0:
-            raise ValueError("threads must be >= 0")
+            raise ValueError(f"threads: must be >= 0, got {self.threads}")
 
     # Parsed views (validated in resolve()).
     def hp(self):
@@ -118,14 +119,21 @@ def safe_load(text: str):
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a YAML file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        data = safe_load(path.read_text())
+        data = safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{at}: {what}") from None
     if data is None:
-        data = {}
+        raise UserError(f"{path}: the file is empty (expected a mapping of keys)")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     return data

@@ -112,3 +112,7 @@ def cost_table(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[list[LayerC
 
 def rows_as_dicts(rows: list[LayerCost]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+# The inference-cost metrics of a network: static, so a trial logs them once (at epoch 1).
+STATIC_COST = ("cost/macs", "cost/bops", "cost/flops", "cost/ops", "cost/params", "cost/mem_bits", "cost/compression")

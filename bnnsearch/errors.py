@@ -16,3 +16,13 @@ class ConfigError(UserError):
     def __init__(self, message: str, where: str | None = None):
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class Interrupted(Exception):
+    """A study or comparison stopped by the user (SIGINT) before it finished. Its records are
+    marked interrupted (never FINISHED, no best config); ``--resume`` completes what is missing.
+    ``name`` is the study or comparison name the resume command needs."""
+
+    def __init__(self, message: str, name: str):
+        self.name = name
+        super().__init__(message)

@@ -157,6 +157,10 @@ class SearchSpace:
                 _set(raw, p.path, p.decode(values[p.name]))
         return resolve(raw, where or self.path)
 
+    def low_point(self) -> dict:
+        """Every parameter at its low bound or first choice (a config every trial could have)."""
+        return {p.name: (p.low if p.kind != "categorical" else _encode(p.choices[0])) for p in self.params}
+
     def default_point(self) -> dict | None:
         """The method's paper defaults, if every searched value is inside the space (a good
         first trial for the sampler); else None."""
@@ -274,6 +278,20 @@ def _when(spec, earlier: dict, where: str) -> tuple:
     return tuple(out)
 
 
+def _some_value_resolves(space: SearchSpace, params, lows: dict) -> bool:
+    """Whether the fixed keys form a valid config together with some searched value (then a
+    failing value is the choice's fault, not the fixed part's or a default's)."""
+    for p in params:
+        values = [p.low, p.high] if p.kind != "categorical" else [_encode(c) for c in p.choices]
+        for v in values:
+            try:
+                space.config({**lows, **{k: a[0] for k, a in p.when}, p.name: v}, where="config")
+                return True
+            except ConfigError:
+                pass
+    return False
+
+
 def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     raw = load_yaml(path)
@@ -298,7 +316,11 @@ def load_space(path: str | Path) -> SearchSpace:
         raise ConfigError("fixed must be a mapping", f"{where}: fixed")
     if "method" in fixed:
         raise ConfigError("put the method at the top level, not under fixed", f"{where}: fixed.method")
-    resolve({**fixed, "method": raw["method"]}, f"{where}: fixed")
+    try:
+        resolve({**fixed, "method": raw["method"]}, f"{where}: fixed")
+        fixed_error = None
+    except ConfigError as e:  # maybe only with a default that a searched parameter replaces
+        fixed_error = e
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, dict) or not params_raw:
         raise ConfigError("params must be a non-empty mapping", f"{where}: params")
@@ -315,7 +337,9 @@ def load_space(path: str | Path) -> SearchSpace:
     space = SearchSpace(where, raw["method"], metric, mode, fixed, params,
                         hashlib.sha256(path.read_bytes()).hexdigest())
     # Every bound and choice must resolve as a full run config (types, Hparams.validate, ...).
-    lows = {p.name: (p.low if p.kind != "categorical" else _encode(p.choices[0])) for p in params}
+    lows = space.low_point()
+    if fixed_error is not None and not _some_value_resolves(space, params, lows):
+        raise fixed_error  # the fixed part fails whatever the searched values are
     for p in params:
         values = [p.low, p.high] if p.kind != "categorical" else [_encode(c) for c in p.choices]
         base = {**lows, **{parent: allowed[0] for parent, allowed in p.when}}  # a context where p acts

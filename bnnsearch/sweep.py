@@ -17,10 +17,12 @@ proposes configs, MLflow records them. The only module that imports ray.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ from pathlib import Path
 
 from ray import tune
 
-from .errors import UserError
+from .cost import STATIC_COST
+from .errors import Interrupted, UserError
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
@@ -57,6 +60,7 @@ class SweepArgs:
     max_failures: int = 1
     quiet: bool = False
     seed_defaults: bool = True  # the paper defaults as the first trial (off in comparisons: equal designs)
+    label: str | None = None  # the parent run's name in the MLflow UI (default: "<method> <sampler> s<seed>")
     checkpoint_s: float = 30.0  # hand Ray a trial checkpoint at most this often (0: every epoch)
 
     def study_name(self) -> str:
@@ -342,7 +346,9 @@ class MlflowCallback(tune.Callback):
                 self.runs[trial.trial_id] = rid
                 return rid
             cfg = trial_config(self.args.space, trial.config, self.args.cpus_per_trial)
-            rid = self.tracker.start_trial(self.parent_id, trial.trial_id, str(trial), cfg.to_dict(), self.args.study_name())
+            # Named so the MLflow table tells trials apart: "<method> t<k>", k in start order.
+            label = f"{self.args.space.method} t{len(self.runs) + 1:02d}"
+            rid = self.tracker.start_trial(self.parent_id, trial.trial_id, label, cfg.to_dict(), self.args.study_name())
             self.runs[trial.trial_id] = rid
             self.logged[trial.trial_id] = 0
             from .config import dump
@@ -363,7 +369,11 @@ class MlflowCallback(tune.Callback):
 
     # Tune callback hooks ---------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
+        known = trial.trial_id in self.runs
+        rid = self._run(trial)
+        if known and rid not in self.indexed:  # continues after an interrupt: RUNNING again
+            self.tracker.reopen(rid)
+            self.tracker.set_tags(rid, {"bnnsearch.status": "running"})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rid = self._run(trial)
@@ -373,7 +383,8 @@ class MlflowCallback(tune.Callback):
             self.tracker.set_tags(rid, {"bnnsearch.resumed_from_epoch": resumed})
         if epoch <= self.logged.get(trial.trial_id, 0):
             return  # already recorded before a resume
-        keep = {k: v for k, v in result.items() if "/" in k or k in ("epoch", "objective", "diverged")}
+        keep = {k: v for k, v in result.items() if ("/" in k or k in ("epoch", "objective", "diverged"))
+                and (epoch == 1 or k not in STATIC_COST)}  # a network's inference cost is logged once
         self.tracker.log_metrics(rid, keep, step=epoch)
         self.logged[trial.trial_id] = epoch
         if epoch == 1:
@@ -429,38 +440,134 @@ class MlflowCallback(tune.Callback):
 
 
 
+def _check_args(a: SweepArgs) -> None:
+    """Every flag checked before anything is created (a run, a directory, a Ray instance)."""
+    if a.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if a.scheduler not in SCHEDULERS:
+        raise UserError(f"--scheduler {a.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    for flag, value, ok, need in (
+            ("--trials", a.trials, a.trials >= 1, ">= 1"),
+            ("--startup-trials", a.startup_trials, a.startup_trials >= 0, ">= 0"),
+            ("--concurrency", a.concurrency, a.concurrency >= 0, ">= 0 (0: as many as the CPUs allow)"),
+            ("--cpus-per-trial", a.cpus_per_trial, a.cpus_per_trial > 0, "> 0"),
+            ("--gpus-per-trial", a.gpus_per_trial, a.gpus_per_trial >= 0, ">= 0"),
+            ("--max-failures", a.max_failures, a.max_failures >= -1, ">= 0, or -1 for unlimited retries"),
+            ("--checkpoint-s", a.checkpoint_s, a.checkpoint_s >= 0, ">= 0 (0: every epoch)")):
+        if not ok:
+            raise UserError(f"{flag} {value:g}: must be {need}")
+
+
+def _check_resources(a: SweepArgs, res: dict) -> None:
+    """A trial that asks for more than the whole cluster has would wait forever: say so now."""
+    for flag, key, want in (("--cpus-per-trial", "CPU", a.cpus_per_trial), ("--gpus-per-trial", "GPU", a.gpus_per_trial)):
+        have = res.get(key, 0.0)
+        if want > have:
+            where = f"the Ray cluster at {a.address}" if a.address else "this machine"
+            raise UserError(f"{flag} {want:g}: {where} has {have:g} {key}s in all, so no trial could ever start")
+
+
+def _check_address(address: str | None) -> None:
+    """An unreachable --address is one clear error in seconds (Ray itself warns forever)."""
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT of a Ray head (ray start --head --port ...)")
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"--address {address}: no Ray head answers there ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def _second_interrupt_exits(name: str):
+    """Ray Tune takes the first SIGINT (it stops the trials and saves the experiment, which can
+    take a while) and then hands SIGINT back to the handler it found: this one, which exits at
+    once. What was recorded stays; the study is not marked finished; --resume continues it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(sig, frame):
+        print(f"\nbnnsearch: second interrupt: exiting now; study {name!r} is incomplete, rerun with --resume "
+              "to finish it", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(tracker, parent_id: str, a: SweepArgs, name: str) -> Interrupted:
+    """Mark an unfinished study interrupted (parent and unfinished trials KILLED, no best config)."""
+    done = len(tracker.steps(parent_id, "trial_state"))
+    for r in tracker.child_runs(parent_id):
+        if r.info.status == "RUNNING":
+            tracker.set_tags(r.info.run_id, {"bnnsearch.status": "interrupted"})
+            tracker.finish(r.info.run_id, "KILLED")
+    tracker.set_tags(parent_id, {"bnnsearch.status": "interrupted", "n_finished_trials": done})
+    tracker.finish(parent_id, "KILLED")
+    return Interrupted(f"study {name!r} interrupted: {done} of {a.trials} trials finished; nothing recorded is "
+                       "lost, and the study is marked interrupted (no best config)", name)
+
+
 def run_sweep(a: SweepArgs) -> dict:
     """Run (or resume) one study; returns a summary with the top trials."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
     import ray
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from .config import dump
     from .tracking import Tracker, git_sha
 
-    if a.sampler not in SAMPLERS:
-        raise UserError(f"--sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if a.scheduler not in SCHEDULERS:
-        raise UserError(f"--scheduler {a.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    if a.trials < 1 or a.cpus_per_trial <= 0 or a.gpus_per_trial < 0 or a.startup_trials < 0:
-        raise UserError("--trials >= 1, --cpus-per-trial > 0, --gpus-per-trial >= 0 and --startup-trials >= 0 required")
+    _check_args(a)
+    _check_address(a.address)
+    if not a.address and a.gpus_per_trial > 0:  # before anything is created; a cluster is asked after ray.init
+        import torch
+
+        _check_resources(a, {"CPU": a.cpus_per_trial, "GPU": float(torch.cuda.device_count())})
     space, name = a.space, a.study_name()
+    from .engine import build
+
+    # The dataset is there and the fixed config builds (the driver builds each trial's model for
+    # its cost table anyway): a missing data file is one clear error before any run, directory or
+    # Ray instance exists, not a study whose every trial fails.
+    build(space.config(space.low_point(), where=space.path), "cpu")
     storage = Path(a.storage).expanduser().resolve()
+    if storage.exists() and not storage.is_dir():
+        raise UserError(f"--storage {a.storage}: is a file, not a directory")
     exp_dir = storage / name
     tracker = Tracker(a.tracking_uri, a.experiment_name())
     parent = tracker.find_study(name)
     if a.resume:
-        if parent is None or not exp_dir.exists():
+        if parent is None:  # a study interrupted before Ray started has no exp_dir yet: it starts afresh
             raise UserError(f"--resume: no study {name!r} to resume (looked in {exp_dir} and experiment "
                             f"{a.experiment_name()!r} of {tracker.uri})")
+    elif parent is not None or exp_dir.exists():
+        raise UserError(f"study {name!r} already exists ({exp_dir}); add --resume to continue it or --name to start another")
+
+    if not ray.is_initialized():
+        kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # "local": always a fresh local instance, never a stale cluster recorded in /tmp/ray
+        ray.init(address=a.address or "local", **kw)
+    _check_resources(a, ray.cluster_resources())
+
+    if a.resume:
         parent_id = parent.info.run_id
+        tracker.reopen(parent_id)
+        tracker.set_tags(parent_id, {"bnnsearch.status": "running"})
     else:
-        if parent is not None or exp_dir.exists():
-            raise UserError(f"study {name!r} already exists ({exp_dir}); add --resume to continue it or --name to start another")
         parent_id = tracker.start_study(
-            name,
+            name, run_name=a.label or f"{space.method} {a.sampler} s{a.seed}",
             tags={"method": space.method, "sampler": a.sampler, "seed": a.seed, "space_file": space.path,
                   "space_sha256": space.sha256, "git_sha": git_sha(), "scheduler": a.scheduler},
             params={"trials": a.trials, "sampler": a.sampler, "seed": a.seed, "startup_trials": a.startup_trials,
@@ -468,10 +575,25 @@ def run_sweep(a: SweepArgs) -> dict:
         )
         tracker.log_text(parent_id, Path(space.path).read_text(), "space.yaml")
 
-    if not ray.is_initialized():
-        kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        # "local": always a fresh local instance, never a stale cluster recorded in /tmp/ray
-        ray.init(address=a.address or "local", **kw)
+    try:  # from here on the parent run exists: it ends FINISHED, interrupted (KILLED) or FAILED
+        with _second_interrupt_exits(name):
+            return _run_study(a, space, name, tracker, parent_id, exp_dir, storage)
+    except KeyboardInterrupt:  # outside Tune's own handler (set-up, or TUNE_DISABLE_SIGINT_HANDLER=1)
+        raise _interrupted(tracker, parent_id, a, name) from None
+    except Interrupted:
+        raise
+    except BaseException as e:
+        tracker.set_tags(parent_id, {"bnnsearch.status": "failed", "error": f"{type(e).__name__}: {e}"[:4000]})
+        tracker.finish(parent_id, "FAILED")
+        raise
+
+
+def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:
+    import ray
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from .config import dump
+
     epochs = space.config({}, where="fixed").epochs
     train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial,
                                                         checkpoint_s=a.checkpoint_s),
@@ -506,7 +628,9 @@ def run_sweep(a: SweepArgs) -> dict:
                                       failure_config=tune.FailureConfig(max_failures=a.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    grid = tuner.fit()
+    grid = tuner.fit()  # Ray Tune takes the first Ctrl-C: it stops the trials and saves the experiment
+    if len(tracker.steps(parent_id, "trial_state")) < a.trials:
+        raise _interrupted(tracker, parent_id, a, name)
     sampler_states = {}
     study = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
     searcher = getattr(study, "search_alg", None) if study else None
@@ -531,8 +655,10 @@ def run_sweep(a: SweepArgs) -> dict:
         best_cfg = trial_config(space, ranked[0]["config"], a.cpus_per_trial)
         tracker.log_text(parent_id, dump(best_cfg), "best_config.yaml")
         tracker.set_tags(parent_id, {"best_value": ranked[0]["objective"], "best_trial": ranked[0]["trial"]})
+        tracker.log_metrics(parent_id, {"best_value": ranked[0]["objective"]}, step=a.trials)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped early", "diverged", "failed")}
     tracker.set_tags(parent_id, {f"n_{k.replace(' ', '_')}": v for k, v in counts.items()})
+    tracker.set_tags(parent_id, {"bnnsearch.status": "finished"})
     tracker.finish(parent_id)
     summary["counts"] = counts
     summary["sampler_states"] = sampler_states

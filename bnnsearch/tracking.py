@@ -103,12 +103,22 @@ class Tracker:
             raise UserError(f"--tracking-uri {self.uri}: cannot use the MLflow store ({type(e).__name__}: {e})") from None
         self.experiment = experiment
 
+    def _artifact_location(self, name: str) -> str | None:
+        """A SQLite store keeps its artifacts beside it (<db folder>/mlartifacts/<experiment>), not in
+        whatever ./mlruns the command runs in; a server decides for itself."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        import re
+
+        root = Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
+        return (root / re.sub(r"[^A-Za-z0-9._-]+", "_", name)).as_uri()
+
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=self._artifact_location(name))
         except Exception:  # another study created it between our read and our write
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -127,8 +137,8 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`bnnsearch.kind` = 'study'")
         return runs[0] if runs else None
 
-    def start_study(self, study: str, tags: dict, params: dict) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=study,
+    def start_study(self, study: str, tags: dict, params: dict, run_name: str | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name or study,
                                      tags={STUDY_TAG: study, "bnnsearch.kind": "study", **{k: str(v) for k, v in tags.items()}})
         self.log_params(run.info.run_id, params)
         return run.info.run_id

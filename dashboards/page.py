@@ -226,7 +226,10 @@ def build_html(uri: str | None = None, ui: str = "http://127.0.0.1:5000", refres
                     "<code>bnnsearch compare</code>.</p>")
     for exp in snap["experiments"]:
         body.append(f"<h2>{html.escape(exp['name'])}</h2>")
-        body.append(f"<p class=note>{len(exp['studies'])} studies, {len(exp['trials'])} trials</p>")
+        unfinished = sum(st["status"] != "FINISHED" for st in exp["studies"])
+        body.append(f"<p class=note>{len(exp['studies'])} studies, {len(exp['trials'])} trials"
+                    + (f"; {unfinished} studies interrupted or running (their complete trials are shown; efficiency "
+                       "curves come only from finished comparisons)" if unfinished else "") + "</p>")
         for comp in exp["comparisons"]:
             body.append(f"<h3>Efficiency: {html.escape(comp['name'] or '')}</h3>" + _efficiency_section(exp, comp))
         body.append("<h3>Accuracy vs cost (all trials; dashed: Pareto front)</h3>" + _cost_section(exp, ui))

@@ -93,3 +93,33 @@ def test_space_command(capsys, tmp_path):
     bad.write_text("method: filtered\nparams: {alpha: {float: [1.0, 0.1]}}\n")
     r = run_cli("space", str(bad))
     assert r.returncode == 2 and "params.alpha: low >= high" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_command_and_option_has_help_and_shows_its_default():
+    import argparse
+
+    from bnnsearch.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == {"train", "cost", "space", "sweep", "compare", "best", "dashboard", "demo"}
+    for name, p in sub.choices.items():
+        assert p.description, name
+        text = p.format_help()
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            assert a.help, f"{name} {a.option_strings or a.dest}: no help"
+            if a.option_strings and a.default is not None and a.default is not False:
+                assert f"(default: {a.default})" in " ".join(text.split()), f"{name} {a.option_strings[0]}"
+    # compare/demo have their own truths, not sweep's
+    assert "bnnsearch-compare/<name>" in sub.choices["compare"].format_help()
+    assert "demo-<date>-<time>" in sub.choices["demo"].format_help()
+
+
+def test_resume_command_pins_the_name_and_adds_resume():
+    from bnnsearch.cli import resume_command
+
+    assert resume_command(["demo", "--trials", "4"], "demo-1") == "bnnsearch demo --trials 4 --name demo-1 --resume"
+    assert (resume_command(["sweep", "a b.yaml", "--name", "x", "--resume"], "x")
+            == "bnnsearch sweep 'a b.yaml' --name x --resume")

@@ -1,3 +1,4 @@
+import pytest
 from dashboards.page import _pareto, build_html
 
 
@@ -8,5 +9,12 @@ def test_pareto_front_hand_made():
 
 
 def test_empty_store_says_what_to_do(tmp_path):
+    from bnnsearch.errors import UserError
+    from bnnsearch.tracking import Tracker
+
+    with pytest.raises(UserError, match="empty.db does not exist"):  # a typo must not create an empty store
+        build_html(f"sqlite:///{tmp_path}/empty.db")
+    assert not (tmp_path / "empty.db").exists()
+    Tracker(f"sqlite:///{tmp_path}/empty.db", "nothing-yet")
     html = build_html(f"sqlite:///{tmp_path}/empty.db")
     assert "No bnnsearch studies in this store yet" in html and "<svg" not in html

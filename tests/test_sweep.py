@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _proc import read_until, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +71,13 @@ def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler):
     assert {"config.yaml", "cost.json"} <= names
     # the paper default (alpha 1e-3, gamma 0.1) is the first trial
     assert any(k.data.params["hparams.alpha"] == "0.001" and k.data.params["hparams.gamma"] == "0.1" for k in kids)
+    # records that read well: names tell runs apart, static cost once, best value a metric, artifacts beside the db
+    assert parent.info.run_name == f"filtered {sampler} s0"
+    assert sorted(k.info.run_name for k in kids) == [f"filtered t{i:02d}" for i in range(1, 6)]
+    assert [m.step for m in c.get_metric_history(kids[0].info.run_id, "cost/bops")] == [1]
+    assert sorted(m.step for m in c.get_metric_history(kids[0].info.run_id, "val/acc")) == [1, 2]
+    assert parent.data.metrics["best_value"] == curve[-1] and parent.data.tags["bnnsearch.status"] == "finished"
+    assert kids[0].info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
 def test_asha_stops_trials_and_tells_them_pruned(ray_local, tmp_path):
@@ -135,19 +143,9 @@ def test_existing_study_needs_resume_and_resume_needs_a_study(ray_local, tmp_pat
         sweep(tmp_path, sp, trials=1, name="y")
 
 
-def _cli(*args, cwd, **kw):
-    return subprocess.Popen([sys.executable, "-m", "bnnsearch.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
-
-
 def _kill_at(args, cwd, marker, timeout=240):
-    proc = _cli(*args, cwd=cwd)
-    seen, t0 = [], time.time()
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith(marker):
-            break
-        assert time.time() - t0 < timeout, "".join(seen)
+    proc = start_cli(args, cwd)
+    seen = read_until(proc, marker, timeout)
     time.sleep(0.7)  # let the running trials report an epoch or two past the marker
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
@@ -235,6 +233,9 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "sweep", str(sp), "--sampler", "sobol"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "invalid choice: 'sobol'" in r.stderr
+    from bnnsearch.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path}/mlflow.db", "bnnsearch/digits/mlp")  # a store with nothing of that name
     r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "best", "nothing-here"], capture_output=True, text=True,
                        cwd=tmp_path)
     assert r.returncode == 2 and "no study or experiment named 'nothing-here'" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,114 @@
+"""A careless user's mistakes, table-driven: each gets one clear line naming the file and key or
+the flag, exit code 2, no traceback, within seconds, and nothing half-written (no study run, no
+results folder, no run directory, no empty tracking store). Add a row for every new case: the
+count can only go up. (The config-key cases of `train --set` are in test_cli.py.)"""
+import time
+
+import pytest
+import yaml
+
+from bnnsearch.cli import main
+
+SPACE = {"method": "filtered", "objective": {"metric": "val/acc", "mode": "max"},
+         "fixed": {"arch": "mlp", "arch_args": {"widths": [16, 16]}, "data": "digits", "epochs": 1, "batch_size": 64,
+                   "device": "cpu"},
+         "params": {"alpha": {"float": [1e-4, 1e-1], "log": True}}}
+CONFIG = {"method": "filtered", "arch": "mlp", "data": "digits", "epochs": 1, "device": "cpu",
+          "arch_args": {"widths": [16, 16]}}
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    w = lambda name, obj: (tmp_path / name).write_text(obj if isinstance(obj, str) else yaml.safe_dump(obj))  # noqa: E731
+    w("space.yaml", {**SPACE, "fixed": {**SPACE["fixed"], "data_root": str(tmp_path / "data")}})
+    w("mnist5k.yaml", {**SPACE, "method": "latent", "params": {"lr": {"float": [1e-3, 1.0], "log": True}},
+                       "fixed": {**SPACE["fixed"], "data": "mnist5k"}})
+    w("nodata.yaml", {**SPACE, "fixed": {**SPACE["fixed"], "data": "mnist", "data_root": str(tmp_path / "nowhere")}})
+    w("config.yaml", {**CONFIG, "data_root": str(tmp_path / "data")})
+    w("nodata_config.yaml", {**CONFIG, "data": "mnist", "data_root": str(tmp_path / "nowhere")})
+    w("empty.yaml", "")
+    w("epochs.yaml", {**CONFIG, "epochs": -3})
+    w("batch.yaml", {**CONFIG, "batch_size": 0})
+    w("syntax.yaml", "method: filtered\nepochs: [3\nseed: 1\n")
+    (tmp_path / "latin1.yaml").write_bytes("method: filtered  # caf\xe9\n".encode("latin-1"))
+    w("group.yaml", {"method": "local_binary", "fixed": {"arch": "local_mlp", "arch_args": {"widths": [30, 30]},
+                                                         "data": "digits"},
+                     "params": {"group_size": {"categorical": [5, 7]}}})
+    w("notadb", "just text\n")
+    w("afile", "x")
+    (tmp_path / "adir").mkdir()
+    return tmp_path
+
+
+SWEEP = ["sweep", "space.yaml", "--trials", "1"]
+CASES = [  # (argv, what the one line must say)
+    (["train", "latin1.yaml"], "latin1.yaml: not a UTF-8 text file"),
+    (["train", "adir"], "adir: is a directory, not a YAML file"),
+    (["train", "empty.yaml"], "empty.yaml: the file is empty"),
+    (["train", "epochs.yaml"], "epochs.yaml: epochs: must be >= 1, got -3"),
+    (["train", "batch.yaml"], "batch.yaml: batch_size: must be >= 1, got 0"),
+    (["train", "syntax.yaml"], "syntax.yaml: not valid YAML at line 3, column 5"),
+    (["train", "nodata_config.yaml"], "data mnist: files not found"),
+    (["space", "group.yaml"], "group.yaml: params.group_size: value 7 is invalid"),
+    ([*SWEEP, "--concurrency", "-1"], "--concurrency -1: must be >= 0"),
+    ([*SWEEP, "--max-failures", "-2"], "--max-failures -2: must be >= 0, or -1"),
+    ([*SWEEP, "--checkpoint-s", "-1"], "--checkpoint-s -1: must be >= 0"),
+    ([*SWEEP, "--trials", "0"], "--trials 0: must be >= 1"),
+    ([*SWEEP, "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
+    ([*SWEEP, "--storage", "afile"], "--storage afile: is a file"),
+    ([*SWEEP, "--gpus-per-trial", "1"], "--gpus-per-trial 1: this machine has 0 GPUs in all"),
+    ([*SWEEP, "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray head answers there"),
+    ([*SWEEP, "--address", "nonsense"], "--address nonsense: expected HOST:PORT"),
+    ([*SWEEP, "--tracking-uri", "http://127.0.0.1:1"], "--tracking-uri http://127.0.0.1:1: no MLflow server answers"),
+    ([*SWEEP, "--tracking-uri", "sqlite:///notadb"], "notadb is not an SQLite database"),
+    ([*SWEEP, "--tracking-uri", "sqlite:///adir"], "adir is a directory, not an SQLite database"),
+    ([*SWEEP, "--tracking-uri", "sqlite:///no/such/dir/m.db"], "folder no/such/dir does not exist"),
+    (["sweep", "nodata.yaml"], "data mnist: files not found"),
+    (["compare", "space.yaml", "mnist5k.yaml"], "the spaces train on different data"),
+    (["compare", "space.yaml", "mnist5k.yaml", "--target-delta", "-1"], "--target-delta -1: must be >= 0"),
+    (["compare", "space.yaml", "mnist5k.yaml", "--repeats", "0"], "--repeats 0: must be >= 1"),
+    (["best", "x", "--top", "0"], "--top 0: must be >= 1"),
+    (["best", "x", "--tracking-uri", "http://127.0.0.1:1"], "no MLflow server answers there"),
+    (["best", "x", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist (nothing recorded there"),
+    (["best", "x"], "mlflow.db does not exist"),
+    (["dashboard", "--export", "d.html", "--tracking-uri", "http://127.0.0.1:1"], "no MLflow server answers there"),
+    (["dashboard", "--export", "d.html", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
+    (["dashboard", "--export", "adir"], "--export adir: is a directory"),
+    (["dashboard", "--port", "99999"], "--port 99999: must be a TCP port"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_a_mistake_is_one_clear_line_and_nothing_is_written(files, capsys, argv, needle):
+    before = sorted(p.name for p in files.iterdir())
+    t0 = time.time()
+    assert main(argv) == 2
+    took = time.time() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bnnsearch: error: ") and needle in err[0], err
+    assert took < 20, f"took {took:.0f} s to say so"
+    # nothing half-written: no tracking store, no Ray results, no run directory, no output file
+    assert sorted(p.name for p in files.iterdir()) == before
+
+
+def test_best_names_a_missing_experiment(files, capsys):
+    from bnnsearch.tracking import Tracker
+
+    Tracker(f"sqlite:///{files}/mlflow.db", "bnnsearch/digits/mlp")
+    assert main(["best", "x", "--experiment", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--experiment 'nope': no such experiment" in err and "bnnsearch/digits/mlp" in err
+
+
+def test_outputs_go_into_new_folders(files, capsys):
+    from bnnsearch.tracking import Tracker
+
+    Tracker(f"sqlite:///{files}/mlflow.db", "bnnsearch/digits/mlp")
+    assert main(["dashboard", "--export", "new/folder/d.html"]) == 0
+    assert (files / "new" / "folder" / "d.html").stat().st_size > 1000
+
+
+def test_a_train_that_cannot_start_leaves_no_run_directory(files, capsys):
+    assert main(["train", "nodata_config.yaml", "--out", "run1"]) == 2
+    assert not (files / "run1").exists()

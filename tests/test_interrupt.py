@@ -1,0 +1,130 @@
+"""Ctrl-C is never a finish: real SIGINTs sent to the process group, as a terminal does.
+
+An interrupted study exits 130, prints the exact --resume command, leaves its parent run KILLED
+(tagged interrupted, no best config) and no child run RUNNING; that command completes exactly
+what is missing. A comparison stops at its interrupted study (no later study starts) and its
+--resume completes that study instead of skipping it. A second Ctrl-C exits at once."""
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from _proc import read_until, start_cli
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+FIXED = {"arch": "mlp", "arch_args": {"widths": [16, 16, 16]}, "data": "digits", "epochs": 6, "batch_size": 16,
+         "device": "cpu"}
+SPACES = {
+    "filtered": {"alpha": {"float": [1e-4, 1e-1], "log": True}, "gamma": {"float": [0.01, 1.0], "log": True}},
+    "latent": {"lr": {"float": [1e-3, 1.0], "log": True}},
+}
+
+
+def space_file(tmp_path, method):
+    p = tmp_path / f"{method}.yaml"
+    p.write_text(yaml.safe_dump({"method": method, "objective": {"metric": "val/acc", "mode": "max"},
+                                 "fixed": {**FIXED, "data_root": str(tmp_path / "data")}, "params": SPACES[method]}))
+    return str(p)
+
+
+def ctrl_c_at(proc, marker, wait_s=1.0, twice=False):
+    """Read until a line starts with marker, then SIGINT the whole process group; returns
+    (output, seconds from the (last) SIGINT to the exit)."""
+    seen = read_until(proc, marker)
+    time.sleep(wait_s)
+    os.killpg(proc.pid, signal.SIGINT)
+    if twice:
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+    t1 = time.time()
+    rest = proc.communicate(timeout=180)[0]
+    return "".join(seen) + rest, time.time() - t1
+
+
+def resume_line(out):
+    lines = out.splitlines()
+    i = lines.index("continue it with:")
+    return shlex.split(lines[i + 1].strip())
+
+
+def studies(tmp_path, experiment):
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    e = c.get_experiment_by_name(experiment)
+    return c, e, c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'study'")
+
+
+def assert_interrupted(c, e, parent):
+    assert parent.info.status == "KILLED" and parent.data.tags["bnnsearch.status"] == "interrupted"
+    assert "best_config.yaml" not in {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert "best_value" not in parent.data.tags
+    kids = c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert not [k for k in kids if k.info.status == "RUNNING"]
+
+
+def assert_complete(c, e, parent, n):
+    assert parent.info.status == "FINISHED" and parent.data.tags["bnnsearch.status"] == "finished"
+    steps = sorted(m.step for m in c.get_metric_history(parent.info.run_id, "trial_state"))
+    assert steps == list(range(1, n + 1)), steps
+    kids = c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(kids) == n and all(k.info.status == "FINISHED" for k in kids), [(k.info.status, k.data.tags) for k in kids]
+    assert "best_config.yaml" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+
+
+def test_ctrl_c_during_a_sweep_is_an_interrupt_and_resume_completes_it(tmp_path):
+    n = 5
+    args = ["sweep", space_file(tmp_path, "filtered"), "--trials", str(n), "--sampler", "random", "--concurrency", "2"]
+    proc = start_cli(args, tmp_path)
+    out, _ = ctrl_c_at(proc, "[1/5]")
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out and "study 'filtered-random-s0'" in out and "\nstudy filtered-random-s0:" not in out
+    cmd = resume_line(out)
+    assert cmd[:2] == ["bnnsearch", "sweep"] and cmd[-3:] == ["--name", "filtered-random-s0", "--resume"]
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
+    assert_interrupted(c, e, parent)
+    done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *cmd[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[5/5]" in done.stdout and "[1/5]" not in done.stdout  # the counter continues
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
+    assert_complete(c, e, parent, n)
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    proc = start_cli(["sweep", space_file(tmp_path, "filtered"), "--trials", "6", "--sampler", "random",
+                  "--concurrency", "2"], tmp_path)
+    out, took = ctrl_c_at(proc, "[1/6]", wait_s=0.3, twice=True)
+    assert proc.returncode == 130, out[-3000:]
+    assert took < 10, took
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
+    assert parent.info.status != "FINISHED" and "best_value" not in parent.data.tags
+
+
+def test_ctrl_c_during_compare_stops_it_and_resume_completes_the_interrupted_study(tmp_path):
+    trials = 3
+    args = ["compare", space_file(tmp_path, "filtered"), space_file(tmp_path, "latent"), "--repeats", "1",
+            "--trials", str(trials), "--sampler", "random", "--startup-trials", "1", "--concurrency", "2",
+            "--out", str(tmp_path / "cmp")]
+    proc = start_cli(args, tmp_path)
+    out, _ = ctrl_c_at(proc, "== filtered: repeat 1/1", wait_s=6)
+    assert proc.returncode == 130, out[-3000:]
+    assert "== latent" not in out  # the next method's study never started
+    assert not (tmp_path / "cmp" / "summary.json").exists()
+    experiment = "bnnsearch-compare/compare-filtered-latent"
+    c, e, parents = studies(tmp_path, experiment)
+    assert [p.data.tags["bnnsearch.study"] for p in parents] == ["compare-filtered-latent-filtered-r0"]
+    assert_interrupted(c, e, parents[0])
+    cmd = resume_line(out)
+    done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *cmd[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "already finished, skipped" not in done.stdout  # the interrupted study is continued, not skipped
+    c, e, parents = studies(tmp_path, experiment)
+    assert len(parents) == 2
+    for p in parents:
+        assert_complete(c, e, p, trials)
