@@ -158,9 +158,11 @@ def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
     from .efficiency import best_so_far
 
     mode, metric = summary["mode"], summary["metric"]
+    from .colors import method_color
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (m, st), c in zip(stats.items(), colors):
+    for m, st in stats.items():
+        c = method_color(m)  # the dashboard's colours
         xs = list(range(1, st.budget + 1))
         for s in per_method[m]:
             ax.plot(xs, best_so_far(s, mode), color=c, alpha=0.15, lw=0.8)
@@ -188,8 +190,8 @@ def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
     names = list(stats)
     data = [[t if t is not None else st.budget + 1 for t in st.ttt] for st in stats.values()]
     ax.boxplot(data, tick_labels=names)
-    for i, d in enumerate(data, 1):
-        ax.scatter([i] * len(d), d, alpha=0.5, s=12)
+    for i, (m, d) in enumerate(zip(names, data), 1):
+        ax.scatter([i] * len(d), d, alpha=0.5, s=12, color=method_color(m))
     budget = max(st.budget for st in stats.values())
     ax.axhline(budget + 1, color="grey", ls=":", lw=1, label="did not reach the target")
     ax.set_ylabel("trials to target")

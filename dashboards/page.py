@@ -8,6 +8,8 @@ import time
 
 from bnnsearch.efficiency import method_stats, pad_budget, rank_test, target_value
 
+from bnnsearch.colors import method_color
+
 from .svg import PALETTE, Frame, parallel_coordinates
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -31,10 +33,10 @@ def _num(v):
 
 
 def _colors(exp) -> dict[str, str]:
-    """One colour per method for the whole page (sorted names, so stable across charts)."""
-    names = sorted({t["tags"].get("method", "?") for t in exp["trials"]}
-                   | {m for c in exp["comparisons"] for m in json.loads(c["tags"].get("study_runs", "{}"))})
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(names)}
+    """One colour per method, the same on every chart and in the comparison's PNGs."""
+    names = ({t["tags"].get("method", "?") for t in exp["trials"]}
+             | {m for c in exp["comparisons"] for m in json.loads(c["tags"].get("study_runs", "{}"))})
+    return {m: method_color(m) for m in names}
 
 
 def _efficiency_section(exp, comp) -> str:
@@ -53,15 +55,16 @@ def _efficiency_section(exp, comp) -> str:
     target = target_value([v for vs in per_method.values() for s in vs for v in s], mode, delta, metric)
     stats = {m: method_stats(m, vs, target, mode) for m, vs in per_method.items()}
     test = rank_test({m: s.ttt for m, s in stats.items()}, trials)
-    all_y = [y for s in stats.values() for y in s.mean if y is not None and not math.isnan(y)]
+    all_y = [y for s in stats.values() for ys in (s.mean, s.low, s.high) for y in ys  # bands never clipped
+             if y is not None and not math.isnan(y)]
     fr = Frame(list(range(1, trials + 1)), all_y + [target], title=f"best-so-far {metric}: mean and 95% band",
-               xlabel="trial", ylabel=metric)
+               xlabel="trial", ylabel=metric, legend=True)
     for m, st in stats.items():
         xs = list(range(1, st.budget + 1))
         fr.band(xs, st.low, st.high, colors[m])
         fr.line(xs, st.mean, colors[m])
     fr.line([1, trials], [target, target], "#000", width=1, dash="4,3")
-    fr.legend([(m, colors[m]) for m in stats] + [("target", "#000")])
+    fr.legend([(m, colors[m]) for m in stats] + [("target", "#000", "4,3")])
     rows = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{st.repeats}x{st.budget}</td><td>{st.best_value:.4g}</td>"
         f"<td>{st.auc_mean:.4g}</td><td>{st.ttt_median:g} [{st.ttt_q1:g}, {st.ttt_q3:g}]</td>"
@@ -133,10 +136,10 @@ def _method_section(exp, method, trials, ui, client) -> str:
                          f"{t['name']}: {t['metrics']['objective']:.4f}")
         else:
             cats = sorted({str(v) for v in vals})
-            fr = Frame(list(range(len(cats))), [t["metrics"]["objective"] for t in done],
-                       title=f"objective vs {k} ({', '.join(cats)})", xlabel=f"{k} (category index)", ylabel="objective")
-            for i, (t, v) in enumerate(zip(done, vals)):
-                fr.point(cats.index(str(v)) + 0.15 * ((i % 5) - 2) / 2, t["metrics"]["objective"], PALETTE[1],
+            fr = Frame([], [t["metrics"]["objective"] for t in done], title=f"objective vs {k}", xlabel=k,
+                       ylabel="objective", xcats=cats)
+            for i, (t, v) in enumerate(zip(done, vals)):  # jitter within the category's slot
+                fr.point(cats.index(str(v)) + 0.08 * ((i % 5) - 2), t["metrics"]["objective"], PALETTE[1],
                          _run_url(ui, exp["id"], t["run_id"]), f"{t['name']}: {v}")
         charts.append(fr.svg())
     charts.insert(0, _parallel(done, keys[:8], exp, ui, method))
@@ -160,23 +163,29 @@ def _method_section(exp, method, trials, ui, client) -> str:
 def _parallel(done, keys, exp, ui, method) -> str:
     """Parallel coordinates: each axis a hyperparameter scaled to [0, 1] (log-scaled when its
     values span more than two decades; categories evenly spaced)."""
-    axes, cols = [], []
+    axes, cols, ticks = [], [], []
     for k in keys:
         vals = [t["params"].get(k) for t in done]
         nums = [_num(v) for v in vals]
         if len({str(v) for v in vals}) < 2:
             continue
         if all(n is not None for n in nums):
-            tx = [math.log10(n) for n in nums] if min(nums) > 0 and max(nums) / min(nums) > 100 else nums
+            log = min(nums) > 0 and max(nums) / min(nums) > 100
+            tx = [math.log10(n) for n in nums] if log else nums
             lo, hi = min(tx), max(tx)
             cols.append([(v - lo) / (hi - lo) for v in tx])
+            ticks.append([(f, f"{(10 ** (lo + f * (hi - lo)) if log else lo + f * (hi - lo)):.3g}")
+                          for f in (0.0, 0.5, 1.0)])
         else:
             cats = sorted({str(v) for v in vals})
             cols.append([cats.index(str(v)) / max(len(cats) - 1, 1) for v in vals])
+            ticks.append([(i / max(len(cats) - 1, 1), c) for i, c in enumerate(cats)])
         axes.append(k.removeprefix("hparams."))
     rows = [([c[i] for c in cols], t["metrics"]["objective"], _run_url(ui, exp["id"], t["run_id"]),
              f"{t['name']}: {t['metrics']['objective']:.4f}") for i, t in enumerate(done)]
-    return parallel_coordinates(axes, rows, f"{method}: parallel coordinates of the trials") if axes else ""
+    if len(axes) < 2:  # one axis has no lines between axes: the scatter against it says it all
+        return ""
+    return parallel_coordinates(axes, rows, f"{method}: parallel coordinates of the trials", ticks)
 
 
 def _pareto(points):
@@ -195,22 +204,27 @@ def _cost_section(exp, ui) -> str:
         return "<p class=note>no complete trial with cost metrics</p>"
     colors = _colors(exp)
     methods = sorted({t["tags"].get("method", "?") for t in done})
-    charts = []
+    charts, notes = [], []
     for key, label in (("cost/ops", "OPs per sample (BOPs/64 + FLOPs)"), ("cost/mem_bits", "memory (bits)"),
                        ("cost/train_rel", "modelled training cost vs fp32")):
         pts = [(t["metrics"][key], t["metrics"]["objective"], t) for t in done if key in t["metrics"]]
         if not pts:
             continue
+        if len({p[0] for p in pts}) < 2:  # one network size: a column of points is no trade-off
+            notes.append(f"every trial has the same {key} ({pts[0][0]:.4g}): the architecture was not searched, so "
+                         f"there is no accuracy-vs-{key.split('/')[1]} trade-off to draw")
+            continue
         fr = Frame([p[0] for p in pts], [p[1] for p in pts], logx=min(p[0] for p in pts) > 0,
-                   title=f"objective vs {label}", xlabel=key, ylabel="objective")
+                   title=f"objective vs {label}", xlabel=key, ylabel="objective", legend=True)
         for x, y, t in pts:
             fr.point(x, y, colors[t["tags"].get("method", "?")],
                      _run_url(ui, exp["id"], t["run_id"]), f"{t['tags'].get('method')} {t['name']}: {y:.4f}")
         front = _pareto([(x, y) for x, y, _ in pts])
         fr.line([x for x, _ in front], [y for _, y in front], "#000", width=1.2, dash="3,2")
-        fr.legend([(m, colors[m]) for m in methods] + [("Pareto front", "#000")])
+        fr.legend([(m, colors[m]) for m in methods] + [("Pareto front", "#000", "3,2")])
         charts.append(fr.svg())
-    return "<div class=charts>" + "".join(charts) + "</div>"
+    return ("".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
+            + "<div class=charts>" + "".join(charts) + "</div>")
 
 
 def build_html(uri: str | None = None, ui: str = "http://127.0.0.1:5000", refresh_s: int = 0) -> str:

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 import yaml
+from _svgcheck import charts, check_chart
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,7 +31,8 @@ def chromium_dom(url, tmp_path):
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dash")
     for method, params in (("latent", {"lr": {"float": [1e-3, 1.0], "log": True}}),
-                           ("filtered", {"alpha": {"float": [1e-5, 1e-1], "log": True}})):
+                           ("filtered", {"alpha": {"float": [1e-5, 1e-1], "log": True},
+                                         "alpha_decay": {"categorical": ["none", "cosine", "linear"]}})):
         (tmp / f"{method}.yaml").write_text(yaml.safe_dump({
             "method": method, "objective": {"metric": "val/acc", "mode": "max"},
             "fixed": {"arch": "mlp", "arch_args": {"widths": [16, 16, 16]}, "data": "digits", "epochs": 2,
@@ -49,6 +51,13 @@ def _check_page(dom):
     assert "trials-to-target median" in dom and "fANOVA importance" in dom
     assert "parallel coordinates of the trials" in dom
     assert "#/experiments/" in dom and "/runs/" in dom  # points link to their MLflow runs
+    # what is drawn, where: points and bands inside their frames, legends beside the plot (the
+    # target's mark a dashed line), axis titles clear of tick labels, value marks on parallel axes,
+    # categories named on a categorical axis
+    got = [check_chart(svg) for svg in charts(dom)]
+    assert sum(g["points"] for g in got) >= 16 and sum(g["dashed_legend"] for g in got) >= 1
+    assert any(g["pcticks"] for g in got) and ">cosine</text>" in dom
+    assert "the architecture was not searched" in dom  # one network size: said, not drawn as a column
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it where apt-get works)")

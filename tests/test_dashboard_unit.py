@@ -18,3 +18,41 @@ def test_empty_store_says_what_to_do(tmp_path):
     Tracker(f"sqlite:///{tmp_path}/empty.db", "nothing-yet")
     html = build_html(f"sqlite:///{tmp_path}/empty.db")
     assert "No bnnsearch studies in this store yet" in html and "<svg" not in html
+
+
+def test_charts_keep_everything_inside_and_legends_beside():
+    from _svgcheck import charts, check_chart
+
+    from dashboards.svg import Frame
+
+    # a categorical axis with jittered points: every point inside the frame, names as ticks
+    fr = Frame([], [0.5, 0.9], title="t", xlabel="opt", ylabel="objective", xcats=["adam", "sgd"])
+    for i, (c, y) in enumerate([(0, 0.5), (1, 0.9), (0, 0.7), (1, 0.6), (0, 0.8)]):
+        fr.point(c + 0.08 * ((i % 5) - 2), y, "#000")
+    svg = fr.svg()
+    assert check_chart(svg)["points"] == 5 and ">adam</text>" in svg and ">sgd</text>" in svg
+    # a band wider than the curve: drawn whole (the frame takes its edges), legend in its own column
+    fr = Frame([1, 2, 3], [0.2, 0.3, 0.4, 0.0, 0.7, 0.1, 0.65, 0.2, 0.75], xlabel="trial", ylabel="acc", legend=True)
+    fr.band([1, 2, 3], [0.0, 0.1, 0.2], [0.7, 0.65, 0.75], "#00f")
+    fr.line([1, 2, 3], [0.2, 0.3, 0.4], "#00f")
+    fr.legend([("latent", "#00f"), ("target", "#000", "4,3")])
+    got = check_chart(fr.svg())
+    assert got["legend"] == 2 and got["dashed_legend"] == 1
+    # controls: the checker fails on a point outside the frame and on a legend over the plot
+    bad = Frame([0, 1], [0, 1])
+    bad.point(5, 0.5, "#000")
+    with pytest.raises(AssertionError):
+        check_chart(bad.svg())
+    import re
+
+    over = re.sub(r'(class="legend-swatch")', r'\1', fr.svg())  # the old layout: a swatch over the plot
+    over = re.sub(r'<rect x="[\d.]+"( y="[\d.]+" width="10" height="10" fill="#00f" class="legend-swatch")',
+                  r'<rect x="500"\1', over)
+    assert over != fr.svg()
+    with pytest.raises(AssertionError):
+        check_chart(over)
+    with pytest.raises(ValueError):  # a legend needs its column
+        Frame([0, 1], [0, 1]).legend([("x", "#000")])
+    # a constant series keeps its own scale (1e-4 is not drawn as 0)
+    flat = Frame([1, 2], [1e-4, 1e-4])
+    assert flat.y0 > 0 and charts(flat.svg())
