@@ -17,7 +17,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .efficiency import method_stats, pad_budget, rank_test, target_value
+from .efficiency import (incumbent_test, mean_band, method_stats, pad_budget, rank_test, target_value,
+                         test_metric)
 from .errors import Interrupted, UserError
 from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
@@ -27,6 +28,20 @@ def _study_values(tracker, parent_id: str, trials: int) -> list[float | None]:
     from .tracking import study_values
 
     return pad_budget(study_values(tracker.client, parent_id), trials)
+
+
+def _study_tests(tracker, parent_id: str, key: str | None, trials: int) -> list[float | None]:
+    """Each trial's held-out value (``key``, e.g. test/acc at its last epoch) by trial index."""
+    if key is None:
+        return [None] * trials
+    from .sweep import MlflowCallback
+
+    by_index = {}
+    for r in tracker.child_runs(parent_id):
+        k = r.data.tags.get(MlflowCallback.INDEX)
+        if k is not None:
+            by_index[int(k)] = r.data.metrics.get(key)
+    return [by_index.get(i) for i in range(1, trials + 1)]
 
 
 def _trial_seconds(tracker, parent_id: str) -> float:
@@ -62,12 +77,15 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     per_method: dict[str, list[list[float | None]]] = {}
+    tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
+    test_key = test_metric(metric)
     cpu: dict[str, float] = {}
     gpu: dict[str, float] = {}
     parents: dict[str, list[str]] = {}
     best_cfg: dict[str, tuple[float, str]] = {}
     for space in spaces:
         per_method[space.method], cpu[space.method], gpu[space.method], parents[space.method] = [], 0.0, 0.0, []
+        tests[space.method] = []
     # Repeat-major order (r0 of every method, then r1, ...): an interrupted comparison leaves the
     # arms balanced, and --resume continues where it stopped.
     for r in range(repeats):
@@ -91,6 +109,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
             pid = parent.info.run_id
             parents[space.method].append(pid)
             per_method[space.method].append(_study_values(tracker, pid, base.trials))
+            tests[space.method].append(_study_tests(tracker, pid, test_key, base.trials))
             secs = _trial_seconds(tracker, pid)
             cpu[space.method] += secs * base.cpus_per_trial
             gpu[space.method] += secs * base.gpus_per_trial
@@ -106,12 +125,17 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     # Hyperparameters each method is tuned over: only those a trial samples (conditional spaces).
     active = {s.method: s.active_range() for s in spaces}
     test = rank_test({m: s.ttt for m, s in stats.items()}, base.trials)
+    # What a study would deliver: the held-out value of its pick after t trials (mean and band).
+    incumbent = {m: [incumbent_test(v, t, mode) for v, t in zip(per_method[m], tests[m])] for m in per_method}
+    inc_band = {m: mean_band(c) for m, c in incumbent.items()}
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
         "sampler": base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
         "rank_test": test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
                         "hyperparameters": {"active_min": active[m][0], "active_max": active[m][1]},
+                        "incumbent_test": {"metric": test_key, "mean": inc_band[m][0], "low": inc_band[m][1],
+                                           "high": inc_band[m][2], "final_mean": inc_band[m][0][-1]},
                         "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
                         "best_config": tracker.download_text(best_cfg[m][1], "best_config.yaml") if m in best_cfg else None}
                     for m, s in stats.items()},
@@ -119,14 +143,16 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "repeat", "trial", "value", "best_so_far", "mean", "band_low", "band_high"])
+        w.writerow(["method", "repeat", "trial", "value", "best_so_far", "mean", "band_low", "band_high",
+                    "test_value", "incumbent_test", "incumbent_test_mean"])
         from .efficiency import best_so_far
 
         for m, studies in per_method.items():
             st = stats[m]
             for r, s in enumerate(studies):
                 for i, (v, b) in enumerate(zip(s, best_so_far(s, mode)), 1):
-                    w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1]])
+                    w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1], tests[m][r][i - 1],
+                                incumbent[m][r][i - 1], inc_band[m][0][i - 1]])
     plots = _plots(stats, per_method, target, summary, out)
     cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
                                                  "study_runs": json.dumps(parents), "verdict": test["verdict"]},
@@ -168,6 +194,9 @@ def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
             ax.plot(xs, best_so_far(s, mode), color=c, alpha=0.15, lw=0.8)
         ax.plot(xs, st.mean, color=c, lw=2, label=f"{m} (median trials-to-target {st.ttt_median:g})")
         ax.fill_between(xs, st.low, st.high, color=c, alpha=0.2)
+        inc = summary["methods"][m]["incumbent_test"]
+        if inc["metric"]:  # what the study delivers: the held-out value of its current pick
+            ax.plot(xs, inc["mean"], color=c, lw=1.2, ls=":", label=f"{m}: {inc['metric']} of the pick")
     ax.axhline(target, color="k", ls="--", lw=1, label=f"target ({target:.4g})")
     seen = [v for studies in per_method.values() for s in studies for v in best_so_far(s, mode) if not math.isnan(v)]
     if seen:  # show the data's range; wide t-bands of few repeats are clipped in display only

@@ -35,6 +35,24 @@ def best_so_far(values: list[float | None], mode: str = "max") -> list[float]:
     return out
 
 
+def incumbent_test(values: list[float | None], tests: list[float | None], mode: str = "max") -> list[float]:
+    """The held-out (test) value of the configuration a study would pick after t trials: the
+    trial with the best validation value so far (the first one on ties), for t = 1..N; NaN before
+    the first valued trial. Unlike best-so-far validation, this is not biased upward by picking
+    the maximum of noisy validation values."""
+    out, best, pick = [], None, math.nan
+    for v, t in zip(values, tests):
+        if v is not None and math.isfinite(v) and (best is None or (v > best if mode == "max" else v < best)):
+            best, pick = v, (math.nan if t is None else t)
+        out.append(pick)
+    return out
+
+
+def test_metric(metric: str) -> str | None:
+    """The held-out counterpart of a validation objective (val/acc -> test/acc), if any."""
+    return "test/" + metric[4:] if metric.startswith("val/") else None
+
+
 def mean_band(curves: list[list[float]], level: float = 0.95) -> tuple[list[float], list[float], list[float]]:
     """Per index: mean and the t-interval (low, high) across curves (NaNs ignored)."""
     from scipy import stats

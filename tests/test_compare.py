@@ -47,6 +47,17 @@ def test_compare_end_to_end_and_resume(tmp_path):
             vals = [float(x["value"]) for x in rows if x["method"] == m and x["repeat"] == rep]
             bsf = [float(x["best_so_far"]) for x in rows if x["method"] == m and x["repeat"] == rep]
             assert bsf == [max(vals[: i + 1]) for i in range(len(vals))]
+    # the incumbent's test accuracy: per study, test/acc of the best-validation trial so far
+    for m in ("latent", "filtered"):
+        inc = s["methods"][m]["incumbent_test"]
+        assert inc["metric"] == "test/acc" and len(inc["mean"]) == 3 and 0 <= inc["final_mean"] <= 1
+        for rep in ("0", "1"):
+            rs = [x for x in rows if x["method"] == m and x["repeat"] == rep]
+            vals, tests = [float(x["value"]) for x in rs], [float(x["test_value"]) for x in rs]
+            for i, x in enumerate(rs):
+                pick = max(range(i + 1), key=lambda j: (vals[j], -j))
+                assert float(x["incumbent_test"]) == tests[pick]
+    assert "test/acc of pick" in r.stdout
     for png in ("efficiency.png", "trials_to_target.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     from mlflow.tracking import MlflowClient

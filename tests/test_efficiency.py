@@ -59,3 +59,14 @@ def test_rank_test_verdicts():
     assert r["verdict"] == "not significant" and r["p_value"] > 0.5
     r = rank_test({"a": fast, "b": slow, "c": fast}, budget=25)
     assert r["test"] == "Kruskal-Wallis" and r["verdict"] == "significant"
+
+
+def test_incumbent_test_follows_the_validation_pick_not_the_best_test():
+    from bnnsearch.efficiency import incumbent_test, test_metric
+
+    vals = [None, 0.80, 0.78, 0.85, 0.85, 0.84]
+    tests = [0.10, 0.70, 0.99, 0.75, 0.60, 0.95]  # trial 3 tests best but is never picked
+    got = incumbent_test(vals, tests)
+    assert math.isnan(got[0]) and got[1:] == [0.70, 0.70, 0.75, 0.75, 0.75]  # ties keep the first pick
+    assert incumbent_test([2.0, 1.0, 3.0], [0.5, 0.4, 0.1], mode="min") == [0.5, 0.4, 0.4]
+    assert test_metric("val/acc") == "test/acc" and test_metric("cost/ops") is None
