@@ -160,13 +160,13 @@ def cmd_compare(args) -> int:
         hp = st["hyperparameters"]
         n_hp = f"{hp['active_min']}" if hp["active_min"] == hp["active_max"] else f"{hp['active_min']}-{hp['active_max']}"
         rows.append([m, n_hp, f"{st['repeats']}x{st['budget']}", st["best_value"], st["incumbent_test"]["final_mean"],
-                     st["auc_mean"],
+                     f"{st['auc_mean']:.4g} [{st['auc_ci'][0]:.3g}, {st['auc_ci'][1]:.3g}]",
                      f"{st['ttt_median']:g} [{st['ttt_q1']:g}, {st['ttt_q3']:g}]", f"{st['reached']}/{st['repeats']}",
                      st["cpu_seconds"]])
     print()
     test_key = next(iter(s["methods"].values()))["incumbent_test"]["metric"] or "held-out"
-    print(table(rows, ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC",
-                       "trials-to-target median [IQR]", "reached", "CPU s"], align_right={3, 4, 5, 8}))
+    print(table(rows, ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
+                       "trials-to-target median [IQR]", "reached", "CPU s"], align_right={3, 4, 8}))
     t = s["rank_test"]
     print(f"\ntarget: {s['target']:.4g} (best of all studies minus {s['target_delta']} points); "
           f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}")

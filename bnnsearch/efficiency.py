@@ -99,6 +99,21 @@ def auc(curve: list[float], floor: float | None = None) -> float:
     return math.nan if any(x is None for x in xs) else sum(xs) / len(xs)
 
 
+def bootstrap_ci(xs: list[float], stat, level: float = 0.95, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over studies (resampled with replacement; a
+    fixed seed, so a summary is reproducible). With one study the interval is that value."""
+    import numpy as np
+
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return (math.nan, math.nan)
+    a = np.asarray(xs, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
+    vals = np.sort(np.array([stat(a[i]) for i in idx]))
+    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+    return (float(lo), float(hi))
+
+
 @dataclass
 class MethodStats:
     method: str
@@ -114,6 +129,8 @@ class MethodStats:
     reached: int
     auc_mean: float
     best_value: float
+    auc_ci: tuple[float, float] = (math.nan, math.nan)  # 95 % bootstrap interval of the mean AUC
+    ttt_median_ci: tuple[float, float] = (math.nan, math.nan)  # ... of the median trials-to-target
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -131,10 +148,14 @@ def method_stats(method: str, studies: list[list[float | None]], target: float, 
     ttt = [trials_to_target(c, target, mode) for c in curves]
     ranked = [t if t is not None else budget + 1 for t in ttt]  # censored studies rank last
     finals = [c[-1] for c in curves if c and not math.isnan(c[-1])]
+    aucs = [auc(c, floor) for c in curves]
+    import numpy as np
+
     return MethodStats(method, len(studies), budget, mean, low, high, ttt, _quantile(ranked, 0.5),
                        _quantile(ranked, 0.25), _quantile(ranked, 0.75), sum(t is not None for t in ttt),
-                       sum(auc(c, floor) for c in curves) / len(curves),
-                       (max(finals) if mode == "max" else min(finals)) if finals else math.nan)
+                       sum(aucs) / len(curves),
+                       (max(finals) if mode == "max" else min(finals)) if finals else math.nan,
+                       bootstrap_ci(aucs, np.mean), bootstrap_ci([float(t) for t in ranked], np.median))
 
 
 def rank_test(ttts: dict[str, list[int | None]], budget: int, alpha: float = 0.05) -> dict:

@@ -70,3 +70,19 @@ def test_incumbent_test_follows_the_validation_pick_not_the_best_test():
     assert math.isnan(got[0]) and got[1:] == [0.70, 0.70, 0.75, 0.75, 0.75]  # ties keep the first pick
     assert incumbent_test([2.0, 1.0, 3.0], [0.5, 0.4, 0.1], mode="min") == [0.5, 0.4, 0.4]
     assert test_metric("val/acc") == "test/acc" and test_metric("cost/ops") is None
+
+
+def test_bootstrap_intervals():
+    import numpy as np
+
+    from bnnsearch.efficiency import bootstrap_ci
+
+    # resamples of {2, 3, 4}: the median is 2 or 4 with probability 7/27 each (> 2.5 %), so the
+    # exact 95 % percentile interval is [2, 4]
+    assert bootstrap_ci([2.0, 3.0, 4.0], np.median) == (2.0, 4.0)
+    assert bootstrap_ci([0.7, 0.7], np.mean) == (0.7, 0.7) and bootstrap_ci([0.5], np.mean) == (0.5, 0.5)
+    lo, hi = bootstrap_ci([0.80, 0.85, 0.90, 0.70], np.mean)
+    assert 0.70 <= lo < 0.8125 < hi <= 0.90
+    assert bootstrap_ci([0.80, 0.85, 0.90, 0.70], np.mean) == (lo, hi)  # seeded: reproducible
+    st = method_stats("m", [[0.8, 0.9, 0.95], [0.7, 0.96, 0.96], [0.6, 0.7, 0.8]], target=0.95, mode="max")
+    assert st.ttt_median_ci == (2.0, 4.0) and st.auc_ci[0] < st.auc_mean < st.auc_ci[1]
