@@ -154,7 +154,7 @@ def cmd_compare(args) -> int:
     spaces = [load_space(p) for p in args.spaces]
     base = _sweep_args(args, spaces[0])
     s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name,
-                    allow_mixed=getattr(args, "allow_mixed", False))
+                    allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False))
     rows = []
     for m, st in s["methods"].items():
         hp = st["hyperparameters"]
@@ -167,6 +167,12 @@ def cmd_compare(args) -> int:
     test_key = next(iter(s["methods"].values()))["incumbent_test"]["metric"] or "held-out"
     print(table(rows, ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
                        "trials-to-target median [IQR]", "reached", "CPU s"], align_right={3, 4, 8}))
+    for m, st in s["methods"].items():
+        vr = st.get("vs_random")
+        if vr:
+            p = vr["p_value"]
+            print(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
+                  f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}")
     t = s["rank_test"]
     print(f"\ntarget: {s['target']:.4g} (best of all studies minus {s['target_delta']} points); "
           f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}")
@@ -319,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--target-delta", type=float, default=0.5,
                     help="target = best value of all studies minus this (percentage points for accuracies)")
     cp.add_argument("--out", default=None, help="output directory (default: runs/<name>)")
+    cp.add_argument("--random-arm", action="store_true",
+                    help="also run every space with random search (arm <method>@random, same seeds and budget): "
+                         "efficiency relative to random search")
     cp.add_argument("--allow-mixed", action="store_true",
                     help="compare spaces that train on different data (refused by default: their values differ in kind)")
     add_sweep_flags(cp, "compare")

@@ -9,6 +9,8 @@ METHOD_ORDER = ("latent", "filtered", "hbnn", "cyclebnn", "proxconnect", "local_
 
 
 def method_color(name: str) -> str:
+    """A method's colour; a comparison arm ``<method>@<sampler>`` shares it (drawn dashed)."""
+    name = name.split("@")[0]
     if name in METHOD_ORDER:
         return PALETTE[METHOD_ORDER.index(name)]
     return PALETTE[len(METHOD_ORDER) + zlib.crc32(name.encode()) % (len(PALETTE) - len(METHOD_ORDER))]

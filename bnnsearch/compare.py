@@ -50,8 +50,14 @@ def _trial_seconds(tracker, parent_id: str) -> float:
     return sum(r.data.metrics.get("time/total_s", 0.0) for r in runs)
 
 
+RANDOM_SUFFIX = "@random"
+
+
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
-                name: str | None = None, allow_mixed: bool = False) -> dict:
+                name: str | None = None, allow_mixed: bool = False, random_arm: bool = False) -> dict:
+    """``random_arm``: every method also runs its space with random search (arm ``<method>@random``,
+    same seeds and budget): a method's efficiency relative to random search says how much its
+    sampler's model helps, i.e. how easy the method is to tune."""
     from .tracking import Tracker
 
     metrics = {(s.metric, s.mode) for s in spaces}
@@ -83,48 +89,57 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     gpu: dict[str, float] = {}
     parents: dict[str, list[str]] = {}
     best_cfg: dict[str, tuple[float, str]] = {}
-    for space in spaces:
-        per_method[space.method], cpu[space.method], gpu[space.method], parents[space.method] = [], 0.0, 0.0, []
-        tests[space.method] = []
-    # Repeat-major order (r0 of every method, then r1, ...): an interrupted comparison leaves the
+    arms = [(s.method, s, base.sampler) for s in spaces]
+    if random_arm and base.sampler != "random":
+        arms += [(s.method + RANDOM_SUFFIX, s, "random") for s in spaces]
+    for arm, _, _ in arms:
+        per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm] = [], 0.0, 0.0, [], []
+    # Repeat-major order (r0 of every arm, then r1, ...): an interrupted comparison leaves the
     # arms balanced, and --resume continues where it stopped.
-    for r in range(repeats):
-        for space in spaces:
-            study = f"{cmp_name}-{space.method}-r{r}"
-            parent = tracker.find_study(study)
-            if parent is None or parent.info.status != "FINISHED":
-                if parent is not None and not base.resume:
-                    raise UserError(f"study {study!r} was interrupted; rerun the same command with --resume")
-                print(f"== {space.method}: repeat {r + 1}/{repeats} (sampler seed {base.seed + r})", flush=True)
-                # No seeded default trial: every arm starts from the same kind of initial design.
-                try:
-                    run_sweep(replace(base, space=space, seed=base.seed + r, name=study, experiment=experiment,
-                                      resume=parent is not None, quiet=True, seed_defaults=False,
-                                      label=f"{space.method} {base.sampler} r{r}"))
-                except Interrupted as e:  # nothing after it runs; --resume continues this study first
-                    raise Interrupted(f"comparison {cmp_name!r} stopped in {e}", cmp_name) from None
+    try:
+        for r in range(repeats):
+            for arm, space, sampler in arms:
+                study = f"{cmp_name}-{arm.replace(RANDOM_SUFFIX, '-random')}-r{r}"
                 parent = tracker.find_study(study)
-            else:
-                print(f"== {space.method}: repeat {r + 1}/{repeats} already finished, skipped", flush=True)
-            pid = parent.info.run_id
-            parents[space.method].append(pid)
-            per_method[space.method].append(_study_values(tracker, pid, base.trials))
-            tests[space.method].append(_study_tests(tracker, pid, test_key, base.trials))
-            secs = _trial_seconds(tracker, pid)
-            cpu[space.method] += secs * base.cpus_per_trial
-            gpu[space.method] += secs * base.gpus_per_trial
-            bv = parent.data.tags.get("best_value")
-            if bv is not None and (space.method not in best_cfg or
-                                   (float(bv) > best_cfg[space.method][0]) == (mode == "max")):
-                best_cfg[space.method] = (float(bv), pid)
+                if parent is None or parent.info.status != "FINISHED":
+                    if parent is not None and not base.resume:
+                        raise UserError(f"study {study!r} was interrupted; rerun the same command with --resume")
+                    print(f"== {arm}: repeat {r + 1}/{repeats} (sampler {sampler}, seed {base.seed + r})", flush=True)
+                    # No seeded default trial: every arm starts from the same kind of initial design.
+                    try:
+                        run_sweep(replace(base, space=space, sampler=sampler, seed=base.seed + r, name=study,
+                                          experiment=experiment, resume=parent is not None, quiet=True,
+                                          seed_defaults=False, label=f"{space.method} {sampler} r{r}"))
+                    except Interrupted as e:  # nothing after it runs; --resume continues this study first
+                        raise Interrupted(f"comparison {cmp_name!r} stopped in {e}", cmp_name) from None
+                    parent = tracker.find_study(study)
+                else:
+                    print(f"== {arm}: repeat {r + 1}/{repeats} already finished, skipped", flush=True)
+                pid = parent.info.run_id
+                parents[arm].append(pid)
+                per_method[arm].append(_study_values(tracker, pid, base.trials))
+                tests[arm].append(_study_tests(tracker, pid, test_key, base.trials))
+                secs = _trial_seconds(tracker, pid)
+                cpu[arm] += secs * base.cpus_per_trial
+                gpu[arm] += secs * base.gpus_per_trial
+                bv = parent.data.tags.get("best_value")
+                if bv is not None and (arm not in best_cfg or (float(bv) > best_cfg[arm][0]) == (mode == "max")):
+                    best_cfg[arm] = (float(bv), pid)
+    except KeyboardInterrupt:  # a Ctrl-C between two studies (inside one, run_sweep raises Interrupted)
+        raise Interrupted(f"comparison {cmp_name!r} interrupted between studies; the finished ones are kept",
+                          cmp_name) from None
     all_values = [v for studies in per_method.values() for s in studies for v in s]
     target = target_value(all_values, mode, delta, metric)
     finite = [v for v in all_values if v is not None and math.isfinite(v)]
     floor = (min(finite) if mode == "max" else max(finite)) if finite else None
     stats = {m: method_stats(m, studies, target, mode, floor) for m, studies in per_method.items()}
     # Hyperparameters each method is tuned over: only those a trial samples (conditional spaces).
-    active = {s.method: s.active_range() for s in spaces}
-    test = rank_test({m: s.ttt for m, s in stats.items()}, base.trials)
+    active = {arm: s.active_range() for arm, s, _ in arms}
+    # The rank test is between the methods; each method's random-search arm is tested against it.
+    test = rank_test({m: stats[m].ttt for m in methods}, base.trials)
+    vs_random = {m: {**rank_test({m: stats[m].ttt, m + RANDOM_SUFFIX: stats[m + RANDOM_SUFFIX].ttt}, base.trials),
+                     "auc_minus_random": stats[m].auc_mean - stats[m + RANDOM_SUFFIX].auc_mean}
+                 for m in methods if m + RANDOM_SUFFIX in stats}
     # What a study would deliver: the held-out value of its pick after t trials (mean and band).
     incumbent = {m: [incumbent_test(v, t, mode) for v, t in zip(per_method[m], tests[m])] for m in per_method}
     inc_band = {m: mean_band(c) for m, c in incumbent.items()}
@@ -137,6 +152,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                         "incumbent_test": {"metric": test_key, "mean": inc_band[m][0], "low": inc_band[m][1],
                                            "high": inc_band[m][2], "final_mean": inc_band[m][0][-1]},
                         "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
+                        "vs_random": vs_random.get(m),
                         "best_config": tracker.download_text(best_cfg[m][1], "best_config.yaml") if m in best_cfg else None}
                     for m, s in stats.items()},
     }
@@ -192,7 +208,8 @@ def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
         xs = list(range(1, st.budget + 1))
         for s in per_method[m]:
             ax.plot(xs, best_so_far(s, mode), color=c, alpha=0.15, lw=0.8)
-        ax.plot(xs, st.mean, color=c, lw=2, label=f"{m} (median trials-to-target {st.ttt_median:g})")
+        ax.plot(xs, st.mean, color=c, lw=2, ls="--" if "@" in m else "-",
+                label=f"{m} (median trials-to-target {st.ttt_median:g})")
         ax.fill_between(xs, st.low, st.high, color=c, alpha=0.2)
         inc = summary["methods"][m]["incumbent_test"]
         if inc["metric"]:  # what the study delivers: the held-out value of its current pick

@@ -17,7 +17,6 @@ proposes configs, MLflow records them. The only module that imports ray.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -483,28 +482,54 @@ def _check_address(address: str | None) -> None:
         raise UserError(f"--address {address}: no Ray head answers there ({e.strerror or e})") from None
 
 
-@contextlib.contextmanager
-def _second_interrupt_exits(name: str):
-    """Ray Tune takes the first SIGINT (it stops the trials and saves the experiment, which can
-    take a while) and then hands SIGINT back to the handler it found: this one, which exits at
-    once. What was recorded stays; the study is not marked finished; --resume continues it."""
-    import signal
-    import threading
+class _Sigint:
+    """SIGINT around a study. Outside Ray Tune's loop the first Ctrl-C raises KeyboardInterrupt
+    (the study is marked interrupted); inside it Ray Tune's own handler takes the first (it stops
+    the trials and saves the experiment) and hands SIGINT back to the handler it found, this one,
+    so a Ctrl-C reaching this handler during the loop is the second: it exits at once. Ray never
+    restores its handler when no signal came, so after the loop ``tune_done()`` tells whether Ray
+    got one (even after every trial had finished) and reinstalls this handler, so that no stale
+    Ray handler swallows a later Ctrl-C."""
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    def __init__(self, name: str):
+        self.name, self.in_tune, self.seen, self.previous = name, False, 0, None
 
-    def exit_now(sig, frame):
-        print(f"\nbnnsearch: second interrupt: exiting now; study {name!r} is incomplete, rerun with --resume "
-              "to finish it", file=sys.stderr, flush=True)
-        os._exit(130)
+    def __call__(self, sig, frame):
+        self.seen += 1
+        if self.in_tune or self.seen > 1:
+            print(f"\nbnnsearch: second interrupt: exiting now; study {self.name!r} is incomplete, rerun with "
+                  "--resume to finish it", file=sys.stderr, flush=True)
+            os._exit(130)
+        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, exit_now)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def tune_start(self) -> None:
+        self.in_tune = True
+
+    def tune_done(self) -> bool:
+        """Whether Ray Tune received a SIGINT during its loop."""
+        import signal
+
+        self.in_tune = False
+        if self.previous is None:  # not the main thread: no handlers here
+            return False
+        got = signal.getsignal(signal.SIGINT) is self
+        signal.signal(signal.SIGINT, self)
+        return got
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def _interrupted(tracker, parent_id: str, a: SweepArgs, name: str) -> Interrupted:
@@ -576,8 +601,8 @@ def run_sweep(a: SweepArgs) -> dict:
         tracker.log_text(parent_id, Path(space.path).read_text(), "space.yaml")
 
     try:  # from here on the parent run exists: it ends FINISHED, interrupted (KILLED) or FAILED
-        with _second_interrupt_exits(name):
-            return _run_study(a, space, name, tracker, parent_id, exp_dir, storage)
+        with _Sigint(name) as sigint:
+            return _run_study(a, space, name, tracker, parent_id, exp_dir, storage, sigint)
     except KeyboardInterrupt:  # outside Tune's own handler (set-up, or TUNE_DISABLE_SIGINT_HANDLER=1)
         raise _interrupted(tracker, parent_id, a, name) from None
     except Interrupted:
@@ -588,7 +613,8 @@ def run_sweep(a: SweepArgs) -> dict:
         raise
 
 
-def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:
+def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path,
+               sigint: _Sigint) -> dict:
     import ray
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -628,8 +654,11 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                                       failure_config=tune.FailureConfig(max_failures=a.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
+    sigint.tune_start()
     grid = tuner.fit()  # Ray Tune takes the first Ctrl-C: it stops the trials and saves the experiment
-    if len(tracker.steps(parent_id, "trial_state")) < a.trials:
+    # A Ctrl-C is an interrupt even when it lands after the last trial finished (a comparison
+    # must not go on to its next study); an incomplete record is one whatever the cause.
+    if sigint.tune_done() or len(tracker.steps(parent_id, "trial_state")) < a.trials:
         raise _interrupted(tracker, parent_id, a, name)
     sampler_states = {}
     study = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)

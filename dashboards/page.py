@@ -61,10 +61,11 @@ def _efficiency_section(exp, comp) -> str:
                xlabel="trial", ylabel=metric, legend=True)
     for m, st in stats.items():
         xs = list(range(1, st.budget + 1))
+        dash = "7,3" if "@" in m else ""  # a random-search arm: the method's colour, dashed
         fr.band(xs, st.low, st.high, colors[m])
-        fr.line(xs, st.mean, colors[m])
+        fr.line(xs, st.mean, colors[m], dash=dash)
     fr.line([1, trials], [target, target], "#000", width=1, dash="4,3")
-    fr.legend([(m, colors[m]) for m in stats] + [("target", "#000", "4,3")])
+    fr.legend([(m, colors[m], "7,3") if "@" in m else (m, colors[m]) for m in stats] + [("target", "#000", "4,3")])
     rows = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{st.repeats}x{st.budget}</td><td>{st.best_value:.4g}</td>"
         f"<td>{st.auc_mean:.4g}</td><td>{st.ttt_median:g} [{st.ttt_q1:g}, {st.ttt_q3:g}]</td>"

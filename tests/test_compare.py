@@ -31,17 +31,23 @@ def run(tmp_path, *extra):
 
 
 def test_compare_end_to_end_and_resume(tmp_path):
-    r = run(tmp_path)
+    r = run(tmp_path, "--random-arm")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "trials-to-target median [IQR]" in r.stdout and "Mann-Whitney U" in r.stdout
     out = tmp_path / "out"
     s = json.loads((out / "summary.json").read_text())
-    assert set(s["methods"]) == {"latent", "filtered"} and s["repeats"] == 2 and s["trials"] == 3
-    assert s["rank_test"]["verdict"] in ("significant", "not significant")
+    assert set(s["methods"]) == {"latent", "filtered", "latent@random", "filtered@random"}
+    assert s["repeats"] == 2 and s["trials"] == 3
+    assert s["rank_test"]["test"] == "Mann-Whitney U"  # between the two methods, random arms apart
+    for m in ("latent", "filtered"):  # each method against its own random-search arm
+        vr = s["methods"][m]["vs_random"]
+        assert vr["test"] in ("Mann-Whitney U", "identical") and vr["auc_minus_random"] == pytest.approx(
+            s["methods"][m]["auc_mean"] - s["methods"][m + "@random"]["auc_mean"])
+        assert f"{m} vs random search: AUC" in r.stdout
     best = max(m["best_value"] for m in s["methods"].values())
     assert s["target"] == pytest.approx(best - 0.005)
     rows = list(csv.DictReader((out / "curves.csv").open()))
-    assert len(rows) == 2 * 2 * 3
+    assert len(rows) == 4 * 2 * 3
     for m in ("latent", "filtered"):  # best-so-far in the CSV is the running max of the values
         for rep in ("0", "1"):
             vals = [float(x["value"]) for x in rows if x["method"] == m and x["repeat"] == rep]
@@ -67,10 +73,12 @@ def test_compare_end_to_end_and_resume(tmp_path):
     comp = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'comparison'")
     assert len(comp) == 1
     links = json.loads(comp[0].data.tags["study_runs"])
-    assert {len(v) for v in links.values()} == {2}
+    assert {len(v) for v in links.values()} == {2} and len(links) == 4
+    samplers = {c.get_run(p).data.tags["sampler"] for p in links["latent@random"]}
+    assert samplers == {"random"} and {c.get_run(p).data.tags["sampler"] for p in links["latent"]} == {"tpe"}
     assert {a.path for a in c.list_artifacts(comp[0].info.run_id)} >= {"summary.json", "curves.csv", "efficiency.png"}
     # rerun: every study is finished, so all are skipped and the statistics are the same
-    r2 = run(tmp_path, "--resume")
-    assert r2.returncode == 0 and r2.stdout.count("already finished, skipped") == 4
+    r2 = run(tmp_path, "--random-arm", "--resume")
+    assert r2.returncode == 0 and r2.stdout.count("already finished, skipped") == 8
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["target"] == s["target"] and s2["methods"]["latent"]["ttt"] == s["methods"]["latent"]["ttt"]
