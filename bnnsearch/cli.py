@@ -154,7 +154,8 @@ def cmd_compare(args) -> int:
     spaces = [load_space(p) for p in args.spaces]
     base = _sweep_args(args, spaces[0])
     s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name,
-                    allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False))
+                    allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False),
+                    noise_seeds=getattr(args, "noise_seeds", 0))
     rows = []
     for m, st in s["methods"].items():
         hp = st["hyperparameters"]
@@ -173,6 +174,12 @@ def cmd_compare(args) -> int:
             p = vr["p_value"]
             print(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
                   f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}")
+    floors = {m: st["noise_floor"] for m, st in s["methods"].items() if st.get("noise_floor")}
+    if floors:
+        print("noise floor (best config, other seeds): " + "; ".join(
+            f"{m} {f['mean']:.4g} +- {f['std']:.2g} (n={len(f['values'])})" for m, f in floors.items()))
+    for w in s.get("noise_warnings", []):
+        print(f"warning: {w}")
     t = s["rank_test"]
     print(f"\ntarget: {s['target']:.4g} (best of all studies minus {s['target_delta']} points); "
           f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}")
@@ -328,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--random-arm", action="store_true",
                     help="also run every space with random search (arm <method>@random, same seeds and budget): "
                          "efficiency relative to random search")
+    cp.add_argument("--noise-seeds", type=int, default=0,
+                    help="re-train each arm's best config with this many other seeds and report the seed-to-seed "
+                         "spread (the noise floor); 0: off")
     cp.add_argument("--allow-mixed", action="store_true",
                     help="compare spaces that train on different data (refused by default: their values differ in kind)")
     add_sweep_flags(cp, "compare")

@@ -53,11 +53,55 @@ def _trial_seconds(tracker, parent_id: str) -> float:
 RANDOM_SUFFIX = "@random"
 
 
+def noise_floor(config_yaml: str, metric: str, seeds: int) -> dict:
+    """Re-train one configuration with ``seeds`` other seeds (in this process, no Ray): the
+    seed-to-seed spread of its final ``metric`` is the noise floor that differences between arms
+    and targets must clear."""
+    import statistics
+
+    from .config import resolve, safe_load
+    from .engine import fit
+
+    raw = safe_load(config_yaml)
+    base_seed = int(raw.get("seed", 0))
+    values, used = [], []
+    for k in range(1, seeds + 1):
+        seed = base_seed + 1000 * k  # never the seed the study trained
+        res = fit(resolve({**raw, "seed": seed}, "best config"))
+        values.append(float(res.final.get(metric, math.nan)))
+        used.append(seed)
+    finite = [v for v in values if math.isfinite(v)]
+    return {"seeds": used, "values": values, "mean": statistics.fmean(finite) if finite else math.nan,
+            "std": statistics.stdev(finite) if len(finite) > 1 else math.nan}
+
+
+def noise_warnings(metric: str, delta: float, best: dict[str, float], floors: dict[str, dict]) -> list[str]:
+    """Where the target's margin or the gaps between arms' best values are within the noise floor."""
+    sds = [f["std"] for f in floors.values() if math.isfinite(f["std"])]
+    if not sds:
+        return []
+    sd = max(sds)
+    d = delta / 100.0 if metric.endswith("/acc") else delta
+    out = []
+    if d < sd:
+        out.append(f"the target margin ({d:.4g}) is below the seed-to-seed spread of a best config (sd up to "
+                   f"{sd:.4g}): reaching the target partly measures luck")
+    arms = sorted(best)
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            if math.isfinite(best[a]) and math.isfinite(best[b]) and abs(best[a] - best[b]) < 2 * sd:
+                out.append(f"{a} vs {b}: best values differ by {abs(best[a] - best[b]):.4g}, within twice the "
+                           f"seed-to-seed spread ({sd:.4g})")
+    return out
+
+
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
-                name: str | None = None, allow_mixed: bool = False, random_arm: bool = False) -> dict:
+                name: str | None = None, allow_mixed: bool = False, random_arm: bool = False,
+                noise_seeds: int = 0) -> dict:
     """``random_arm``: every method also runs its space with random search (arm ``<method>@random``,
     same seeds and budget): a method's efficiency relative to random search says how much its
-    sampler's model helps, i.e. how easy the method is to tune."""
+    sampler's model helps, i.e. how easy the method is to tune. ``noise_seeds``: each arm's best
+    config is re-trained with that many other seeds (the noise floor)."""
     from .tracking import Tracker
 
     metrics = {(s.metric, s.mode) for s in spaces}
@@ -68,6 +112,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         raise UserError("compare takes one search space per method")
     if repeats < 1:
         raise UserError(f"--repeats {repeats}: must be >= 1")
+    if noise_seeds < 0 or noise_seeds == 1:
+        raise UserError(f"--noise-seeds {noise_seeds}: 0 (off) or >= 2 (a spread needs two values)")
     if not delta >= 0:
         raise UserError(f"--target-delta {delta:g}: must be >= 0 (the target lies this far below the best value)")
     data = {s.path: (c.data, c.data_args) for s in spaces for c in [s.config({}, where=f"{s.path}: fixed")]}
@@ -143,6 +189,12 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     # What a study would deliver: the held-out value of its pick after t trials (mean and band).
     incumbent = {m: [incumbent_test(v, t, mode) for v, t in zip(per_method[m], tests[m])] for m in per_method}
     inc_band = {m: mean_band(c) for m, c in incumbent.items()}
+    best_yaml = {m: tracker.download_text(best_cfg[m][1], "best_config.yaml") for m in best_cfg}
+    floors = {}
+    for m in best_yaml if noise_seeds else []:
+        print(f"== noise floor: {m}'s best config with {noise_seeds} other seeds", flush=True)
+        floors[m] = noise_floor(best_yaml[m], metric, noise_seeds)
+    warnings = noise_warnings(metric, delta, {m: stats[m].best_value for m in floors}, floors)
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
         "sampler": base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
@@ -153,8 +205,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                                            "high": inc_band[m][2], "final_mean": inc_band[m][0][-1]},
                         "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
                         "vs_random": vs_random.get(m),
-                        "best_config": tracker.download_text(best_cfg[m][1], "best_config.yaml") if m in best_cfg else None}
+                        "noise_floor": floors.get(m), "best_config": best_yaml.get(m)}
                     for m, s in stats.items()},
+        "noise_warnings": warnings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
     with open(out / "curves.csv", "w", newline="") as f:

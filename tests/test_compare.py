@@ -31,7 +31,7 @@ def run(tmp_path, *extra):
 
 
 def test_compare_end_to_end_and_resume(tmp_path):
-    r = run(tmp_path, "--random-arm")
+    r = run(tmp_path, "--random-arm", "--noise-seeds", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "trials-to-target median [IQR]" in r.stdout and "Mann-Whitney U" in r.stdout
     out = tmp_path / "out"
@@ -64,6 +64,11 @@ def test_compare_end_to_end_and_resume(tmp_path):
                 pick = max(range(i + 1), key=lambda j: (vals[j], -j))
                 assert float(x["incumbent_test"]) == tests[pick]
     assert "test/acc of pick" in r.stdout
+    # the noise floor: each arm's best config re-trained with two other seeds
+    for m, st in s["methods"].items():
+        nf = st["noise_floor"]
+        assert len(nf["values"]) == 2 and all(0 <= v <= 1 for v in nf["values"]) and nf["seeds"][0] != nf["seeds"][1]
+    assert "noise floor (best config, other seeds):" in r.stdout and isinstance(s["noise_warnings"], list)
     for png in ("efficiency.png", "trials_to_target.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     from mlflow.tracking import MlflowClient

@@ -86,3 +86,20 @@ def test_bootstrap_intervals():
     assert bootstrap_ci([0.80, 0.85, 0.90, 0.70], np.mean) == (lo, hi)  # seeded: reproducible
     st = method_stats("m", [[0.8, 0.9, 0.95], [0.7, 0.96, 0.96], [0.6, 0.7, 0.8]], target=0.95, mode="max")
     assert st.ttt_median_ci == (2.0, 4.0) and st.auc_ci[0] < st.auc_mean < st.auc_ci[1]
+
+
+def test_noise_floor_retrains_with_other_seeds_and_warnings_compare_to_it(tmp_path):
+    import yaml
+
+    from bnnsearch.compare import noise_floor, noise_warnings
+
+    cfg = yaml.safe_dump({"method": "filtered", "arch": "mlp", "arch_args": {"widths": [16, 16]}, "data": "digits",
+                          "epochs": 1, "device": "cpu", "seed": 3, "data_root": str(tmp_path)})
+    nf = noise_floor(cfg, "val/acc", 2)
+    assert nf["seeds"] == [1003, 2003] and len(nf["values"]) == 2
+    assert nf == noise_floor(cfg, "val/acc", 2)  # deterministic on CPU
+    assert nf["std"] == pytest.approx(abs(nf["values"][0] - nf["values"][1]) / math.sqrt(2))
+    floors = {"a": {"std": 0.01}, "b": {"std": 0.02}}
+    w = noise_warnings("val/acc", 0.5, {"a": 0.90, "b": 0.93}, floors)  # margin 0.005 < 0.02; gap 0.03 < 0.04
+    assert len(w) == 2 and "target margin" in w[0] and "a vs b" in w[1]
+    assert noise_warnings("val/acc", 5.0, {"a": 0.80, "b": 0.93}, floors) == []
