@@ -163,11 +163,13 @@ def cmd_compare(args) -> int:
         rows.append([m, n_hp, f"{st['repeats']}x{st['budget']}", st["best_value"], st["incumbent_test"]["final_mean"],
                      f"{st['auc_mean']:.4g} [{st['auc_ci'][0]:.3g}, {st['auc_ci'][1]:.3g}]",
                      f"{st['ttt_median']:g} [{st['ttt_q1']:g}, {st['ttt_q3']:g}]", f"{st['reached']}/{st['repeats']}",
+                     "-" if st["cpu_seconds_to_target_median"] is None else f"{st['cpu_seconds_to_target_median']:.3g}",
                      st["cpu_seconds"]])
     print()
     test_key = next(iter(s["methods"].values()))["incumbent_test"]["metric"] or "held-out"
     print(table(rows, ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
-                       "trials-to-target median [IQR]", "reached", "CPU s"], align_right={3, 4, 8}))
+                       "trials-to-target median [IQR]", "reached", "CPU s to target", "CPU s"],
+                align_right={3, 4, 8, 9}))
     for m, st in s["methods"].items():
         vr = st.get("vs_random")
         if vr:

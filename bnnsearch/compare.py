@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .efficiency import (incumbent_test, mean_band, method_stats, pad_budget, rank_test, target_value,
+from .efficiency import (cost_to_target, incumbent_test, mean_band, method_stats, pad_budget, rank_test, target_value,
                          test_metric)
 from .errors import Interrupted, UserError
 from .spaces import SearchSpace
@@ -31,7 +31,7 @@ def _study_values(tracker, parent_id: str, trials: int) -> list[float | None]:
 
 
 def _study_tests(tracker, parent_id: str, key: str | None, trials: int) -> list[float | None]:
-    """Each trial's held-out value (``key``, e.g. test/acc at its last epoch) by trial index."""
+    """Each trial's ``key`` metric (e.g. test/acc, or time/total_s) at its last epoch, by trial index."""
     if key is None:
         return [None] * trials
     from .sweep import MlflowCallback
@@ -130,6 +130,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     t0 = time.time()
     per_method: dict[str, list[list[float | None]]] = {}
     tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
+    seconds: dict[str, list[list[float | None]]] = {}  # each trial's training seconds, by trial index
     test_key = test_metric(metric)
     cpu: dict[str, float] = {}
     gpu: dict[str, float] = {}
@@ -139,7 +140,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     if random_arm and base.sampler != "random":
         arms += [(s.method + RANDOM_SUFFIX, s, "random") for s in spaces]
     for arm, _, _ in arms:
-        per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm] = [], 0.0, 0.0, [], []
+        per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm], seconds[arm] = [], 0.0, 0.0, [], [], []
     # Repeat-major order (r0 of every arm, then r1, ...): an interrupted comparison leaves the
     # arms balanced, and --resume continues where it stopped.
     try:
@@ -165,6 +166,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                 parents[arm].append(pid)
                 per_method[arm].append(_study_values(tracker, pid, base.trials))
                 tests[arm].append(_study_tests(tracker, pid, test_key, base.trials))
+                seconds[arm].append(_study_tests(tracker, pid, "time/total_s", base.trials))
                 secs = _trial_seconds(tracker, pid)
                 cpu[arm] += secs * base.cpus_per_trial
                 gpu[arm] += secs * base.gpus_per_trial
@@ -189,6 +191,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     # What a study would deliver: the held-out value of its pick after t trials (mean and band).
     incumbent = {m: [incumbent_test(v, t, mode) for v, t in zip(per_method[m], tests[m])] for m in per_method}
     inc_band = {m: mean_band(c) for m, c in incumbent.items()}
+    # Efficiency against cost: CPU seconds of training spent until the target was reached.
+    stt = {m: [None if c is None else c * base.cpus_per_trial for c in
+               (cost_to_target(v, t, target, mode) for v, t in zip(per_method[m], seconds[m]))] for m in per_method}
     best_yaml = {m: tracker.download_text(best_cfg[m][1], "best_config.yaml") for m in best_cfg}
     floors = {}
     for m in best_yaml if noise_seeds else []:
@@ -205,6 +210,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                                            "high": inc_band[m][2], "final_mean": inc_band[m][0][-1]},
                         "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
                         "vs_random": vs_random.get(m),
+                        "cpu_seconds_to_target": stt[m],
+                        "cpu_seconds_to_target_median": _median_censored(stt[m]),
                         "noise_floor": floors.get(m), "best_config": best_yaml.get(m)}
                     for m, s in stats.items()},
         "noise_warnings": warnings,
@@ -213,7 +220,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "repeat", "trial", "value", "best_so_far", "mean", "band_low", "band_high",
-                    "test_value", "incumbent_test", "incumbent_test_mean"])
+                    "test_value", "incumbent_test", "incumbent_test_mean", "trial_seconds"])
         from .efficiency import best_so_far
 
         for m, studies in per_method.items():
@@ -221,7 +228,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
             for r, s in enumerate(studies):
                 for i, (v, b) in enumerate(zip(s, best_so_far(s, mode)), 1):
                     w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1], tests[m][r][i - 1],
-                                incumbent[m][r][i - 1], inc_band[m][0][i - 1]])
+                                incumbent[m][r][i - 1], inc_band[m][0][i - 1], seconds[m][r][i - 1]])
     plots = _plots(stats, per_method, target, summary, out)
     cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
                                                  "study_runs": json.dumps(parents), "verdict": test["verdict"]},
@@ -238,6 +245,15 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     summary["out"] = str(out)
     summary["plots"] = [str(p) for p in plots]
     return summary
+
+
+def _median_censored(xs: list[float | None]) -> float | None:
+    """Median with studies that never reached the target ranked last (None if they are half or more)."""
+    import statistics
+
+    ranked = sorted(xs, key=lambda x: (x is None, x or 0.0))
+    mid = ranked[(len(ranked) - 1) // 2: len(ranked) // 2 + 1]
+    return None if any(x is None for x in mid) else statistics.fmean(mid)
 
 
 def _json(o):

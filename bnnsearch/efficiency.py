@@ -48,6 +48,14 @@ def incumbent_test(values: list[float | None], tests: list[float | None], mode: 
     return out
 
 
+def cost_to_target(values: list[float | None], costs: list[float | None], target: float, mode: str) -> float | None:
+    """Efficiency against cost rather than trial count: the summed cost (e.g. training seconds)
+    of the trials up to and including the one that reaches the target; None if none does. A
+    trial without a recorded cost counts as 0."""
+    ttt = trials_to_target(best_so_far(values, mode), target, mode)
+    return None if ttt is None else float(sum(c or 0.0 for c in costs[:ttt]))
+
+
 def test_metric(metric: str) -> str | None:
     """The held-out counterpart of a validation objective (val/acc -> test/acc), if any."""
     return "test/" + metric[4:] if metric.startswith("val/") else None

@@ -69,6 +69,12 @@ def test_compare_end_to_end_and_resume(tmp_path):
         nf = st["noise_floor"]
         assert len(nf["values"]) == 2 and all(0 <= v <= 1 for v in nf["values"]) and nf["seeds"][0] != nf["seeds"][1]
     assert "noise floor (best config, other seeds):" in r.stdout and isinstance(s["noise_warnings"], list)
+    # efficiency against cost: CPU seconds until the target, from the trials' own time/total_s
+    for m, st in s["methods"].items():
+        for rep, (t, c) in enumerate(zip(st["ttt"], st["cpu_seconds_to_target"])):
+            secs = [float(x["trial_seconds"] or 0) for x in rows if x["method"] == m and x["repeat"] == str(rep)]
+            assert (c is None) == (t is None) and (t is None or c == pytest.approx(sum(secs[:t])))
+    assert "CPU s to target" in r.stdout
     for png in ("efficiency.png", "trials_to_target.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     from mlflow.tracking import MlflowClient

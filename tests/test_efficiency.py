@@ -103,3 +103,12 @@ def test_noise_floor_retrains_with_other_seeds_and_warnings_compare_to_it(tmp_pa
     w = noise_warnings("val/acc", 0.5, {"a": 0.90, "b": 0.93}, floors)  # margin 0.005 < 0.02; gap 0.03 < 0.04
     assert len(w) == 2 and "target margin" in w[0] and "a vs b" in w[1]
     assert noise_warnings("val/acc", 5.0, {"a": 0.80, "b": 0.93}, floors) == []
+
+
+def test_cost_to_target_sums_the_cost_of_the_trials_it_took():
+    from bnnsearch.efficiency import cost_to_target
+
+    vals, secs = [0.5, None, 0.93, 0.95], [2.0, 7.0, 3.0, 1.0]
+    assert cost_to_target(vals, secs, 0.925, "max") == 12.0  # trials 1-3, the failed one included
+    assert cost_to_target(vals, secs, 0.99, "max") is None
+    assert cost_to_target([3.0, 1.0], [5.0, None], 2.0, "min") == 5.0
