@@ -176,6 +176,11 @@ def cmd_compare(args) -> int:
             p = vr["p_value"]
             print(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
                   f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}")
+    for m, st in s["methods"].items():
+        if st.get("asha_rung_spearman"):
+            print(f"{m}: rank correlation of each ASHA rung with the final value: " + "; ".join(
+                f"epoch {r}: {'n/a' if c['spearman'] is None else format(c['spearman'], '.2f')} (n={c['n']})"
+                for r, c in st["asha_rung_spearman"].items()))
     floors = {m: st["noise_floor"] for m, st in s["methods"].items() if st.get("noise_floor")}
     if floors:
         print("noise floor (best config, other seeds): " + "; ".join(

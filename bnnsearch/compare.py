@@ -17,8 +17,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .efficiency import (cost_to_target, incumbent_test, mean_band, method_stats, pad_budget, rank_test, target_value,
-                         test_metric)
+from .efficiency import (asha_rungs, cost_to_target, incumbent_test, mean_band, method_stats, pad_budget,
+                         rank_test, rung_correlations, target_value, test_metric)
 from .errors import Interrupted, UserError
 from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
@@ -131,6 +131,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     per_method: dict[str, list[list[float | None]]] = {}
     tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
     seconds: dict[str, list[list[float | None]]] = {}  # each trial's training seconds, by trial index
+    histories: dict[str, list[dict[int, float]]] = {}
     test_key = test_metric(metric)
     cpu: dict[str, float] = {}
     gpu: dict[str, float] = {}
@@ -141,6 +142,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         arms += [(s.method + RANDOM_SUFFIX, s, "random") for s in spaces]
     for arm, _, _ in arms:
         per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm], seconds[arm] = [], 0.0, 0.0, [], [], []
+        histories[arm] = []
     # Repeat-major order (r0 of every arm, then r1, ...): an interrupted comparison leaves the
     # arms balanced, and --resume continues where it stopped.
     try:
@@ -167,6 +169,11 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                 per_method[arm].append(_study_values(tracker, pid, base.trials))
                 tests[arm].append(_study_tests(tracker, pid, test_key, base.trials))
                 seconds[arm].append(_study_tests(tracker, pid, "time/total_s", base.trials))
+                if base.scheduler == "asha":  # per-epoch objective of the full-budget trials
+                    histories[arm] += [{m.step: m.value for m in tracker.client.get_metric_history(k.info.run_id,
+                                                                                                    "objective")}
+                                       for k in tracker.child_runs(pid)
+                                       if k.data.tags.get("bnnsearch.status") == "complete"]
                 secs = _trial_seconds(tracker, pid)
                 cpu[arm] += secs * base.cpus_per_trial
                 gpu[arm] += secs * base.gpus_per_trial
@@ -200,6 +207,10 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         print(f"== noise floor: {m}'s best config with {noise_seeds} other seeds", flush=True)
         floors[m] = noise_floor(best_yaml[m], metric, noise_seeds)
     warnings = noise_warnings(metric, delta, {m: stats[m].best_value for m in floors}, floors)
+    # With ASHA: does a trial's value at each rung predict its final value? (per arm)
+    rungs = {arm: rung_correlations(histories[arm], asha_rungs(sp.config({}, where=sp.path).epochs),
+                                    sp.config({}, where=sp.path).epochs)
+             for arm, sp, _ in arms} if base.scheduler == "asha" else {}
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
         "sampler": base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
@@ -210,6 +221,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                                            "high": inc_band[m][2], "final_mean": inc_band[m][0][-1]},
                         "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
                         "vs_random": vs_random.get(m),
+                        "asha_rung_spearman": rungs.get(m),
                         "cpu_seconds_to_target": stt[m],
                         "cpu_seconds_to_target_median": _median_censored(stt[m]),
                         "noise_floor": floors.get(m), "best_config": best_yaml.get(m)}

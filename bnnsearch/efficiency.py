@@ -56,6 +56,32 @@ def cost_to_target(values: list[float | None], costs: list[float | None], target
     return None if ttt is None else float(sum(c or 0.0 for c in costs[:ttt]))
 
 
+def asha_rungs(max_t: int, grace: int = 1, reduction: int = 3) -> list[int]:
+    """The epochs at which ASHA compares trials (grace * reduction**k below the full budget)."""
+    out, r = [], grace
+    while r < max_t:
+        out.append(r)
+        r *= reduction
+    return out
+
+
+def rung_correlations(histories: list[dict[int, float]], rungs: list[int], final_epoch: int) -> dict[int, dict]:
+    """For each rung epoch: Spearman's rank correlation, across full-budget trials, between the
+    objective at that epoch and at the final epoch — how well an early stop predicts the result."""
+    from scipy import stats
+
+    out = {}
+    for r in rungs:
+        pairs = [(h[r], h[final_epoch]) for h in histories if r in h and final_epoch in h
+                 and math.isfinite(h[r]) and math.isfinite(h[final_epoch])]
+        if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+            out[r] = {"n": len(pairs), "spearman": None}
+            continue
+        rho = stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+        out[r] = {"n": len(pairs), "spearman": float(rho)}
+    return out
+
+
 def test_metric(metric: str) -> str | None:
     """The held-out counterpart of a validation objective (val/acc -> test/acc), if any."""
     return "test/" + metric[4:] if metric.startswith("val/") else None

@@ -93,3 +93,25 @@ def test_compare_end_to_end_and_resume(tmp_path):
     assert r2.returncode == 0 and r2.stdout.count("already finished, skipped") == 8
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["target"] == s["target"] and s2["methods"]["latent"]["ttt"] == s["methods"]["latent"]["ttt"]
+
+
+def test_compare_with_asha_reports_rung_correlations(tmp_path):
+    (p,) = [x for x in spaces(tmp_path) if x.endswith("filtered.yaml")]
+    raw = yaml.safe_load(open(p))
+    raw["fixed"]["epochs"] = 4
+    open(p, "w").write(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "compare", p, "--repeats", "1", "--trials", "6",
+                        "--sampler", "random", "--scheduler", "asha", "--out", str(tmp_path / "out"), "--name", "asha"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rung = s["methods"]["filtered"]["asha_rung_spearman"]
+    assert set(rung) == {"1", "3"}  # rungs at epochs 1 and 3 below the budget of 4
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    e = c.get_experiment_by_name("bnnsearch-compare/asha")
+    full = c.search_runs([e.experiment_id], "tags.`bnnsearch.status` = 'complete'")
+    assert rung["1"]["n"] == len(full)  # every full-budget trial, and only those
+    assert rung["1"]["spearman"] is None or -1 <= rung["1"]["spearman"] <= 1
+    assert "rank correlation of each ASHA rung" in r.stdout

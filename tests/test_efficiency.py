@@ -112,3 +112,15 @@ def test_cost_to_target_sums_the_cost_of_the_trials_it_took():
     assert cost_to_target(vals, secs, 0.925, "max") == 12.0  # trials 1-3, the failed one included
     assert cost_to_target(vals, secs, 0.99, "max") is None
     assert cost_to_target([3.0, 1.0], [5.0, None], 2.0, "min") == 5.0
+
+
+def test_asha_rungs_and_their_rank_correlation_with_the_final_value():
+    from bnnsearch.efficiency import asha_rungs, rung_correlations
+
+    assert asha_rungs(10) == [1, 3, 9] and asha_rungs(3) == [1] and asha_rungs(1) == []
+    same = [{1: 0.1 * i, 3: 0.2 * i, 9: 0.3 + i, 10: float(i)} for i in range(5)]  # same order at every rung
+    got = rung_correlations(same, [1, 3, 9], 10)
+    assert all(got[r]["spearman"] == pytest.approx(1.0) and got[r]["n"] == 5 for r in (1, 3, 9))
+    flipped = [{1: -float(i), 10: float(i)} for i in range(4)]
+    assert rung_correlations(flipped, [1], 10)[1]["spearman"] == pytest.approx(-1.0)
+    assert rung_correlations(same[:2], [1], 10)[1] == {"n": 2, "spearman": None}  # too few trials
