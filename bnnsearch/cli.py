@@ -155,7 +155,7 @@ def cmd_compare(args) -> int:
     base = _sweep_args(args, spaces[0])
     s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name,
                     allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False),
-                    noise_seeds=getattr(args, "noise_seeds", 0))
+                    noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None))
     rows = []
     for m, st in s["methods"].items():
         hp = st["hyperparameters"]
@@ -188,7 +188,7 @@ def cmd_compare(args) -> int:
     for w in s.get("noise_warnings", []):
         print(f"warning: {w}")
     t = s["rank_test"]
-    print(f"\ntarget: {s['target']:.4g} (best of all studies minus {s['target_delta']} points); "
+    print(f"\ntarget: {s['target']:.4g} ({s['target_rule']['description']}); "
           f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}")
     print(f"\nwrote {s['out']}/summary.json, curves.csv, " + ", ".join(Path(p).name for p in s["plots"])
           + ", dashboard.html")
@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--random-arm", action="store_true",
                     help="also run every space with random search (arm <method>@random, same seeds and budget): "
                          "efficiency relative to random search")
+    cp.add_argument("--target-gap", type=float, default=None,
+                    help="instead of --target-delta: the target closes this fraction of the gap from a random "
+                         "config's median value to the best arm's median final value (e.g. 0.9)")
     cp.add_argument("--noise-seeds", type=int, default=0,
                     help="re-train each arm's best config with this many other seeds and report the seed-to-seed "
                          "spread (the noise floor); 0: off")
@@ -385,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    from . import interrupts
+
+    interrupts.install()  # first thing: a Ctrl-C during start-up is remembered even if a library swallows it
     try:
         return args.func(args)
     except UserError as e:
@@ -393,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"\nbnnsearch: interrupted: {e}\ncontinue it with:\n  {resume_command(argv, e.name)}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("bnnsearch: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # before a study recorded anything: rerun the same command
+        print("\nbnnsearch: interrupted (before anything was recorded)", file=sys.stderr)
         return 130
 
 

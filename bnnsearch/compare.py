@@ -17,8 +17,9 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .efficiency import (asha_rungs, cost_to_target, incumbent_test, mean_band, method_stats, pad_budget,
+from .efficiency import (asha_rungs, cost_to_target, gap_target, incumbent_test, mean_band, method_stats, pad_budget,
                          rank_test, rung_correlations, target_value, test_metric)
+from . import interrupts
 from .errors import Interrupted, UserError
 from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
@@ -97,7 +98,7 @@ def noise_warnings(metric: str, delta: float, best: dict[str, float], floors: di
 
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
                 name: str | None = None, allow_mixed: bool = False, random_arm: bool = False,
-                noise_seeds: int = 0) -> dict:
+                noise_seeds: int = 0, target_gap: float | None = None) -> dict:
     """``random_arm``: every method also runs its space with random search (arm ``<method>@random``,
     same seeds and budget): a method's efficiency relative to random search says how much its
     sampler's model helps, i.e. how easy the method is to tune. ``noise_seeds``: each arm's best
@@ -112,6 +113,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         raise UserError("compare takes one search space per method")
     if repeats < 1:
         raise UserError(f"--repeats {repeats}: must be >= 1")
+    if target_gap is not None and not 0 < target_gap <= 1:
+        raise UserError(f"--target-gap {target_gap:g}: must lie in (0, 1] (the fraction of the gap to close)")
     if noise_seeds < 0 or noise_seeds == 1:
         raise UserError(f"--noise-seeds {noise_seeds}: 0 (off) or >= 2 (a spread needs two values)")
     if not delta >= 0:
@@ -148,6 +151,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     try:
         for r in range(repeats):
             for arm, space, sampler in arms:
+                interrupts.check()  # a Ctrl-C between two studies
                 study = f"{cmp_name}-{arm.replace(RANDOM_SUFFIX, '-random')}-r{r}"
                 parent = tracker.find_study(study)
                 if parent is None or parent.info.status != "FINISHED":
@@ -184,7 +188,17 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         raise Interrupted(f"comparison {cmp_name!r} interrupted between studies; the finished ones are kept",
                           cmp_name) from None
     all_values = [v for studies in per_method.values() for s in studies for v in s]
-    target = target_value(all_values, mode, delta, metric)
+    if not any(v is not None and math.isfinite(v) for v in all_values):
+        raise UserError(f"comparison {cmp_name!r}: no trial of any study reached a full-budget value, so no target "
+                        f"can be defined (see the trials' errors in MLflow experiment {experiment!r})")
+    if target_gap is None:
+        target, target_rule = target_value(all_values, mode, delta, metric), {
+            "rule": "delta", "description": f"best of all studies minus {delta} points"}
+    else:
+        target, info = gap_target(per_method, mode, target_gap, base.startup_trials)
+        target_rule = {"rule": "gap", **info, "description": (
+            f"{target_gap:g} of the way from a random config's median ({info['random_median']:.4g}) to the best "
+            f"arm's median final value ({info['best_arm']}: {info['best_arm_median']:.4g})")}
     finite = [v for v in all_values if v is not None and math.isfinite(v)]
     floor = (min(finite) if mode == "max" else max(finite)) if finite else None
     stats = {m: method_stats(m, studies, target, mode, floor) for m, studies in per_method.items()}
@@ -214,6 +228,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
         "sampler": base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
+        "target_rule": target_rule,
         "rank_test": test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
                         "hyperparameters": {"active_min": active[m][0], "active_max": active[m][1]},
@@ -245,7 +260,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
                                                  "study_runs": json.dumps(parents), "verdict": test["verdict"]},
                                   params={"repeats": repeats, "trials": base.trials, "sampler": base.sampler,
-                                          "startup_trials": base.startup_trials, "target_delta": delta})
+                                          "startup_trials": base.startup_trials, "target_delta": delta,
+                                          **({"target_gap": target_gap} if target_gap is not None else {})})
     tracker.set_tags(cmp_run, {"bnnsearch.kind": "comparison"})
     tracker.finish(cmp_run)  # finished before the export, so the dashboard shows this comparison
     from dashboards import build_html

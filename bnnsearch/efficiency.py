@@ -116,6 +116,33 @@ def target_value(all_values: list[float], mode: str, delta: float, metric: str) 
     return max(finite) - d if mode == "max" else min(finite) + d
 
 
+def gap_target(per_arm: dict[str, list[list[float | None]]], mode: str, fraction: float,
+               startup: int = 1) -> tuple[float, dict]:
+    """A target a noisy study can meet: ``fraction`` of the way from what a random configuration
+    reaches (the median of the full-budget values among every study's first ``startup`` trials,
+    which are random search in every arm; with none — e.g. all pruned — each study's first
+    full-budget value) to the best arm's median final best-so-far."""
+    import statistics
+
+    ok = lambda v: v is not None and math.isfinite(v)  # noqa: E731
+    studies = [s for arm in per_arm.values() for s in arm]
+    firsts = [v for s in studies for v in s[:max(1, startup)] if ok(v)]
+    if not firsts:
+        firsts = [next(v for v in s if ok(v)) for s in studies if any(ok(v) for v in s)]
+    arm_medians = {}
+    for arm, studies in per_arm.items():
+        finals = [c[-1] for c in (best_so_far(s, mode) for s in studies) if c and not math.isnan(c[-1])]
+        if finals:
+            arm_medians[arm] = statistics.median(finals)
+    if not firsts or not arm_medians:
+        raise ValueError("no finite trial value to define a target")
+    base = statistics.median(firsts)
+    best_arm = (max if mode == "max" else min)(arm_medians, key=arm_medians.get)
+    top = arm_medians[best_arm]
+    return base + fraction * (top - base), {"random_median": base, "best_arm": best_arm, "best_arm_median": top,
+                                            "fraction": fraction}
+
+
 def trials_to_target(curve: list[float], target: float, mode: str) -> int | None:
     for i, v in enumerate(curve, 1):
         if not math.isnan(v) and (v >= target if mode == "max" else v <= target):

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 from ray import tune
 
 from .cost import STATIC_COST
+from . import interrupts
 from .errors import Interrupted, UserError
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
@@ -223,8 +223,21 @@ def _searcher_cls():
             super().restore(checkpoint_path)
             self.journal = journal  # the folder may have moved; ours is the live one
             known = set(self._ot_trials)
-            self._replay = [(e["trial_id"], e["params"]) for e in read_journal(Path(journal).parent)
-                            if e["trial_id"] not in known]
+            # Ray saves its trial list just before the searcher: a kill in between leaves trials
+            # that Ray restores (and runs with their config) but the sampler never saw. Those are
+            # re-registered with the sampler under their own id (their outcome is told), never
+            # replayed as a new trial, which would train the same config twice.
+            in_ray = _ray_trial_ids(Path(journal).parent)
+            self._replay = []
+            for e in read_journal(Path(journal).parent):
+                if e["trial_id"] in known:
+                    continue
+                if e["trial_id"] in in_ray:
+                    self._ot_study.enqueue_trial(e["params"])
+                    OptunaSearch.suggest(self, e["trial_id"])
+                    known.add(e["trial_id"])
+                else:
+                    self._replay.append((e["trial_id"], e["params"]))
 
         def suggest(self, trial_id):
             replay_of = None
@@ -246,6 +259,18 @@ def _searcher_cls():
             super().on_trial_complete(trial_id, result, error)
 
     return BudgetAwareOptunaSearch
+
+
+def _ray_trial_ids(exp_dir: Path) -> set[str]:
+    """Trial ids in Ray Tune's newest experiment snapshot (what Tuner.restore brings back)."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        data = json.loads(states[-1].read_text())
+        return {json.loads(t[0]).get("trial_id") for t in data.get("trial_data", [])} - {None}
+    except (OSError, ValueError, TypeError, IndexError):
+        return set()
 
 
 def _error_text(trial) -> str:
@@ -482,56 +507,6 @@ def _check_address(address: str | None) -> None:
         raise UserError(f"--address {address}: no Ray head answers there ({e.strerror or e})") from None
 
 
-class _Sigint:
-    """SIGINT around a study. Outside Ray Tune's loop the first Ctrl-C raises KeyboardInterrupt
-    (the study is marked interrupted); inside it Ray Tune's own handler takes the first (it stops
-    the trials and saves the experiment) and hands SIGINT back to the handler it found, this one,
-    so a Ctrl-C reaching this handler during the loop is the second: it exits at once. Ray never
-    restores its handler when no signal came, so after the loop ``tune_done()`` tells whether Ray
-    got one (even after every trial had finished) and reinstalls this handler, so that no stale
-    Ray handler swallows a later Ctrl-C."""
-
-    def __init__(self, name: str):
-        self.name, self.in_tune, self.seen, self.previous = name, False, 0, None
-
-    def __call__(self, sig, frame):
-        self.seen += 1
-        if self.in_tune or self.seen > 1:
-            print(f"\nbnnsearch: second interrupt: exiting now; study {self.name!r} is incomplete, rerun with "
-                  "--resume to finish it", file=sys.stderr, flush=True)
-            os._exit(130)
-        raise KeyboardInterrupt
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self)
-        return self
-
-    def tune_start(self) -> None:
-        self.in_tune = True
-
-    def tune_done(self) -> bool:
-        """Whether Ray Tune received a SIGINT during its loop."""
-        import signal
-
-        self.in_tune = False
-        if self.previous is None:  # not the main thread: no handlers here
-            return False
-        got = signal.getsignal(signal.SIGINT) is self
-        signal.signal(signal.SIGINT, self)
-        return got
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
-
-
 def _interrupted(tracker, parent_id: str, a: SweepArgs, name: str) -> Interrupted:
     """Mark an unfinished study interrupted (parent and unfinished trials KILLED, no best config)."""
     done = len(tracker.steps(parent_id, "trial_state"))
@@ -585,6 +560,7 @@ def run_sweep(a: SweepArgs) -> dict:
         # "local": always a fresh local instance, never a stale cluster recorded in /tmp/ray
         ray.init(address=a.address or "local", **kw)
     _check_resources(a, ray.cluster_resources())
+    interrupts.check()  # before anything is recorded
 
     if a.resume:
         parent_id = parent.info.run_id
@@ -601,8 +577,7 @@ def run_sweep(a: SweepArgs) -> dict:
         tracker.log_text(parent_id, Path(space.path).read_text(), "space.yaml")
 
     try:  # from here on the parent run exists: it ends FINISHED, interrupted (KILLED) or FAILED
-        with _Sigint(name) as sigint:
-            return _run_study(a, space, name, tracker, parent_id, exp_dir, storage, sigint)
+        return _run_study(a, space, name, tracker, parent_id, exp_dir, storage)
     except KeyboardInterrupt:  # outside Tune's own handler (set-up, or TUNE_DISABLE_SIGINT_HANDLER=1)
         raise _interrupted(tracker, parent_id, a, name) from None
     except Interrupted:
@@ -613,8 +588,7 @@ def run_sweep(a: SweepArgs) -> dict:
         raise
 
 
-def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path,
-               sigint: _Sigint) -> dict:
+def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:
     import ray
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -654,11 +628,12 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                                       failure_config=tune.FailureConfig(max_failures=a.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    sigint.tune_start()
-    grid = tuner.fit()  # Ray Tune takes the first Ctrl-C: it stops the trials and saves the experiment
+    interrupts.check()  # a Ctrl-C a library swallowed during set-up
+    with interrupts.tune_loop(f"study {name!r}") as loop:
+        grid = tuner.fit()  # Ray Tune takes the first Ctrl-C: it stops the trials and saves the experiment
     # A Ctrl-C is an interrupt even when it lands after the last trial finished (a comparison
     # must not go on to its next study); an incomplete record is one whatever the cause.
-    if sigint.tune_done() or len(tracker.steps(parent_id, "trial_state")) < a.trials:
+    if loop.got or interrupts.pending() or len(tracker.steps(parent_id, "trial_state")) < a.trials:
         raise _interrupted(tracker, parent_id, a, name)
     sampler_states = {}
     study = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)

@@ -6,7 +6,7 @@ import json
 import math
 import time
 
-from bnnsearch.efficiency import method_stats, pad_budget, rank_test, target_value
+from bnnsearch.efficiency import gap_target, method_stats, pad_budget, rank_test, target_value
 
 from bnnsearch.colors import method_color
 
@@ -52,7 +52,13 @@ def _efficiency_section(exp, comp) -> str:
         return "<p class=note>no studies of this comparison in the store</p>"
     first = studies[next(iter(study_runs.values()))[0]]
     metric, mode = first["params"].get("metric", "val/acc"), first["params"].get("mode", "max")
-    target = target_value([v for vs in per_method.values() for s in vs for v in s], mode, delta, metric)
+    if params.get("target_gap"):  # the comparison's own rule (compare --target-gap)
+        target, info = gap_target(per_method, mode, float(params["target_gap"]), int(params.get("startup_trials", 1)))
+        rule = (f"{float(params['target_gap']):g} of the way from a random config's median to the best arm's "
+                f"median final value ({info['best_arm']})")
+    else:
+        target = target_value([v for vs in per_method.values() for s in vs for v in s], mode, delta, metric)
+        rule = f"best of all studies minus {delta} points"
     stats = {m: method_stats(m, vs, target, mode) for m, vs in per_method.items()}
     test = rank_test({m: s.ttt for m, s in stats.items()}, trials)
     all_y = [y for s in stats.values() for ys in (s.mean, s.low, s.high) for y in ys  # bands never clipped
@@ -73,7 +79,7 @@ def _efficiency_section(exp, comp) -> str:
     p = test["p_value"]
     return (f"<div class=charts>{fr.svg()}</div><table><tr><th>method</th><th>studies</th><th>best</th><th>AUC</th>"
             f"<th>trials-to-target median [IQR]</th><th>reached</th></tr>{rows}</table>"
-            f"<p>target {target:.4g} (best of all studies minus {delta} points); {test['test']}: "
+            f"<p>target {target:.4g} ({html.escape(rule)}); {test['test']}: "
             f"p = {'n/a' if p is None else format(p, '.3g')} &rarr; <b>{test['verdict']}</b></p>")
 
 

@@ -69,6 +69,7 @@ CASES = [  # (argv, what the one line must say)
     (["compare", "space.yaml", "mnist5k.yaml", "--target-delta", "-1"], "--target-delta -1: must be >= 0"),
     (["compare", "space.yaml", "mnist5k.yaml", "--repeats", "0"], "--repeats 0: must be >= 1"),
     (["compare", "space.yaml", "mnist5k.yaml", "--noise-seeds", "1"], "--noise-seeds 1: 0 (off) or >= 2"),
+    (["compare", "space.yaml", "mnist5k.yaml", "--target-gap", "0"], "--target-gap 0: must lie in (0, 1]"),
     (["best", "x", "--top", "0"], "--top 0: must be >= 1"),
     (["best", "x", "--tracking-uri", "http://127.0.0.1:1"], "no MLflow server answers there"),
     (["best", "x", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist (nothing recorded there"),

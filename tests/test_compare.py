@@ -101,7 +101,8 @@ def test_compare_with_asha_reports_rung_correlations(tmp_path):
     raw["fixed"]["epochs"] = 4
     open(p, "w").write(yaml.safe_dump(raw))
     r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "compare", p, "--repeats", "1", "--trials", "6",
-                        "--sampler", "random", "--scheduler", "asha", "--out", str(tmp_path / "out"), "--name", "asha"],
+                        "--sampler", "random", "--scheduler", "asha", "--target-gap", "0.9", "--out", str(tmp_path / "out"),
+                        "--name", "asha"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -115,3 +116,9 @@ def test_compare_with_asha_reports_rung_correlations(tmp_path):
     assert rung["1"]["n"] == len(full)  # every full-budget trial, and only those
     assert rung["1"]["spearman"] is None or -1 <= rung["1"]["spearman"] <= 1
     assert "rank correlation of each ASHA rung" in r.stdout
+    # the gap target: 0.9 of the way from a random config's median to the best arm's median final value
+    rule = s["target_rule"]
+    assert rule["rule"] == "gap" and s["target"] == pytest.approx(
+        rule["random_median"] + 0.9 * (rule["best_arm_median"] - rule["random_median"]))
+    assert "0.9 of the way from a random config's median" in r.stdout
+    assert "0.9 of the way from a random config" in (tmp_path / "out" / "dashboard.html").read_text()

@@ -124,3 +124,20 @@ def test_asha_rungs_and_their_rank_correlation_with_the_final_value():
     flipped = [{1: -float(i), 10: float(i)} for i in range(4)]
     assert rung_correlations(flipped, [1], 10)[1]["spearman"] == pytest.approx(-1.0)
     assert rung_correlations(same[:2], [1], 10)[1] == {"n": 2, "spearman": None}  # too few trials
+
+
+def test_gap_target_closes_a_fraction_of_the_gap_from_random_to_the_best_arm():
+    from bnnsearch.efficiency import gap_target
+
+    per_arm = {"a": [[0.5, 0.8, 0.9], [0.6, 0.7, 0.95], [0.4, 0.9, 0.85]],  # finals 0.9, 0.95, 0.9 -> median 0.9
+               "b": [[0.3, 0.6], [0.7, 0.72]]}                              # finals 0.6, 0.72 -> median 0.66
+    t, info = gap_target(per_arm, "max", 0.5)
+    # random: median of the first trials [0.5, 0.6, 0.4, 0.3, 0.7] = 0.5; best arm a (0.9)
+    assert info["random_median"] == 0.5 and info["best_arm"] == "a" and t == pytest.approx(0.5 + 0.5 * 0.4)
+    t_min, info_min = gap_target({"a": [[3.0, 1.0]], "b": [[2.0, 2.0]]}, "min", 1.0)
+    assert info_min["best_arm"] == "a" and t_min == pytest.approx(1.0)
+    # the random baseline is every study's startup (random) trials; pruned first trials are skipped
+    _, info2 = gap_target({"a": [[None, 0.2, 0.9], [None, None, 0.8]]}, "max", 0.5, startup=2)
+    assert info2["random_median"] == 0.2
+    _, info3 = gap_target({"a": [[None, 0.2, 0.9], [None, None, 0.8]]}, "max", 0.5, startup=1)
+    assert info3["random_median"] == pytest.approx(0.5)  # no valued startup trial: first values 0.2, 0.8

@@ -33,10 +33,14 @@ def space_file(tmp_path, method):
     return str(p)
 
 
-def ctrl_c_at(proc, marker, wait_s=1.0, twice=False):
-    """Read until a line starts with marker, then SIGINT the whole process group; returns
-    (output, seconds from the (last) SIGINT to the exit)."""
+def ctrl_c_at(proc, marker, wait_s=1.0, twice=False, ready=None):
+    """Read until a line starts with marker (and ``ready()`` holds, if given), then SIGINT the
+    whole process group; returns (output, seconds from the (last) SIGINT to the exit)."""
     seen = read_until(proc, marker)
+    t0 = time.time()
+    while ready is not None and not ready():
+        assert time.time() - t0 < 120, "never ready"
+        time.sleep(0.3)
     time.sleep(wait_s)
     os.killpg(proc.pid, signal.SIGINT)
     if twice:
@@ -106,12 +110,21 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
 
 
 def test_ctrl_c_during_compare_stops_it_and_resume_completes_the_interrupted_study(tmp_path):
-    trials = 3
+    trials = 4
     args = ["compare", space_file(tmp_path, "filtered"), space_file(tmp_path, "latent"), "--repeats", "1",
             "--trials", str(trials), "--sampler", "random", "--startup-trials", "1", "--concurrency", "2",
             "--out", str(tmp_path / "cmp")]
     proc = start_cli(args, tmp_path)
-    out, _ = ctrl_c_at(proc, "== filtered: repeat 1/1", wait_s=6)
+
+    def trial_running():  # the study's first trial has reported an epoch: Ctrl-C lands inside the study
+        import sqlite3
+
+        try:
+            with sqlite3.connect(tmp_path / "mlflow.db") as db:
+                return db.execute("select count(*) from metrics where key = 'epoch'").fetchone()[0] > 0
+        except sqlite3.Error:
+            return False
+    out, _ = ctrl_c_at(proc, "== filtered: repeat 1/1", wait_s=0.5, ready=trial_running)
     assert proc.returncode == 130, out[-3000:]
     assert "== latent" not in out  # the next method's study never started
     assert not (tmp_path / "cmp" / "summary.json").exists()
@@ -128,3 +141,20 @@ def test_ctrl_c_during_compare_stops_it_and_resume_completes_the_interrupted_stu
     assert len(parents) == 2
     for p in parents:
         assert_complete(c, e, p, trials)
+
+
+@pytest.mark.parametrize("delay", [1.0, 2.5])
+def test_ctrl_c_during_start_up_is_never_swallowed(tmp_path, delay):
+    """A Ctrl-C in the first seconds (imports, the store, ray.init) once vanished inside a library
+    and the study ran to the end with exit 0; it is remembered and ends the command (130) before
+    anything is recorded."""
+    proc = start_cli(["sweep", space_file(tmp_path, "filtered"), "--trials", "3", "--sampler", "random"], tmp_path)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    if (tmp_path / "mlflow.db").exists():
+        c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        e = c.get_experiment_by_name("bnnsearch/digits/mlp")
+        parents = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'study'") if e else []
+        assert all(p.info.status != "FINISHED" for p in parents), out[-2000:]

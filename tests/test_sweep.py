@@ -333,3 +333,37 @@ def test_study_against_an_mlflow_server(ray_local, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
+
+
+def test_restore_adopts_trials_ray_kept_but_the_sampler_never_saw(tmp_path):
+    """Ray writes its trial list just before the searcher's state: a kill in between leaves a
+    trial Ray restores and runs but the sampler's snapshot lacks. It must be registered with the
+    sampler under its own id (its outcome told), not replayed as a new trial with the same config;
+    a journaled trial unknown to Ray is replayed with its config."""
+    import json
+
+    from bnnsearch.spaces import load_space
+    from bnnsearch.sweep import JOURNAL, _searcher_cls, make_sampler
+
+    space = load_space(space_file(tmp_path, ALPHA))
+    exp = tmp_path / "exp"
+    exp.mkdir()
+
+    def searcher():
+        return _searcher_cls()(space=space.sampler_space(), metric="objective", mode="max",
+                               sampler=make_sampler("random", 0, 1), full_epochs=2, journal=str(exp / JOURNAL))
+
+    s = searcher()
+    s.suggest("t1")
+    s.save(str(tmp_path / "searcher.pkl"))  # the searcher's snapshot: t1 only
+    s.suggest("t2")  # in Ray's list (below), not in the searcher's snapshot
+    s.suggest("t3")  # in neither: started after both snapshots
+    journal = {e["trial_id"]: e["params"] for e in map(json.loads, (exp / JOURNAL).read_text().splitlines())}
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(
+        {"trial_data": [[json.dumps({"trial_id": t}), "{}"] for t in ("t1", "t2")]}))
+    r = searcher()
+    r.restore(str(tmp_path / "searcher.pkl"))
+    assert set(r._ot_trials) == {"t1", "t2"} and r._ot_trials["t2"].params == journal["t2"]
+    assert r._replay == [("t3", journal["t3"])]
+    r.on_trial_complete("t2", {"objective": 0.5, "epoch": 2})  # t2's outcome reaches the sampler
+    assert [t.value for t in r._ot_study.trials if t.params == journal["t2"]] == [0.5]

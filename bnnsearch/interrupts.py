@@ -1,0 +1,67 @@
+"""Ctrl-C for the whole command, installed first thing by the CLI.
+
+The first SIGINT raises KeyboardInterrupt and is also *remembered*: a library that swallows the
+exception (a bare ``except:`` around an optional import, seen during start-up) cannot make an
+interrupt look like nothing, because the study checks ``check()`` before it records anything,
+after Ray Tune's loop, and between the studies of a comparison. A second SIGINT — or one that
+reaches this handler while Ray Tune's own handler has taken the first — exits at once (130).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+_state = {"count": 0, "in_tune": False, "what": "the command"}
+
+
+def handler(sig, frame):
+    _state["count"] += 1
+    if _state["count"] > 1 or _state["in_tune"]:
+        print(f"\nbnnsearch: second interrupt: exiting now; {_state['what']} is incomplete, rerun with --resume to "
+              "finish it", file=sys.stderr, flush=True)
+        os._exit(130)
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+
+
+def pending() -> bool:
+    return _state["count"] > 0
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came (even one a library swallowed)."""
+    if _state["count"]:
+        raise KeyboardInterrupt
+
+
+class tune_loop:
+    """Around Ray Tune's loop: Ray's handler takes the first SIGINT and then restores the handler it
+    found (ours), so ours firing inside the loop is the second. Ray never restores its handler when
+    no signal came: on exit, ``got`` tells whether Ray received one, and ours is reinstalled so no
+    stale Ray handler swallows a later Ctrl-C. (With TUNE_DISABLE_SIGINT_HANDLER=1 Ray installs
+    none: the first Ctrl-C then raises KeyboardInterrupt here as anywhere else.)"""
+
+    def __init__(self, what: str):
+        self.what, self.got = what, False
+        self.ray_handles = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+
+    def __enter__(self):
+        _state["what"] = self.what
+        install()
+        _state["in_tune"] = self.ray_handles
+        return self
+
+    def __exit__(self, *exc):
+        _state["in_tune"] = False
+        if threading.current_thread() is threading.main_thread():
+            self.got = self.ray_handles and signal.getsignal(signal.SIGINT) is handler
+            install()
+        if self.got:
+            _state["count"] += 1
+        return False
