@@ -525,6 +525,11 @@ def run_sweep(a: SweepArgs) -> dict:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+    # Ray's experiment snapshot names each trial's latest checkpoint, and Ray deletes checkpoints
+    # beyond num_to_keep as new ones arrive: a snapshot older than the deletion made a killed
+    # study's resume fail that trial ("checkpoint does not exist on storage anymore", seen in a
+    # fresh-clone run). Snapshot on every loop step (a small file) and keep two checkpoints.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     import ray
 
     from .tracking import Tracker, git_sha
@@ -626,7 +631,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                                         num_samples=a.trials, max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback], verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=a.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
     interrupts.check()  # a Ctrl-C a library swallowed during set-up
     with interrupts.tune_loop(f"study {name!r}") as loop:
