@@ -31,24 +31,19 @@ def _study_values(tracker, parent_id: str, trials: int) -> list[float | None]:
     return pad_budget(study_values(tracker.client, parent_id), trials)
 
 
-def _study_tests(tracker, parent_id: str, key: str | None, trials: int) -> list[float | None]:
-    """Each trial's ``key`` metric (e.g. test/acc, or time/total_s) at its last epoch, by trial index."""
+def _by_index(children: list, key: str | None, trials: int) -> list[float | None]:
+    """Each trial's ``key`` metric (e.g. test/acc, or time/total_s) at its last epoch, by trial
+    index, from a study's child runs."""
     if key is None:
         return [None] * trials
     from .sweep import MlflowCallback
 
     by_index = {}
-    for r in tracker.child_runs(parent_id):
+    for r in children:
         k = r.data.tags.get(MlflowCallback.INDEX)
         if k is not None:
             by_index[int(k)] = r.data.metrics.get(key)
     return [by_index.get(i) for i in range(1, trials + 1)]
-
-
-def _trial_seconds(tracker, parent_id: str) -> float:
-    """Wall seconds of training over a study's trials (each trial's engine time)."""
-    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
-    return sum(r.data.metrics.get("time/total_s", 0.0) for r in runs)
 
 
 RANDOM_SUFFIX = "@random"
@@ -171,14 +166,14 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                 pid = parent.info.run_id
                 parents[arm].append(pid)
                 per_method[arm].append(_study_values(tracker, pid, base.trials))
-                tests[arm].append(_study_tests(tracker, pid, test_key, base.trials))
-                seconds[arm].append(_study_tests(tracker, pid, "time/total_s", base.trials))
+                kids = tracker.child_runs(pid)  # read once: values by index, seconds, histories
+                tests[arm].append(_by_index(kids, test_key, base.trials))
+                seconds[arm].append(_by_index(kids, "time/total_s", base.trials))
                 if base.scheduler == "asha":  # per-epoch objective of the full-budget trials
                     histories[arm] += [{m.step: m.value for m in tracker.client.get_metric_history(k.info.run_id,
                                                                                                     "objective")}
-                                       for k in tracker.child_runs(pid)
-                                       if k.data.tags.get("bnnsearch.status") == "complete"]
-                secs = _trial_seconds(tracker, pid)
+                                       for k in kids if k.data.tags.get("bnnsearch.status") == "complete"]
+                secs = sum(k.data.metrics.get("time/total_s", 0.0) for k in kids)  # every trial's engine time
                 cpu[arm] += secs * base.cpus_per_trial
                 gpu[arm] += secs * base.gpus_per_trial
                 bv = parent.data.tags.get("best_value")

@@ -634,11 +634,11 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
     interrupts.check()  # a Ctrl-C a library swallowed during set-up
-    with interrupts.tune_loop(f"study {name!r}") as loop:
+    with interrupts.tune_loop(f"study {name!r}"):  # counts a Ctrl-C Ray Tune took as pending
         grid = tuner.fit()  # Ray Tune takes the first Ctrl-C: it stops the trials and saves the experiment
     # A Ctrl-C is an interrupt even when it lands after the last trial finished (a comparison
     # must not go on to its next study); an incomplete record is one whatever the cause.
-    if loop.got or interrupts.pending() or len(tracker.steps(parent_id, "trial_state")) < a.trials:
+    if interrupts.pending() or len(tracker.steps(parent_id, "trial_state")) < a.trials:
         raise _interrupted(tracker, parent_id, a, name)
     sampler_states = {}
     study = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
@@ -666,8 +666,8 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         tracker.set_tags(parent_id, {"best_value": ranked[0]["objective"], "best_trial": ranked[0]["trial"]})
         tracker.log_metrics(parent_id, {"best_value": ranked[0]["objective"]}, step=a.trials)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped early", "diverged", "failed")}
-    tracker.set_tags(parent_id, {f"n_{k.replace(' ', '_')}": v for k, v in counts.items()})
-    tracker.set_tags(parent_id, {"bnnsearch.status": "finished"})
+    tracker.set_tags(parent_id, {**{f"n_{k.replace(' ', '_')}": v for k, v in counts.items()},
+                                 "bnnsearch.status": "finished"})
     tracker.finish(parent_id)
     summary["counts"] = counts
     summary["sampler_states"] = sampler_states
