@@ -53,6 +53,9 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     eval_batch_size: int = 2048
+    # float64 is for exactness checks (a packed member against the same config alone); data
+    # and model are cast, the loss is computed in the same precision.
+    dtype: Literal["float32", "float64"] = "float32"
     # A control, not a method: the binary weights keep their initial signs (their storage is
     # restored after every step) while everything else trains. What a method's binary training
     # adds is its accuracy above this control.

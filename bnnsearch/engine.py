@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from .config import RunConfig
 from .data import augment_batch, load_dataset
 from .errors import UserError
 from .methods import RunInfo, get_method
+from .methods.base import Pack, member_losses, unpackable_hparams, upcast
 from .nn import rng
 
 CKPT_NAME = "state.pt"
@@ -62,16 +62,18 @@ class FitResult:
 
 
 @torch.no_grad()
-def _evaluate(model, forward, x, y, batch_size):
-    model.eval()
-    loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+def _evaluate(pack: Pack, forward, x, y, batch_size):
+    """Per-member (loss, accuracy) on (x, y): two ``[K]`` device tensors, no host sync."""
+    pack.train(False)
+    k = len(pack.members)
+    loss = torch.zeros(k, device=x.device, dtype=torch.float64)
+    correct = torch.zeros(k, device=x.device, dtype=torch.long)
     for i in range(0, len(x), batch_size):
-        logits = forward(model, x[i : i + batch_size]).float()
+        logits = upcast(pack.forward(forward, x[i : i + batch_size]))
         yb = y[i : i + batch_size]
-        loss += F.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    model.train()
+        loss += member_losses(logits.double(), yb, reduction="sum")  # float64: a sum over the whole split
+        correct += (logits.argmax(-1) == yb[:, None]).sum(0)
+    pack.train(True)
     return loss / len(x), correct.float() / len(x)
 
 
@@ -87,17 +89,47 @@ def _restore(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
-def build(cfg: RunConfig, device: torch.device | str = "cpu"):
-    """Data, method, hyperparameters and binarized model of a resolved config."""
-    data = load_dataset(cfg.data, cfg.data_root, cfg.data_obj(), device)
-    method = get_method(cfg.method)
-    hp = cfg.hp()
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_model(cfg: RunConfig, data, method, hp, device):
+    """The binarized model of a resolved config on already loaded data (seeded by cfg.seed)."""
     torch.manual_seed(cfg.seed)
     model = method.build(cfg.arch, cfg.arch_obj(), data.in_shape, data.num_classes, hp, cfg.sign0, cfg.seed)
     model = model.to(device)
+    if cfg.dtype != "float32":
+        model = model.to(DTYPES[cfg.dtype])
     if cfg.channels_last and len(data.in_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
-    return data, method, hp, model
+    return model
+
+
+def load_data(cfg: RunConfig, device):
+    data = load_dataset(cfg.data, cfg.data_root, cfg.data_obj(), device)
+    if cfg.dtype != "float32":
+        for k in ("x_train", "x_val", "x_test"):
+            t = getattr(data, k)
+            if t.is_floating_point():
+                setattr(data, k, t.to(DTYPES[cfg.dtype]))
+    return data
+
+
+def build(cfg: RunConfig, device: torch.device | str = "cpu"):
+    """Data, method, hyperparameters and binarized model of a resolved config."""
+    data = load_data(cfg, device)
+    method = get_method(cfg.method)
+    hp = cfg.hp()
+    return data, method, hp, build_model(cfg, data, method, hp, device)
+
+
+def pack_key(cfg: RunConfig) -> dict:
+    """What every member of a pack shares: the config without the method's packable
+    hyperparameters (``Hparams`` fields whose metadata says ``packable: False`` stay in)."""
+    d = cfg.to_dict()
+    hp = d.pop("hparams")
+    fixed = unpackable_hparams(get_method(cfg.method))
+    d["hparams"] = {k: v for k, v in hp.items() if k in fixed}
+    return d
 
 
 def fit(
@@ -110,144 +142,251 @@ def fit(
     """Train one configuration. ``report(metrics)`` is called once per epoch; a truthy return
     stops training. With ``checkpoint_dir`` the full state is saved after every epoch and a
     run finding a checkpoint there continues from it."""
+    return fit_pack([cfg], [report], checkpoint_dir=checkpoint_dir, threads=threads)[0]
+
+
+@dataclass
+class _Member:
+    cfg: RunConfig
+    hp: Any
+    model: Any
+    setup: Any
+    layers: list
+    total_w: float
+    prev: list
+    init: list
+    frozen: list
+    gen: torch.Generator
+    rows: list
+    static_cost: dict
+    result: FitResult
+    report: Callable[[dict], Any] | None
+    sched_last: dict = field(default_factory=dict)
+
+
+def fit_pack(
+    cfgs: list[RunConfig],
+    reports: list[Callable[[dict], Any] | None] | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    threads: int | None = None,
+) -> list[FitResult]:
+    """Train K configurations that share every structural key as one packed network
+    (``nn/pack.py``); K = 1 is the ordinary single run. Member k is trained exactly as
+    ``fit(cfgs[k])`` would train it: its own optimizers, schedules, quantizers, training random
+    stream and metrics; ``reports[k]`` receives its per-epoch metrics, and a truthy return
+    stops that member only (ASHA), as divergence does. The pack ends when every member has.
+
+    ``time/epoch_s`` of a member is the pack's epoch wall time divided by the members that
+    trained in it (its fair share); ``pack/epoch_s`` is the whole pack's, ``pack/size`` K."""
+    cfg = cfgs[0]
+    k_n = len(cfgs)
+    reports = list(reports) if reports is not None else [None] * k_n
+    if len(reports) != k_n:
+        raise ValueError("one report callback per member")
+    if k_n > 1:
+        key = pack_key(cfg)
+        for c in cfgs[1:]:
+            if c.method != cfg.method or pack_key(c) != key:
+                diff = sorted(k for k in key if key[k] != pack_key(c).get(k)) or ["method"]
+                raise ValueError(f"members of a pack must share every structural key; they differ in {diff}")
     torch.set_num_threads(threads or cfg.threads or available_cpus())
     device = resolve_device(cfg.device)
-    data, method, hp, model = build(cfg, device)
-    method.prepare(model, data)
+    data = load_data(cfg, device)
+    method = get_method(cfg.method)
     n_train, bs = len(data.x_train), min(cfg.batch_size, len(data.x_train))
     steps_per_epoch = max(1, n_train // bs)
     total_steps = cfg.epochs * steps_per_epoch
-    info = RunInfo(total_steps, steps_per_epoch, bs, data.in_shape, data.num_classes, n_train, cfg.seed)
-    setup = method.setup(model, hp, total_steps, info)
-    rows, static_cost = method.inference_cost(model, data.in_shape)
+    members: list[_Member] = []
+    for c, rep in zip(cfgs, reports):
+        hp = c.hp()
+        model = build_model(c, data, method, hp, device)
+        method.prepare(model, data)
+        info = RunInfo(total_steps, steps_per_epoch, bs, data.in_shape, data.num_classes, n_train, c.seed)
+        setup = method.setup(model, hp, total_steps, info)
+        rows, static_cost = method.inference_cost(model, data.in_shape)
+        frozen = [(t, t.detach().clone()) for t in method.binary_storage(model)] if c.freeze_binary else []
+        layers = method.binary_signs(model)
+        prev = [fn() for _, fn, _ in layers]
+        # Every other random draw during training (nn/rng.py): one stream per member, checkpointed.
+        gen = torch.Generator(device=device).manual_seed(c.seed + 3)
+        members.append(_Member(c, hp, model, setup, layers, float(sum(n for _, _, n in layers)) or 1.0, prev,
+                               [s.clone() for s in prev], frozen, gen, rows, static_cost,
+                               FitResult(cost_rows=rows, model=model), rep))
+    pack = Pack([m.model for m in members], [m.setup for m in members], [m.gen for m in members],
+                method.pack_model([m.model for m in members]) if k_n > 1 else None)
+    if k_n > 1:
+        for c in cfgs:
+            if c.freeze_binary:
+                raise ValueError("freeze_binary (a control) is not packed; run it alone")
 
     use_amp = cfg.amp == "bf16" and device.type == "cuda"
-    net = torch.compile(model) if cfg.compile else model
+    target = pack.module if pack.module is not None else members[0].model
+    net = torch.compile(target) if cfg.compile else target
 
     def forward(m, x):
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
         with ctx:
-            return net(x) if m is model else m(x)
+            return net(x) if m is target else m(x)
 
-    frozen = [(t, t.detach().clone()) for t in method.binary_storage(model)] if cfg.freeze_binary else []
-    layers = method.binary_signs(model)
-    total_w = float(sum(n for _, _, n in layers)) or 1.0
-    prev = [fn() for _, fn, _ in layers]
-    init = [s.clone() for s in prev]
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-    # Every other random draw during training (nn/rng.py): one stream, checkpointed with the rest.
-    train_gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
-    result = FitResult(cost_rows=rows, model=model)
     start_epoch, step, elapsed = 0, 0, 0.0
 
     ckpt_path = Path(checkpoint_dir) / CKPT_NAME if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
         st = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(st["model"])
-        for opt, s in zip(setup.optimizers, st["optimizers"]):
-            opt.load_state_dict(s)
+        if len(st["members"]) != k_n:
+            raise ValueError(f"{ckpt_path}: a checkpoint of {len(st['members'])} members, not {k_n}")
+        for m, ms in zip(members, st["members"]):
+            m.model.load_state_dict(ms["model"])
+            for opt, s in zip(m.setup.optimizers, ms["optimizers"]):
+                opt.load_state_dict(s)
+            m.gen.set_state(ms["train_gen"].to(m.gen.get_state().device))
+            m.prev, m.init = ms["prev"], ms["init"]
+            m.result.history = ms["history"]
+            m.result.diverged = ms["diverged"]
+            pack.active[members.index(m)] = ms["active"]
+            _restore(m.setup.state, ms["setup_state"])
         shuffle_gen.set_state(st["shuffle_gen"])
         aug_gen.set_state(st["aug_gen"].to(aug_gen.get_state().device))
-        train_gen.set_state(st["train_gen"].to(train_gen.get_state().device))
-        prev, init = st["prev"], st["init"]
         start_epoch, step, elapsed = st["epoch"], st["step"], st["elapsed"]
-        result.history = st["history"]
-        _restore(setup.state, st["setup_state"])
 
-    with rng.use(train_gen):
-        sched_last: dict[str, float] = {}
-        model.train()
+    n_l = [len(m.layers) for m in members]
+    pack.train(True)
+    with rng.use(members[0].gen):  # a pack's members switch to their own streams (Pack.ctx)
         for epoch in range(start_epoch, cfg.epochs):
+            if not any(pack.active):
+                break
+            live = [i for i, a in enumerate(pack.active) if a]
             t0 = time.perf_counter()
             perm = torch.randperm(n_train, generator=shuffle_gen).to(device, non_blocking=True)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            flips = torch.zeros(len(layers), device=device)
+            loss_sum = torch.zeros(k_n, device=device, dtype=torch.float64)
+            correct = torch.zeros(k_n, device=device, dtype=torch.long)
+            flips = [torch.zeros(n, device=device) for n in n_l]
             for i in range(steps_per_epoch):
                 idx = perm[i * bs : (i + 1) * bs]
                 x, y = data.x_train[idx], data.y_train[idx]
                 if data.augment:
                     x = augment_batch(x, aug_gen)
                 progress = step / total_steps
-                for s in setup.scheduled:
-                    v = s.value(progress)
-                    s.apply(v)
-                    sched_last[s.name] = v
-                for hook in setup.on_step:
-                    hook(step, progress)
-                loss, logits = method.train_step(model, x, y, setup, forward)
-                if frozen:
-                    with torch.no_grad():
-                        for t, t0_ in frozen:
+                for j in live:
+                    m = members[j]
+                    with pack.ctx(j):
+                        for s in m.setup.scheduled:
+                            v = s.value(progress)
+                            s.apply(v)
+                            m.sched_last[s.name] = v
+                        for hook in m.setup.on_step:
+                            hook(step, progress)
+                if k_n == 1:
+                    loss, logits = method.train_step(members[0].model, x, y, members[0].setup, forward)
+                    loss, logits = loss.reshape(1), logits.unsqueeze(1)
+                else:
+                    loss, logits = method.train_step_pack(pack, x, y, forward)
+                for j in live:
+                    for t, t0_ in members[j].frozen:
+                        with torch.no_grad():
                             t.copy_(t0_)
                 loss_sum += loss * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                for j, (_, sign_fn, _) in enumerate(layers):
-                    cur = sign_fn()
-                    flips[j] += (cur != prev[j]).sum()
-                    prev[j] = cur
+                correct += (logits.argmax(-1) == y[:, None]).sum(0)
+                for j in live:
+                    m = members[j]
+                    with pack.ctx(j):
+                        for li, (_, sign_fn, _) in enumerate(m.layers):
+                            cur = sign_fn()
+                            flips[j][li] += (cur != m.prev[li]).sum()
+                            m.prev[li] = cur
                 step += 1
-            for hook in setup.on_epoch_end:
-                hook()
-            val_loss, val_acc = _evaluate(model, forward, data.x_val, data.y_val, cfg.eval_batch_size)
-            test_loss, test_acc = _evaluate(model, forward, data.x_test, data.y_test, cfg.eval_batch_size)
-            from_init = torch.stack([(p != s).sum() for p, s in zip(prev, init)]).float() if layers else flips
+            for j in live:
+                with pack.ctx(j):
+                    for hook in members[j].setup.on_epoch_end:
+                        hook()
+            val_loss, val_acc = _evaluate(pack, forward, data.x_val, data.y_val, cfg.eval_batch_size)
+            test_loss, test_acc = _evaluate(pack, forward, data.x_test, data.y_test, cfg.eval_batch_size)
             n_seen = steps_per_epoch * bs
-            head = torch.stack([loss_sum / n_seen, correct.float() / n_seen, val_loss, val_acc, test_loss, test_acc])
-            extras: dict[str, Any] = {}
-            for fn in setup.epoch_metrics:
-                extras.update(fn())
-            dev_keys = [k for k, v in extras.items() if isinstance(v, torch.Tensor)]
-            dev_vals = [extras[k].detach().float().reshape(()).to(device) for k in dev_keys]
-            vals = torch.cat([head, flips, from_init, *[v[None] for v in dev_vals]]).tolist()  # the one host sync
-            extras.update(zip(dev_keys, vals[len(vals) - len(dev_keys):]))
+            blocks, extras_all = [], []
+            for j in live:
+                m = members[j]
+                from_init = torch.stack([(p != s).sum() for p, s in zip(m.prev, m.init)]).float() if m.layers else flips[j]
+                head = torch.stack([loss_sum[j] / n_seen, correct[j].double() / n_seen, val_loss[j],
+                                    val_acc[j].double(), test_loss[j], test_acc[j].double()])
+                extras: dict[str, Any] = {}
+                with pack.ctx(j):
+                    for fn in m.setup.epoch_metrics:
+                        extras.update(fn())
+                dev_keys = [k for k, v in extras.items() if isinstance(v, torch.Tensor)]
+                dev_vals = [extras[k].detach().double().reshape(1).to(device) for k in dev_keys]
+                blocks += [head, flips[j].double(), from_init.double(), *dev_vals]
+                extras_all.append((extras, dev_keys))
+            flat = torch.cat(blocks).tolist()  # the one host sync of the epoch, for every member
             epoch_s = time.perf_counter() - t0
             elapsed += epoch_s
-            tr_loss, tr_acc, v_loss, v_acc, t_loss, t_acc = vals[:6]
-            n_l = len(layers)
-            fl, fi = vals[6 : 6 + n_l], vals[6 + n_l : 6 + 2 * n_l]
-            diverged = not all(math.isfinite(v) for v in (tr_loss, v_loss, t_loss))
-            m: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "train/loss": tr_loss, "train/acc": tr_acc,
-                "val/loss": v_loss, "val/acc": v_acc,
-                "test/loss": t_loss, "test/acc": t_acc,
-                "bin/flip_ratio": sum(fl) / (total_w * steps_per_epoch),
-                "bin/flip_from_init": sum(fi) / total_w,
-            }
-            for (name, _, numel), f, f0 in zip(layers, fl, fi):
-                m[f"bin/flip_ratio/{name}"] = f / (numel * steps_per_epoch)
-                m[f"bin/flip_from_init/{name}"] = f0 / numel
-            m.update({f"sched/{k}": v for k, v in sched_last.items()})
-            m.update(extras)
-            m.update(static_cost)
-            m["time/epoch_s"] = epoch_s
-            m["time/total_s"] = elapsed
-            m["diverged"] = int(diverged)
-            if diverged:
-                for k in list(m):
-                    if isinstance(m[k], float) and math.isnan(m[k]) and not k.endswith(("/acc", "/loss")):
-                        del m[k]  # a method's diagnostic of the NaN weights: no value to record
-                    elif k.endswith("/acc"):
-                        m[k] = 0.0
-                    elif k.endswith("/loss"):
-                        m[k] = math.inf
-            result.history.append(m)
-            result.diverged = diverged
+            pos = 0
+            for j, (extras, dev_keys) in zip(live, extras_all):
+                m = members[j]
+                width = 6 + 2 * n_l[j] + len(dev_keys)
+                vals, pos = flat[pos : pos + width], pos + width
+                extras.update(zip(dev_keys, vals[width - len(dev_keys):]))
+                metrics = _epoch_metrics(m, epoch, vals, n_l[j], steps_per_epoch, extras, epoch_s / len(live), elapsed / len(live) if k_n > 1 else elapsed)
+                if k_n > 1:
+                    metrics["pack/size"] = k_n
+                    metrics["pack/epoch_s"] = epoch_s
+                m.result.history.append(metrics)
+                m.result.diverged = bool(metrics["diverged"])
             if ckpt_path is not None:
                 state = {
-                    "model": model.state_dict(), "optimizers": [o.state_dict() for o in setup.optimizers],
+                    "members": [{
+                        "model": m.model.state_dict(), "optimizers": [o.state_dict() for o in m.setup.optimizers],
+                        "train_gen": m.gen.get_state(), "prev": m.prev, "init": m.init, "history": m.result.history,
+                        "diverged": m.result.diverged, "setup_state": dict(m.setup.state),
+                        "active": pack.active[j] and not m.result.diverged,
+                    } for j, m in enumerate(members)],
                     "shuffle_gen": shuffle_gen.get_state(), "aug_gen": aug_gen.get_state(),
-                    "train_gen": train_gen.get_state(),
-                    "prev": prev, "init": init, "epoch": epoch + 1, "step": step, "elapsed": elapsed,
-                    "history": result.history, "setup_state": dict(setup.state),
+                    "epoch": epoch + 1, "step": step, "elapsed": elapsed,
                 }
+                # A member is deactivated below only after its report; the saved flag anticipates
+                # divergence (final) but not a stop the report returns (re-asked after a resume).
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save(state, tmp)
                 tmp.replace(ckpt_path)
-            stop = report(m) if report is not None else None
-            if diverged or stop:
-                break
-    return result
+            for j in live:
+                m = members[j]
+                stop = m.report(m.result.history[-1]) if m.report is not None else None
+                if m.result.diverged or stop:
+                    pack.active[j] = False
+    return [m.result for m in members]
+
+
+def _epoch_metrics(m: _Member, epoch: int, vals: list, n_l: int, steps_per_epoch: int, extras: dict,
+                   epoch_s: float, total_s: float) -> dict:
+    tr_loss, tr_acc, v_loss, v_acc, t_loss, t_acc = vals[:6]
+    fl, fi = vals[6 : 6 + n_l], vals[6 + n_l : 6 + 2 * n_l]
+    diverged = not all(math.isfinite(v) for v in (tr_loss, v_loss, t_loss))
+    out: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train/loss": tr_loss, "train/acc": tr_acc,
+        "val/loss": v_loss, "val/acc": v_acc,
+        "test/loss": t_loss, "test/acc": t_acc,
+        "bin/flip_ratio": sum(fl) / (m.total_w * steps_per_epoch),
+        "bin/flip_from_init": sum(fi) / m.total_w,
+    }
+    for (name, _, numel), f, f0 in zip(m.layers, fl, fi):
+        out[f"bin/flip_ratio/{name}"] = f / (numel * steps_per_epoch)
+        out[f"bin/flip_from_init/{name}"] = f0 / numel
+    out.update({f"sched/{k}": v for k, v in m.sched_last.items()})
+    out.update(extras)
+    out.update(m.static_cost)
+    out["time/epoch_s"] = epoch_s
+    out["time/total_s"] = total_s
+    out["diverged"] = int(diverged)
+    if diverged:
+        for k in list(out):
+            if isinstance(out[k], float) and math.isnan(out[k]) and not k.endswith(("/acc", "/loss")):
+                del out[k]  # a method's diagnostic of the NaN weights: no value to record
+            elif k.endswith("/acc"):
+                out[k] = 0.0
+            elif k.endswith("/loss"):
+                out[k] = math.inf
+    return out

@@ -1,6 +1,7 @@
 """The Method base class, the registry and shared optimizer plumbing."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
@@ -11,6 +12,7 @@ from torch import nn
 from ..archs import build_arch
 from ..cost import cost_table
 from ..nn import binarize, binary_layers, is_binary_param, weight_quantizer
+from ..nn import rng
 from ..nn.binarize import stored_weight
 from ..registry import Registry
 
@@ -76,6 +78,84 @@ class Setup:
     state: dict = field(default_factory=dict)
     # Method-private objects for train_step (per run; methods are shared singletons).
     ctx: Any = None
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits to float32 for the loss; float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def member_losses(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of each member of packed logits ``[N, K, C]``: a ``[K]`` tensor (the
+    mean, or with ``reduction='sum'`` the sum, over the batch). Never mixes members."""
+    n, k, _ = logits.shape
+    per = F.cross_entropy(upcast(logits).transpose(1, 2), y[:, None].expand(n, k), reduction="none")
+    return per.sum(0) if reduction == "sum" else per.mean(0)
+
+
+def packable(field_: "dataclasses.Field") -> bool:
+    return bool(field_.metadata.get("packable", True))
+
+
+def unpackable_hparams(method: "Method") -> set[str]:
+    """The method's hyperparameters every member of a pack must share (``Hparams`` fields with
+    ``metadata={"packable": False}``): they change what one training step does as a whole."""
+    return {f.name for f in dataclasses.fields(method.Hparams) if not packable(f)}
+
+
+@dataclass
+class Pack:
+    """K members trained together (``engine.fit_pack``). ``module`` is the fused network
+    (``nn.pack.PackedModel``) or None when the method trains its members one after another
+    inside the pack (``Method.pack_model`` returned None). ``active[k]`` is False once member k
+    diverged or was stopped: it takes no more optimizer steps and adds nothing to the loss."""
+
+    members: list[nn.Module]
+    setups: list[Setup]
+    gens: list[torch.Generator]
+    module: nn.Module | None = None
+    active: list[bool] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.active:
+            self.active = [True] * len(self.members)
+        if self.module is not None:
+            self.module.gens = self.gens
+
+    def ctx(self, k: int):
+        """Member k's training random stream installed (nn/rng.py)."""
+        return rng.use(self.gens[k])
+
+    def live(self) -> list[int]:
+        return [k for k, a in enumerate(self.active) if a]
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.members:
+            m.train(mode)
+        if self.module is not None:
+            self.module.train(mode)
+
+    def forward(self, forward, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, K, C]`` of every member (fused, or member by member)."""
+        if self.module is not None:
+            return forward(self.module, x)
+        if len(self.members) == 1:
+            return forward(self.members[0], x).unsqueeze(1)
+        outs = []
+        for k, m in enumerate(self.members):
+            with self.ctx(k):
+                outs.append(forward(m, x))
+        return torch.stack(outs, 1)
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Backpropagate the sum of the live members' losses and hand every member parameter
+        its slice of the stacked gradients. Stacked gradients start from zero on every call
+        (each member's own optimizers zero its unstacked ones, as when it trains alone)."""
+        for p in self.module.parameters():
+            p.grad = None
+        live = self.live()
+        (losses[live].sum() if len(live) < len(self.members) else losses.sum()).backward()
+        self.module.scatter_grads()
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -181,8 +261,52 @@ class Method:
         for opt in setup.optimizers:
             opt.zero_grad(set_to_none=True)
         logits = forward(model, x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(upcast(logits), y)
         loss.backward()
         for opt in setup.optimizers:
             opt.step()
         return loss.detach(), logits.detach()
+
+    def pack_model(self, members: list[nn.Module]) -> nn.Module | None:
+        """The fused network of a pack's members (``nn.pack.PackedModel``: one stacked network
+        for every registered arch). A method whose step cannot run fused returns None: its
+        members then train one after another inside the pack (exact, without the speed-up)."""
+        from ..nn.pack import PackedModel
+
+        return PackedModel(members)
+
+    def train_step_pack(self, pack: Pack, x: torch.Tensor, y: torch.Tensor, forward) -> tuple:
+        """One update of every live member of a pack; returns (losses ``[K]``, logits
+        ``[N, K, C]``) detached. The default mirrors ``train_step``: zero, one forward of the
+        fused network, the sum of the member losses backward, each live member's optimizers
+        step. Methods whose ``train_step`` does more override this as well."""
+        if pack.module is None:
+            return self._sequential_step(pack, x, y, forward)
+        live = pack.live()
+        for k in live:
+            for opt in pack.setups[k].optimizers:
+                opt.zero_grad(set_to_none=True)
+        logits = forward(pack.module, x)
+        losses = member_losses(logits, y)
+        pack.backward(losses)
+        for k in live:
+            for opt in pack.setups[k].optimizers:
+                opt.step()
+        return losses.detach(), logits.detach()
+
+    def _sequential_step(self, pack: Pack, x, y, forward) -> tuple:
+        """Each live member's own ``train_step``, one after another (a pack without fusion)."""
+        losses, logits = [], []
+        for k, (m, s) in enumerate(zip(pack.members, pack.setups)):
+            if pack.active[k]:
+                with pack.ctx(k):
+                    loss, lg = self.train_step(m, x, y, s, forward)
+            else:
+                loss, lg = None, None
+            losses.append(loss)
+            logits.append(lg)
+        ref_l = next(v for v in losses if v is not None)
+        ref_g = next(v for v in logits if v is not None)
+        losses = [v if v is not None else torch.full_like(ref_l, float("nan")) for v in losses]
+        logits = [v if v is not None else torch.zeros_like(ref_g) for v in logits]
+        return torch.stack(losses), torch.stack(logits, 1)

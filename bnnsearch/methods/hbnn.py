@@ -18,7 +18,7 @@ Reported: ``hbnn/max_boundary`` (largest sqrt(c)|p|; alarm above 0.99) and the p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..nn import binary_layers, is_binary_param, weight_quantizer
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
 from ..schedules import decay
-from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params, member_losses, upcast
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,9 @@ class HbnnHparams:
     cluster_size: int = 2
     cluster_lr: float = 1e-2
     cluster_init: float = 0.5  # ball: initial |p| as a fraction of the radius
-    cluster_every: int = 1
-    update_mode: Literal["alternating", "simultaneous"] = "alternating"
+    # Shared by a pack's members: they decide how many forward passes a step makes.
+    cluster_every: int = field(default=1, metadata={"packable": False})
+    update_mode: Literal["alternating", "simultaneous"] = field(default="alternating", metadata={"packable": False})
     assign: Literal["roundrobin", "nearest"] = "roundrobin"
     ste: Literal["identity", "clip", "approx", "rbnn"] = "identity"
     scale: bool = True
@@ -125,10 +126,35 @@ class HBNN(Method):
         for opt in (opt_w, opt_f, opt_fp):
             opt.zero_grad(set_to_none=True)
         logits = forward(model, x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(upcast(logits), y)
         loss.backward()
         opt_w.step()
         opt_fp.step()
         if hp.update_mode == "simultaneous" and cluster_step:
             opt_f.step()
         return loss.detach(), logits.detach()
+
+    def train_step_pack(self, pack: Pack, x, y, forward):
+        """``train_step`` for a fused pack (update_mode and cluster_every are shared)."""
+        live = pack.live()
+        ctxs = [pack.setups[k].ctx for k in live]
+        hp = ctxs[0][3]
+        cluster_step = pack.setups[live[0]].state["step"] % hp.cluster_every == 0
+        if hp.update_mode == "alternating" and cluster_step:
+            for c in ctxs:
+                c[1].zero_grad(set_to_none=True)
+            pack.backward(member_losses(forward(pack.module, x), y))
+            for c in ctxs:
+                c[1].step()
+        for c in ctxs:
+            for opt in c[:3]:
+                opt.zero_grad(set_to_none=True)
+        logits = forward(pack.module, x)
+        losses = member_losses(logits, y)
+        pack.backward(losses)
+        for opt_w, opt_f, opt_fp, _ in ctxs:
+            opt_w.step()
+            opt_fp.step()
+            if hp.update_mode == "simultaneous" and cluster_step:
+                opt_f.step()
+        return losses.detach(), logits.detach()

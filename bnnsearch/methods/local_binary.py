@@ -189,6 +189,12 @@ class LocalBinary(Method):
             thr = thr[:, None].expand(x.shape[1], x.shape[2] * x.shape[3]).flatten()
         model.threshold.copy_(thr)
 
+    def pack_model(self, members):
+        """None: a pack's members train one after another (each step is an integer update per
+        layer with its own group selection, not one differentiable network to fuse). Exact;
+        a pack then saves Ray's and MLflow's per-trial overhead only, not compute."""
+        return None
+
     def binary_storage(self, model: LocalBinaryNet):
         return [model.H(l) for l in range(model.n_layers)]
 

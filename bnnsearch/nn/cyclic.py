@@ -130,6 +130,9 @@ class _GradQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, g_bits):
         ctx.g = g_bits
+        # The stream installed when the forward ran: a packed member's backward then draws
+        # from its own stream, whatever order autograd runs the members' nodes in.
+        ctx.gen = rng.generator(x.device)
         return x.view_as(x)
 
     @staticmethod
@@ -137,7 +140,8 @@ class _GradQuant(torch.autograd.Function):
         levels = 2.0 ** ctx.g - 1
         lo, hi = grad.amin(), grad.amax()
         s = torch.clamp((hi - lo) / levels, min=1e-12)
-        q = torch.floor((grad - lo) / s + rng.rand_like(grad))
+        noise = torch.rand(grad.shape, dtype=grad.dtype, device=grad.device, generator=ctx.gen)
+        q = torch.floor((grad - lo) / s + noise)
         return lo + s * q.clamp(0, levels), None
 
 

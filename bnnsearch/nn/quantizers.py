@@ -72,6 +72,12 @@ class Quantizer(nn.Module):
         """Boolean 'is +1' of the binary value ``x`` maps to (for flip statistics)."""
         return self.hard(x.detach()) > 0
 
+    def pack_key(self):
+        """Packed trials (nn/pack.py): a key equal for quantizers that may be applied once to
+        all members' activations together, or None (applied to each member's slice). Only
+        stateless element-wise maps that draw no random numbers return a key."""
+        return None
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, sign0={self.sign0}"
 
@@ -81,6 +87,9 @@ class Identity(Quantizer):
     """Full precision: forward and backward are the identity (bits=32)."""
 
     bits = 32
+
+    def pack_key(self):
+        return (type(self).__name__, self.sign0) if self.sign0 != "random" else None
 
     def forward(self, x):
         return x
@@ -93,6 +102,9 @@ class Identity(Quantizer):
 class SteSign(Quantizer):
     """F = sign, B = identity (the plain straight-through estimator, BinaryConnect's pair)."""
 
+    def pack_key(self):
+        return (type(self).__name__, self.sign0) if self.sign0 != "random" else None
+
     def forward(self, x):
         if not self.training:
             return self.hard(x)
@@ -103,6 +115,9 @@ class SteSign(Quantizer):
 class SteClipSign(Quantizer):
     """F = sign, B = 1{|x| <= 1} (the BNN/Hubara STE with gradient cancelling)."""
 
+    def pack_key(self):
+        return (type(self).__name__, self.sign0) if self.sign0 != "random" else None
+
     def forward(self, x):
         if not self.training:
             return self.hard(x)
@@ -112,6 +127,9 @@ class SteClipSign(Quantizer):
 @register_quantizer("approx_sign")
 class ApproxSign(Quantizer):
     """F = sign, B = max(0, 2 - 2|x|) (Bi-Real's ApproxSign; ReCU's activation surrogate)."""
+
+    def pack_key(self):
+        return (type(self).__name__, self.sign0) if self.sign0 != "random" else None
 
     def forward(self, x):
         if not self.training:

@@ -1,0 +1,90 @@
+"""Packed trials against the same configurations trained one after another, in one process.
+
+For each setting, K configurations of one method (log-spaced learning rates or alphas, so the
+members really differ) are trained (a) one after another with ``engine.fit``, (b) as one pack
+with ``engine.fit_pack``, in the same warm process, for the same epochs. Printed: the summed
+median epoch seconds of the K lone runs, the median epoch seconds of the pack, and their ratio
+(> 1: the pack is faster). The first epoch is dropped as warm-up. The last line is the
+headline: ``packed speedup at K=8 (mlp 64x3, digits, cpu)``.
+
+    python benchmarks/packed.py                  # CPU settings (a few minutes on 2 cores)
+    python benchmarks/packed.py --gpu            # + vgg_small and resnet20, CIFAR-shaped tensors, bf16
+    python benchmarks/packed.py --quick          # K in {1, 8}, one method: a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bnnsearch.config import resolve
+from bnnsearch.engine import fit, fit_pack
+
+# The hyperparameter each method's members differ in, and its range (log-spaced over K).
+VARY = {"latent": ("lr", 0.3, 30.0), "filtered": ("alpha", 1e-4, 1e-1), "proxconnect": ("lr", 1e-4, 1e-2),
+        "cyclebnn": ("lr", 1e-4, 1e-2), "hbnn": ("lr", 0.01, 1.0)}
+
+
+def member_cfgs(base: dict, method: str, k: int):
+    key, lo, hi = VARY[method]
+    vals = [lo * (hi / lo) ** (i / max(k - 1, 1)) for i in range(k)]
+    return [resolve({**base, "method": method, "hparams": {key: v}}) for v in vals]
+
+
+def median_tail(ts):
+    return statistics.median(ts[1:] if len(ts) > 1 else ts)
+
+
+def bench(label: str, base: dict, method: str, k: int) -> float:
+    cfgs = member_cfgs(base, method, k)
+    alone = sum(median_tail([m["time/epoch_s"] for m in fit(c).history]) for c in cfgs)
+    res = fit_pack(cfgs)
+    key = "pack/epoch_s" if k > 1 else "time/epoch_s"
+    packed = median_tail([m[key] for m in res[0].history])
+    ratio = alone / packed
+    print(f"{label:<40} {method:<12} K={k:<3} one after another {alone:8.3f}s/epoch   packed {packed:8.3f}s/epoch"
+          f"   ratio {ratio:5.2f}x", flush=True)
+    return ratio
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--gpu", action="store_true", help="also vgg_small and resnet20 on CUDA (bf16, channels_last)")
+    ap.add_argument("--quick", action="store_true", help="K in {1, 8} and latent only")
+    args = ap.parse_args()
+    ks = [1, 8] if args.quick else [1, 4, 8, 16]
+    methods = ["latent"] if args.quick else ["latent", "filtered", "proxconnect"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", {torch.cuda.get_device_name()}" if args.gpu else ""), flush=True)
+    common = dict(epochs=args.epochs, batch_size=128, device="cpu", data_root="./data", seed=0)
+    settings = [("mlp 128x3, mnist1d, cpu", dict(common, arch="mlp", data="mnist1d", arch_args={"widths": [128] * 3})),
+                ("mlp 64x3, digits, cpu", dict(common, arch="mlp", data="digits", arch_args={"widths": [64] * 3}))]
+    headline = math.nan
+    for label, base in (settings[1:] if args.quick else settings):
+        for method in methods:
+            for k in ks:
+                r = bench(label, base, method, k)
+                if k == 8 and method == "latent" and label.startswith("mlp 64x3"):
+                    headline = r
+    if args.gpu:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "cifar_shaped.npz"
+            g = np.random.default_rng(0)
+            np.savez(p, x=g.normal(size=(10000, 3, 32, 32)).astype(np.float32), y=g.integers(0, 10, 10000),
+                     x_test=g.normal(size=(2000, 3, 32, 32)).astype(np.float32), y_test=g.integers(0, 10, 2000))
+            for arch in ("vgg_small", "resnet20"):
+                base = dict(common, arch=arch, data="npz", data_root=str(p), device="cuda", amp="bf16",
+                            channels_last=True, batch_size=256)
+                for k in (1, 8, 32):
+                    bench(f"{arch}, CIFAR-shaped, bf16, cuda", base, "latent", k)
+    print(f"packed speedup at K=8 (mlp 64x3, digits, cpu): {headline:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Packed trials (nn/pack.py, engine.fit_pack): a member of a pack is trained exactly as the
+same configuration alone.
+
+Reference: ``engine.fit`` on each configuration alone. In float64 the binary signs of every
+member must equal the lone run's after every step, and every per-epoch metric must agree (to
+1e-9 relative: a batched matmul may round differently from an unbatched one in the last bit).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bnnsearch.config import resolve
+from bnnsearch.engine import fit, fit_pack
+from bnnsearch.methods import get_method
+from bnnsearch.nn.pack import NotPackable, PackedModel
+
+MLP = {"arch": "mlp", "arch_args": {"widths": [32, 32]}}
+LOCAL = {"arch_args": {"widths": [48, 48]}}
+
+# Per method: configs differing in packable hyperparameters, incl. ones that change quantizers.
+CASES = {
+    "latent": (MLP, [{"lr": 1.0}, {"lr": 30.0, "init_scale": 0.0, "clipping": True, "clip_mode": "both"},
+                     {"lr": 3.0, "scaling": True, "act": "approx_sign", "momentum": 0.5}]),
+    "filtered": (MLP, [{"alpha": 1e-3}, {"alpha": 1e-2, "gamma": 0.5}, {"alpha": 1e-1, "alpha_decay": "none"}]),
+    "proxconnect": (MLP, [{"pair": "bnn"}, {"pair": "pc", "lr": 0.01}, {"pair": "bnn++", "optimizer": "sgd"}]),
+    "cyclebnn": (MLP, [{"b_min": 2, "b_max": 6}, {"b_min": 3, "b_max": 8, "cycles": 2, "lr": 3e-3},
+                       {"grad_bits": 4, "precision_mode": "true_kbit_forward"}]),
+    "hbnn": (MLP, [{}, {"radius": 0.5, "lr": 0.3}, {"cluster_size": 4, "cluster_lr": 0.1}]),
+    "local_binary": (LOCAL, [{"group_size": 8}, {"robustness": 0.5, "hidden_bits": 6, "group_size": 8},
+                             {"group_size": 4, "p_r": 0.1}]),
+}
+
+
+def _cfgs(method, extra, hps, **kw):
+    base = {"method": method, "data": "digits", "epochs": 3, "batch_size": 64, "seed": 3, "device": "cpu",
+            "dtype": "float64", "threads": 1, **extra, **kw}
+    return [resolve({**base, "hparams": h}) for h in hps]
+
+
+class _SignRecorder:
+    """Records every member's binary signs after every training step (solo and packed)."""
+
+    def __init__(self, monkeypatch, method):
+        self.solo: list[list[torch.Tensor]] = []
+        self.pack: list[list[list[torch.Tensor]]] = []
+        m = get_method(method)
+        step, step_pack = m.train_step, m.train_step_pack
+
+        def signs(model):
+            return [fn().clone() for _, fn, _ in m.binary_signs(model)]
+
+        def rec_solo(model, *a, **k):
+            out = step(model, *a, **k)
+            self.solo.append(signs(model))
+            return out
+
+        def rec_pack(pack, *a, **k):
+            out = step_pack(pack, *a, **k)
+            self.pack.append([signs(mm) for mm in pack.members])
+            return out
+
+        monkeypatch.setattr(m, "train_step", rec_solo)
+        monkeypatch.setattr(m, "train_step_pack", rec_pack)
+
+
+def _same_history(a: list[dict], b: list[dict]):
+    assert len(a) == len(b)
+    for ea, eb in zip(a, b):
+        for key, va in ea.items():
+            if key.startswith(("time/", "pack/")):
+                continue
+            vb = eb[key]
+            if isinstance(va, float):
+                assert math.isclose(va, vb, rel_tol=1e-9, abs_tol=1e-12), (key, ea["epoch"], va, vb)
+            else:
+                assert va == vb, (key, va, vb)
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_member_equals_the_config_trained_alone(method, monkeypatch):
+    extra, hps = CASES[method]
+    cfgs = _cfgs(method, extra, hps)
+    rec = _SignRecorder(monkeypatch, method)
+    alone = [fit(c).history for c in cfgs]
+    steps = len(rec.solo) // len(cfgs)
+    packed = fit_pack(cfgs)
+    assert len(rec.pack) == steps > 0
+    for k in range(len(cfgs)):
+        for s in range(steps):
+            want, got = rec.solo[k * steps + s], rec.pack[s][k]
+            assert all(torch.equal(w, g) for w, g in zip(want, got)), f"member {k}, step {s}: signs differ"
+        _same_history(alone[k], packed[k].history)
+        assert packed[k].history[-1]["pack/size"] == len(cfgs)
+    # The members really differ (else the check above proves little).
+    finals = {tuple(h[-1][k] for k in ("val/loss", "train/loss")) for h in alone}
+    assert len(finals) == len(cfgs)
+
+
+@pytest.mark.parametrize("arch,args,method,hps", [
+    ("resnet20", {"width": 0.25}, "cyclebnn", [{"b_min": 2}, {"b_min": 4, "lr": 3e-3}]),
+    ("resnet18", {"width": 0.0625}, "latent", [{"lr": 1.0}, {"lr": 30.0, "init_scale": 0.0}]),
+    ("vgg_small", {"width": 0.0625}, "proxconnect", [{"pair": "bnn"}, {"pair": "bnn+"}]),
+])
+def test_conv_archs_pack_exactly(arch, args, method, hps):
+    cfgs = _cfgs(method, {"arch": arch, "arch_args": args}, hps, epochs=1)
+    alone = [fit(c).history for c in cfgs]
+    for a, p in zip(alone, fit_pack(cfgs)):
+        _same_history(a, p.history)
+
+
+def test_random_sign0_draws_from_each_members_stream():
+    cfgs = _cfgs("latent", MLP, [{"init_scale": 0.0, "lr": 1.0}, {"init_scale": 0.0, "lr": 5.0}], sign0="random",
+                 epochs=2)
+    alone = [fit(c).history for c in cfgs]
+    for a, p in zip(alone, fit_pack(cfgs)):
+        _same_history(a, p.history)
+
+
+def test_a_diverging_member_is_frozen_and_the_others_go_on():
+    cfgs = _cfgs("latent", MLP, [{"lr": 1.0}, {"lr": 1.0, "fp_optimizer": "sgd", "fp_lr": 1e305}, {"lr": 10.0}], epochs=3)
+    alone = [fit(c) for c in cfgs]
+    assert alone[1].diverged and not alone[0].diverged  # the control: fp_lr 1e305 diverges alone too
+    packed = fit_pack(cfgs)
+    assert packed[1].diverged and len(packed[1].history) == len(alone[1].history) < 3
+    for k in (0, 2):
+        assert not packed[k].diverged
+        _same_history(alone[k].history, packed[k].history)
+
+
+def test_a_stopped_member_is_masked_and_the_others_go_on():
+    cfgs = _cfgs("filtered", MLP, [{"alpha": 1e-3}, {"alpha": 1e-2}, {"alpha": 3e-2}], epochs=3)
+    alone = [fit(c).history for c in cfgs]
+    seen = []
+    packed = fit_pack(cfgs, [None, lambda m: seen.append(m["epoch"]) or True, None])
+    assert seen == [1] and len(packed[1].history) == 1
+    _same_history(alone[1][:1], packed[1].history)
+    for k in (0, 2):
+        _same_history(alone[k], packed[k].history)
+
+
+def test_pack_resumes_from_its_checkpoint(tmp_path):
+    cfgs = _cfgs("latent", MLP, [{"lr": 1.0}, {"lr": 10.0}], epochs=3)
+    full = fit_pack(cfgs)
+    stop_at_2 = [lambda m: m["epoch"] >= 2] * 2
+    fit_pack(cfgs, stop_at_2, checkpoint_dir=tmp_path)
+    # The stop came from the reports, not a divergence: a resumed pack trains on.
+    resumed = fit_pack(cfgs, checkpoint_dir=tmp_path)
+    for f, r in zip(full, resumed):
+        _same_history(f.history, r.history)
+
+
+def test_structural_keys_must_match():
+    a = _cfgs("latent", MLP, [{}])[0]
+    b = _cfgs("latent", {"arch": "mlp", "arch_args": {"widths": [16, 16]}}, [{}])[0]
+    with pytest.raises(ValueError, match="arch_args"):
+        fit_pack([a, b])
+    h1, h2 = _cfgs("hbnn", MLP, [{"update_mode": "alternating"}, {"update_mode": "simultaneous"}])
+    with pytest.raises(ValueError, match="hparams"):
+        fit_pack([h1, h2])
+
+
+def test_a_module_with_no_packed_form_is_refused_by_name():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(3))
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x * self.scale)
+
+    with pytest.raises(NotPackable, match="Odd"):
+        PackedModel([Odd(), Odd()])
+
+
+def test_float32_members_agree_within_seed_noise():
+    """In float32 a batched matmul rounds differently, so a member may drift from its lone run;
+    the drift must stay within the seed-to-seed spread of the same config (measured here)."""
+    hps = [{"lr": 1.0}, {"lr": 10.0}, {"lr": 3.0, "init_scale": 0.0}]
+    cfgs = _cfgs("latent", MLP, hps, dtype="float32", epochs=4)
+    alone = [fit(c).history[-1]["val/acc"] for c in cfgs]
+    packed = [r.history[-1]["val/acc"] for r in fit_pack(cfgs)]
+    seeds = [fit(c).history[-1]["val/acc"] for c in (_cfgs("latent", MLP, [hps[0]], dtype="float32", epochs=4,
+                                                           seed=s)[0] for s in (11, 12))]
+    noise = max(abs(s - alone[0]) for s in seeds) + 1 / 144  # one validation sample of digits
+    assert max(abs(a - p) for a, p in zip(alone, packed)) <= noise
