@@ -10,6 +10,11 @@ headline: ``packed speedup at K=8 (mlp 64x3, digits, cpu)``.
     python benchmarks/packed.py                  # CPU settings (a few minutes on 2 cores)
     python benchmarks/packed.py --gpu            # + vgg_small and resnet20, CIFAR-shaped tensors, bf16
     python benchmarks/packed.py --quick          # K in {1, 8}, one method: a smoke run
+    python benchmarks/packed.py --study          # + a 32-trial study, --pack 8 against --pack 1
+
+``--study`` runs two real studies (Ray Tune local, random sampler, MLflow on SQLite, mlp 64x3 on
+digits, 10 epochs) with the same seed, one packed by 8 and one not, and prints the wall-clock
+ratio: everything a study pays per trial (Ray actors, MLflow runs, cost tables) included.
 """
 from __future__ import annotations
 
@@ -52,11 +57,44 @@ def bench(label: str, base: dict, method: str, k: int) -> float:
     return ratio
 
 
+def study_ratio(trials: int = 32, pack: int = 8) -> float:
+    import time
+
+    import ray
+    import yaml
+
+    from bnnsearch.spaces import load_space
+    from bnnsearch.sweep import SweepArgs, run_sweep
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    secs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sp = Path(tmp) / "space.yaml"
+        sp.write_text(yaml.safe_dump({
+            "method": "latent", "objective": {"metric": "val/acc", "mode": "max"},
+            "fixed": {"arch": "mlp", "arch_args": {"widths": [64] * 3}, "data": "digits", "epochs": 10,
+                      "batch_size": 128, "device": "cpu"},
+            "params": {"lr": {"float": [0.1, 100.0], "log": True}, "weight_decay": {"float": [1e-5, 1e-1], "log": True},
+                       "momentum": {"float": [0.0, 0.99]}}}))
+        for k in (pack, 1):
+            t0 = time.perf_counter()
+            run_sweep(SweepArgs(space=load_space(sp), trials=trials, sampler="random", seed=0, pack=k, quiet=True,
+                                storage=f"{tmp}/runs", tracking_uri=f"sqlite:///{tmp}/mlflow.db", name=f"pack{k}"))
+            secs[k] = time.perf_counter() - t0
+            print(f"study of {trials} trials, --pack {k}: {secs[k]:7.1f}s", flush=True)
+    ray.shutdown()
+    ratio = secs[1] / secs[pack]
+    print(f"study speedup, --pack {pack} vs --pack 1 ({trials} trials, mlp 64x3, digits, 2 CPU workers): "
+          f"{ratio:.2f}x", flush=True)
+    return ratio
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--gpu", action="store_true", help="also vgg_small and resnet20 on CUDA (bf16, channels_last)")
     ap.add_argument("--quick", action="store_true", help="K in {1, 8} and latent only")
+    ap.add_argument("--study", action="store_true", help="also a 32-trial study, --pack 8 against --pack 1")
     args = ap.parse_args()
     ks = [1, 8] if args.quick else [1, 4, 8, 16]
     methods = ["latent"] if args.quick else ["latent", "filtered", "proxconnect"]
@@ -83,6 +121,8 @@ def main():
                             channels_last=True, batch_size=256)
                 for k in (1, 8, 32):
                     bench(f"{arch}, CIFAR-shaped, bf16, cuda", base, "latent", k)
+    if args.study:
+        study_ratio()
     print(f"packed speedup at K=8 (mlp 64x3, digits, cpu): {headline:.2f}x")
 
 

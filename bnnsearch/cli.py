@@ -110,7 +110,7 @@ def _sweep_args(args, space):
         concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         scheduler=args.scheduler, address=args.address, tracking_uri=args.tracking_uri, experiment=args.experiment,
         storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
-        checkpoint_s=args.checkpoint_s)
+        checkpoint_s=args.checkpoint_s, pack=args.pack)
 
 
 def print_summary(s: dict, top: int = 5) -> None:
@@ -269,6 +269,9 @@ def add_sweep_flags(w: argparse.ArgumentParser, kind: str = "sweep") -> None:
                    help="Ray GPUs reserved by each trial; fractions let several trials share a GPU")
     w.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"],
                    help="fifo: every trial runs its full budget; asha: stop poor trials early (pruned)")
+    w.add_argument("--pack", type=int, default=0,
+                   help="train this many configurations as one stacked network per Ray trial (packed trials; "
+                        "each is still its own MLflow run). 0: the space file's pack: (default 1)")
     w.add_argument("--max-failures", type=int, default=1, help="retries of a trial that raises (-1: unlimited)")
     w.add_argument("--checkpoint-s", type=float, default=30.0,
                    help="hand Ray a trial checkpoint at most every this many seconds (0: every epoch)")

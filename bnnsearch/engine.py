@@ -170,6 +170,8 @@ def fit_pack(
     *,
     checkpoint_dir: str | Path | None = None,
     threads: int | None = None,
+    on_epoch: Callable[[dict[int, dict]], Any] | None = None,
+    after_checkpoint: Callable[[], Any] | None = None,
 ) -> list[FitResult]:
     """Train K configurations that share every structural key as one packed network
     (``nn/pack.py``); K = 1 is the ordinary single run. Member k is trained exactly as
@@ -178,7 +180,12 @@ def fit_pack(
     stops that member only (ASHA), as divergence does. The pack ends when every member has.
 
     ``time/epoch_s`` of a member is the pack's epoch wall time divided by the members that
-    trained in it (its fair share); ``pack/epoch_s`` is the whole pack's, ``pack/size`` K."""
+    trained in it (its fair share); ``pack/epoch_s`` is the whole pack's, ``pack/size`` K.
+
+    ``on_epoch({k: metrics})``, when given, is called once per epoch with every member that
+    trained in it, instead of the per-member reports; it returns the members to stop, which
+    the epoch's checkpoint then records as stopped; ``after_checkpoint()`` follows the save
+    (a Ray trial hands the checkpoint over there)."""
     cfg = cfgs[0]
     k_n = len(cfgs)
     reports = list(reports) if reports is not None else [None] * k_n
@@ -334,6 +341,11 @@ def fit_pack(
                     metrics["pack/epoch_s"] = epoch_s
                 m.result.history.append(metrics)
                 m.result.diverged = bool(metrics["diverged"])
+            if on_epoch is not None:
+                stops = set(on_epoch({j: members[j].result.history[-1] for j in live}) or ())
+                for j in live:
+                    if members[j].result.diverged or j in stops:
+                        pack.active[j] = False
             if ckpt_path is not None:
                 state = {
                     "members": [{
@@ -345,12 +357,17 @@ def fit_pack(
                     "shuffle_gen": shuffle_gen.get_state(), "aug_gen": aug_gen.get_state(),
                     "epoch": epoch + 1, "step": step, "elapsed": elapsed,
                 }
-                # A member is deactivated below only after its report; the saved flag anticipates
-                # divergence (final) but not a stop the report returns (re-asked after a resume).
+                # With per-member reports a member is deactivated only after its report: the saved
+                # flag anticipates divergence (final), not a stop a report returns (re-asked after
+                # a resume). With on_epoch the stops are decided before the save.
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save(state, tmp)
                 tmp.replace(ckpt_path)
+            if on_epoch is not None:
+                if after_checkpoint is not None:
+                    after_checkpoint()
+                continue
             for j in live:
                 m = members[j]
                 stop = m.report(m.result.history[-1]) if m.report is not None else None

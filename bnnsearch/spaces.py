@@ -104,6 +104,15 @@ class SearchSpace:
     fixed: dict
     params: tuple[Param, ...]
     sha256: str
+    pack: int = 1  # members per packed trial (``pack:`` in the file; ``--pack`` overrides)
+
+    def structural(self, p: Param) -> bool:
+        """Whether every member of a pack must share this parameter's value (it changes the
+        network's shape, the data, the schedule length, or a hyperparameter the method marks
+        ``packable: False``): sampled once per pack."""
+        from .methods.base import unpackable_hparams
+
+        return p.path[0] != "hparams" or p.path[-1] in unpackable_hparams(get_method(self.method))
 
     def distributions(self) -> dict:
         return {p.name: p.distribution() for p in self.params}
@@ -296,10 +305,13 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     raw = load_yaml(path)
     where = str(path)
-    unknown = set(raw) - {"method", "objective", "fixed", "params"}
+    unknown = set(raw) - {"method", "objective", "fixed", "params", "pack"}
     if unknown:
-        raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; allowed: fixed, method, objective, params",
+        raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; allowed: fixed, method, objective, pack, params",
                           f"{where}: {sorted(unknown)[0]}")
+    pack = raw.get("pack", 1)
+    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+        raise ConfigError(f"pack must be an integer >= 1 (members per packed trial), got {pack!r}", f"{where}: pack")
     if "method" not in raw:
         raise ConfigError("missing key 'method'", where)
     method = get_method(raw["method"], f"{where}: method")
@@ -335,7 +347,7 @@ def load_space(path: str | Path) -> SearchSpace:
                           "to tell complete from stopped-early trials); put epochs under fixed",
                           f"{where}: params.epochs")
     space = SearchSpace(where, raw["method"], metric, mode, fixed, params,
-                        hashlib.sha256(path.read_bytes()).hexdigest())
+                        hashlib.sha256(path.read_bytes()).hexdigest(), pack)
     # Every bound and choice must resolve as a full run config (types, Hparams.validate, ...).
     lows = space.low_point()
     if fixed_error is not None and not _some_value_resolves(space, params, lows):

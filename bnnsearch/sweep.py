@@ -37,6 +37,35 @@ from .spaces import SearchSpace
 SAMPLERS = ("random", "tpe", "gp", "botorch")
 SCHEDULERS = ("fifo", "asha")
 BIG = 1e30  # finite stand-in for inf in reports (samplers, JSON and MLflow refuse non-finite values)
+PACK_KEY = "bnnsearch_pack"  # a packed Ray trial's config: {PACK_KEY: [member params, ...]}
+
+
+def member_id(trial_id: str, k: int) -> str:
+    """The id of member k of a packed Ray trial: its MLflow run's trial tag, its Optuna trial."""
+    return f"{trial_id}#{k}"
+
+
+def member_results(result: dict | None) -> dict[str, dict] | None:
+    """A packed trial's per-member metrics, ``{"0": {...}, ...}``, whether Ray hands the result
+    nested (callbacks) or flattened with "/" (searchers); None for an unpacked trial."""
+    if not result:
+        return None
+    if isinstance(result.get("members"), dict):
+        return result["members"]
+    out: dict[str, dict] = {}
+    for key, v in result.items():
+        if key.startswith("members/"):
+            k, _, name = key[8:].partition("/")
+            out.setdefault(k, {})[name] = v
+    return out or None
+
+
+def members_of(trial_id: str, config: dict) -> list[tuple[str, dict, int | None]]:
+    """(member id, params, index in the pack or None) of every configuration a Ray trial trains."""
+    pack = config.get(PACK_KEY)
+    if pack is None:
+        return [(trial_id, config, None)]
+    return [(member_id(trial_id, k), c, k) for k, c in enumerate(pack)]
 
 
 @dataclass
@@ -61,6 +90,10 @@ class SweepArgs:
     seed_defaults: bool = True  # the paper defaults as the first trial (off in comparisons: equal designs)
     label: str | None = None  # the parent run's name in the MLflow UI (default: "<method> <sampler> s<seed>")
     checkpoint_s: float = 30.0  # hand Ray a trial checkpoint at most this often (0: every epoch)
+    pack: int = 0  # members per Ray trial (packed trials); 0: the space file's ``pack:`` (default 1)
+
+    def pack_size(self) -> int:
+        return self.pack or self.space.pack
 
     def study_name(self) -> str:
         return self.name or f"{self.space.method}-{self.sampler}-s{self.seed}"
@@ -137,6 +170,8 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
 
     from .engine import fit
 
+    if PACK_KEY in config:
+        return _pack_trainable(config, space, cpus, checkpoint_s)
     cfg = trial_config(space, config, cpus)
     work = Path(tempfile.mkdtemp(prefix="bnnsearch-trial-"))
     ckpt = tune.get_checkpoint()
@@ -170,6 +205,76 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
         fit(cfg, report, checkpoint_dir=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s: float):
+    """A packed Ray trial: ``engine.fit_pack`` on its members. One report per epoch carries
+    every member's latest metrics under ``members`` (``{"0": {...}, ...}``; a member that
+    ended has ``ended``: diverged or stopped); the trial's own ``objective`` is the best live
+    member's (what Ray shows; the searcher and MLflow read the members)."""
+    import ray
+
+    from .engine import fit_pack
+
+    cfgs = [trial_config(space, c, cpus) for c in config[PACK_KEY]]
+    work = Path(tempfile.mkdtemp(prefix="bnnsearch-pack-"))
+    ckpt = tune.get_checkpoint()
+    resumed_from = 0
+    latest: dict[str, dict] = {}
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, work, dirs_exist_ok=True)
+        resumed_from = checkpoint_epoch(work)
+        for k, st in enumerate(_checkpoint_members(work)):
+            if st["history"] and not st["active"]:  # ended before the checkpoint: still reported
+                latest[str(k)] = _member_report(st["history"][-1], space, "diverged" if st["diverged"] else "stopped")
+    node = ray.get_runtime_context().get_node_id()
+    pid = os.getpid()
+    last_ckpt = [time.monotonic()]
+    pending: list[dict] = []
+
+    def on_epoch(ms: dict[int, dict]):
+        for k, m in ms.items():
+            latest[str(k)] = _member_report(m, space, "diverged" if m.get("diverged") else None)
+        live = [latest[str(k)]["objective"] for k in ms]
+        best = (max if space.mode == "max" else min)(live)
+        pending[:] = [{"epoch": max(m["epoch"] for m in ms.values()), "objective": best, "node_id": node,
+                       "worker_pid": pid, "resumed_from_epoch": resumed_from, "pack/size": len(cfgs),
+                       "members": {k: dict(v) for k, v in latest.items()}}]
+        return ()
+
+    def publish():
+        now = time.monotonic()
+        if now - last_ckpt[0] >= checkpoint_s:
+            last_ckpt[0] = now
+            tune.report(pending[0], checkpoint=tune.Checkpoint.from_directory(str(work)))
+        else:
+            tune.report(pending[0])
+
+    try:
+        fit_pack(cfgs, on_epoch=on_epoch, after_checkpoint=publish, checkpoint_dir=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _member_report(m: dict, space: SearchSpace, ended: str | None) -> dict:
+    out = sanitize(m)
+    out["objective"] = objective_of(m, space)
+    if ended:
+        out["ended"] = ended
+    return out
+
+
+def _checkpoint_members(work: Path) -> list[dict]:
+    import torch
+
+    from .engine import CKPT_NAME
+
+    path = Path(work) / CKPT_NAME
+    if not path.exists():
+        return []
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    return [{"history": m["history"], "active": m["active"], "diverged": m["diverged"]} for m in st["members"]]
 
 
 def checkpoint_epoch(work: Path) -> int:
@@ -212,11 +317,17 @@ def _searcher_cls():
         callback continues the trial's run (``replay_of`` in the journal).
         """
 
-        def __init__(self, *a, full_epochs: int, journal: str, **k):
+        def __init__(self, *a, full_epochs: int, journal: str, pack: int = 1, total: int = 0,
+                     structural: tuple[str, ...] = (), **k):
             super().__init__(*a, **k)
             self.full_epochs = full_epochs
             self.journal = journal
             self._replay: list[tuple[str, dict]] = []
+            # Packed trials: each Ray trial asks the sampler for up to ``pack`` members (``total``
+            # configurations in all); parameters in ``structural`` are sampled once per pack.
+            self.pack, self.total, self.structural = pack, total, structural
+            self._asked = 0
+            self._reported: dict[str, int] = {}
 
         def restore(self, checkpoint_path):
             journal = self.journal
@@ -232,28 +343,92 @@ def _searcher_cls():
             for e in read_journal(Path(journal).parent):
                 if e["trial_id"] in known:
                     continue
-                if e["trial_id"] in in_ray:
+                if e.get("pack", e["trial_id"]) in in_ray:
                     self._ot_study.enqueue_trial(e["params"])
                     OptunaSearch.suggest(self, e["trial_id"])
                     known.add(e["trial_id"])
+                    self._asked += e.get("pack") is not None
                 else:
                     self._replay.append((e["trial_id"], e["params"]))
 
+        def _journal(self, entry: dict) -> None:
+            with open(self.journal, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
         def suggest(self, trial_id):
+            if self.pack > 1:
+                return self._suggest_pack(trial_id)
             replay_of = None
             if trial_id not in self._ot_trials and self._replay:
                 replay_of, params = self._replay.pop(0)
                 self._ot_study.enqueue_trial(params)
             cfg = super().suggest(trial_id)
             if cfg is not None and trial_id in self._ot_trials:
-                entry = {"trial_id": trial_id, "params": self._ot_trials[trial_id].params, "replay_of": replay_of}
-                with open(self.journal, "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._journal({"trial_id": trial_id, "params": self._ot_trials[trial_id].params, "replay_of": replay_of})
             return cfg
 
+        def _suggest_pack(self, trial_id):
+            """Ask the sampler once per member (K pending asks: TPE and random treat them as
+            independent draws, GP/BoTorch condition on finished trials only — see README).
+            Structural parameters take member 0's value (an enqueued partial trial); journal
+            replays after a driver kill come first, one member each."""
+            members, shared = [], None
+            size = min(self.pack, self.total - self._asked) if self.total else self.pack
+            for k in range(max(size, 0)):
+                mid = member_id(trial_id, k)
+                replay_of = None
+                if mid not in self._ot_trials:
+                    if self._replay:
+                        replay_of, params = self._replay[0]
+                        if shared is not None and any(params.get(n) != v for n, v in shared.items()):
+                            break  # from another pack's structure: it leads the next pack
+                        self._replay.pop(0)
+                        self._ot_study.enqueue_trial(params)
+                    elif shared:
+                        self._ot_study.enqueue_trial(shared)
+                    self._asked += 1
+                cfg = OptunaSearch.suggest(self, mid)
+                params = self._ot_trials[mid].params
+                if shared is None:
+                    shared = {n: params[n] for n in self.structural if n in params}
+                self._journal({"trial_id": mid, "pack": trial_id, "params": params, "replay_of": replay_of})
+                members.append(cfg)
+            return {PACK_KEY: members} if members else None
+
+        def _pack_members(self, trial_id):
+            prefix = trial_id + "#"
+            return [t for t in self._ot_trials if t.startswith(prefix)]
+
+        def _tell(self, mid: str, m: dict | None, error: bool = False):
+            if mid in self._completed_trials:
+                return
+            result = None
+            if m and not error and (m.get("diverged") or m.get("epoch", 0) >= self.full_epochs):
+                result = {self.metric: m["objective"]}
+            OptunaSearch.on_trial_complete(self, mid, result, error)
+
+        def on_trial_result(self, trial_id, result):
+            members = member_results(result)
+            if members is None:
+                return super().on_trial_result(trial_id, result)
+            for key, m in members.items():
+                mid = member_id(trial_id, int(key))
+                if mid in self._completed_trials or mid not in self._ot_trials:
+                    continue
+                if m["epoch"] > self._reported.get(mid, 0):  # an epoch re-run after a resume: once
+                    self._ot_trials[mid].report(m["objective"], m["epoch"])
+                    self._reported[mid] = m["epoch"]
+                if m.get("ended"):
+                    self._tell(mid, m)
+
         def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id not in self._ot_trials and self._pack_members(trial_id):
+                members = member_results(result) or {}
+                for mid in self._pack_members(trial_id):
+                    self._tell(mid, members.get(mid.rsplit("#", 1)[1]), error)
+                return
             if result and not error and not result.get("diverged") and result.get("epoch", 0) < self.full_epochs:
                 result = None  # -> PRUNED: a partial-budget value is not a full-budget result
             super().on_trial_complete(trial_id, result, error)
@@ -350,31 +525,37 @@ class MlflowCallback(tune.Callback):
         self.tracker.set_tags(rid, {self.INDEX: k, self.VALUE: "" if value is None else value})
         self._record(k, value, config, rid)
 
-    def _adopt(self, trial) -> str | None:
-        """The MLflow run of the trial this one replays (the same config after a driver kill)."""
+    def _adopt(self, mid: str) -> str | None:
+        """The MLflow run of the trial (or member) this one replays (the same config after a
+        driver kill)."""
         if not self.exp_dir:
             return None
         for e in read_journal(Path(self.exp_dir)):
-            if e["trial_id"] == trial.trial_id and e.get("replay_of") in self.runs:
+            if e["trial_id"] == mid and e.get("replay_of") in self.runs:
                 rid = self.runs[e["replay_of"]]
-                self.tracker.set_tags(rid, {TRIAL_TAG: trial.trial_id, "bnnsearch.replayed_as": trial.trial_id})
-                self.logged[trial.trial_id] = self.logged.get(e["replay_of"], 0)
+                self.tracker.set_tags(rid, {TRIAL_TAG: mid, "bnnsearch.replayed_as": mid})
+                self.logged[mid] = self.logged.get(e["replay_of"], 0)
                 return rid
         return None
 
-    def _run(self, trial) -> str:
-        rid = self.runs.get(trial.trial_id)
+    def _run(self, trial, mid: str | None = None, params: dict | None = None, k: int | None = None) -> str:
+        """The MLflow child run of a trial, or of member ``mid`` (index k) of a packed trial."""
+        mid = mid or trial.trial_id
+        rid = self.runs.get(mid)
         if rid is None:
-            rid = self._adopt(trial)
+            rid = self._adopt(mid)
             if rid is not None:
-                self.runs[trial.trial_id] = rid
+                self.runs[mid] = rid
                 return rid
-            cfg = trial_config(self.args.space, trial.config, self.args.cpus_per_trial)
+            cfg = trial_config(self.args.space, trial.config if params is None else params, self.args.cpus_per_trial)
             # Named so the MLflow table tells trials apart: "<method> t<k>", k in start order.
             label = f"{self.args.space.method} t{len(self.runs) + 1:02d}"
-            rid = self.tracker.start_trial(self.parent_id, trial.trial_id, label, cfg.to_dict(), self.args.study_name())
-            self.runs[trial.trial_id] = rid
-            self.logged[trial.trial_id] = 0
+            rid = self.tracker.start_trial(self.parent_id, mid, label, cfg.to_dict(), self.args.study_name())
+            self.runs[mid] = rid
+            self.logged[mid] = 0
+            if k is not None:
+                self.tracker.set_tags(rid, {"bnnsearch.pack": trial.trial_id, "bnnsearch.pack_member": k,
+                                            "bnnsearch.pack_size": len(trial.config[PACK_KEY])})
             from .config import dump
 
             self.tracker.log_text(rid, dump(cfg), "config.yaml")
@@ -391,33 +572,49 @@ class MlflowCallback(tune.Callback):
         except Exception as e:  # noqa: BLE001 - a trial whose data is missing fails in its worker too
             return {"error": f"{type(e).__name__}: {e}"}
 
+    def _epochs(self, params: dict) -> int:
+        return self.args.space.config(params, where="sampled config").epochs
+
     # Tune callback hooks ---------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        known = trial.trial_id in self.runs
-        rid = self._run(trial)
-        if known and rid not in self.indexed:  # continues after an interrupt: RUNNING again
-            self.tracker.reopen(rid)
-            self.tracker.set_tags(rid, {"bnnsearch.status": "running"})
+        for mid, params, k in members_of(trial.trial_id, trial.config):
+            known = mid in self.runs
+            rid = self._run(trial, mid, params, k)
+            if known and rid not in self.indexed:  # continues after an interrupt: RUNNING again
+                self.tracker.reopen(rid)
+                self.tracker.set_tags(rid, {"bnnsearch.status": "running"})
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        rid = self._run(trial)
+    def _log(self, mid: str, rid: str, result: dict) -> None:
         epoch = int(result.get("epoch", 0))
         resumed = int(result.get("resumed_from_epoch", 0))
         if resumed and epoch == resumed + 1:
             self.tracker.set_tags(rid, {"bnnsearch.resumed_from_epoch": resumed})
-        if epoch <= self.logged.get(trial.trial_id, 0):
+        if epoch <= self.logged.get(mid, 0):
             return  # already recorded before a resume
         keep = {k: v for k, v in result.items() if ("/" in k or k in ("epoch", "objective", "diverged"))
-                and (epoch == 1 or k not in STATIC_COST)}  # a network's inference cost is logged once
+                and not isinstance(v, dict) and (epoch == 1 or k not in STATIC_COST)}  # inference cost: once
         self.tracker.log_metrics(rid, keep, step=epoch)
-        self.logged[trial.trial_id] = epoch
+        self.logged[mid] = epoch
         if epoch == 1:
             self.tracker.set_tags(rid, {"node_id": result.get("node_id", "")})
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        rid = self._run(trial)
-        last = trial.last_result or {}
-        full = int(last.get("epoch", 0)) >= self.args.space.config(trial.config, where="sampled config").epochs
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        members = member_results(result)
+        if members is None:
+            self._log(trial.trial_id, self._run(trial), result)
+            return
+        node = {k: result[k] for k in ("node_id", "resumed_from_epoch") if k in result}
+        for mid, params, k in members_of(trial.trial_id, trial.config):
+            m = members.get(str(k))
+            rid = self._run(trial, mid, params, k)
+            if m is None or rid in self.indexed:  # not reported yet, or already finished
+                continue
+            self._log(mid, rid, {**m, **node})
+            if m.get("ended"):
+                self._finish(trials, trial, mid, rid, m, self._epochs(params))
+
+    def _finish(self, trials, trial, mid: str, rid: str, last: dict, epochs: int) -> None:
+        full = int(last.get("epoch", 0)) >= epochs
         status = "diverged" if last.get("diverged") else ("complete" if full else "stopped early")
         tags = {"bnnsearch.status": status, "diverged": int(bool(last.get("diverged")))}
         if getattr(trial, "num_failures", 0):  # its worker died and Ray retried it
@@ -426,25 +623,38 @@ class MlflowCallback(tune.Callback):
         self.tracker.finish(rid, "FINISHED" if full or last.get("diverged") else "KILLED")
         if rid not in self.indexed:
             self.finished += 1
-        self._count(rid, last.get("objective") if full or last.get("diverged") else None, trial.config)
-        self._progress(trials, trial, status)
+        self._count(rid, last.get("objective") if full or last.get("diverged") else None,
+                    trial.config if mid == trial.trial_id else dict(trial.config[PACK_KEY][int(mid.rsplit("#", 1)[1])]))
+        self._progress(trials, trial, status, mid, last)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        members = member_results(last)
+        for mid, params, k in members_of(trial.trial_id, trial.config):
+            rid = self._run(trial, mid, params, k)
+            if rid in self.indexed:
+                continue
+            m = last if members is None else members.get(str(k), {})
+            self._finish(trials, trial, mid, rid, m, self._epochs(params))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        rid = self._run(trial)
         err = _error_text(trial)
-        self.tracker.set_tags(rid, {"bnnsearch.status": "failed", "error": err})
-        self.tracker.finish(rid, "FAILED")
-        if rid not in self.indexed:
+        for mid, params, k in members_of(trial.trial_id, trial.config):
+            rid = self._run(trial, mid, params, k)
+            if rid in self.indexed:
+                continue  # a member that had finished before the pack failed keeps its result
+            self.tracker.set_tags(rid, {"bnnsearch.status": "failed", "error": err})
+            self.tracker.finish(rid, "FAILED")
             self.finished += 1
             self.failed += 1
-        self._count(rid, None, trial.config)
-        self._progress(trials, trial, "FAILED")
+            self._count(rid, None, params)
+            self._progress(trials, trial, "FAILED", mid)
 
     def on_experiment_end(self, trials, **info):
         """Reconcile: a run whose trial is unknown to the resumed study and was not replayed (it
         should not happen: lost trials are replayed) is kept, as what happened, but re-tagged so
         it no longer counts as a trial of the study."""
-        known = {t.trial_id for t in trials}
+        known = {mid for t in trials for mid, _, _ in members_of(t.trial_id, t.config)}
         live = {self.runs[t] for t in known if t in self.runs}  # runs adopted by a replayed trial included
         for tid, rid in self.runs.items():
             if tid not in known and rid not in live:
@@ -452,14 +662,15 @@ class MlflowCallback(tune.Callback):
                                             "note": "started before the driver died, unknown to the resumed study"})
                 self.tracker.finish(rid, "KILLED")
 
-    def _progress(self, trials, trial, status):
+    def _progress(self, trials, trial, status, mid: str | None = None, last: dict | None = None):
         if self.args.quiet:
             return
         running = sum(1 for t in trials if t.status == "RUNNING")
-        v = (trial.last_result or {}).get("objective")
+        v = (last if last is not None else (trial.last_result or {})).get("objective")
         best = f"{self.best[0]:.4f}" if self.best else "-"
         val = f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-        print(f"[{self.finished}/{self.args.trials}] {trial} {status:<13} {self.args.space.metric}={val}"
+        who = str(trial) if mid is None or mid == trial.trial_id else f"{trial}#{mid.rsplit('#', 1)[1]}"
+        print(f"[{self.finished}/{self.args.trials}] {who} {status:<13} {self.args.space.metric}={val}"
               f"  best={best}  running={running} failed={self.failed}", flush=True)
 
 
@@ -477,9 +688,13 @@ def _check_args(a: SweepArgs) -> None:
             ("--cpus-per-trial", a.cpus_per_trial, a.cpus_per_trial > 0, "> 0"),
             ("--gpus-per-trial", a.gpus_per_trial, a.gpus_per_trial >= 0, ">= 0"),
             ("--max-failures", a.max_failures, a.max_failures >= -1, ">= 0, or -1 for unlimited retries"),
-            ("--checkpoint-s", a.checkpoint_s, a.checkpoint_s >= 0, ">= 0 (0: every epoch)")):
+            ("--checkpoint-s", a.checkpoint_s, a.checkpoint_s >= 0, ">= 0 (0: every epoch)"),
+            ("--pack", a.pack, a.pack >= 0, ">= 1 (configurations trained together as one network)")):
         if not ok:
             raise UserError(f"{flag} {value:g}: must be {need}")
+    if a.pack_size() > 1 and a.scheduler == "asha":
+        raise UserError(f"--pack {a.pack_size()} with --scheduler asha: early stopping of single members of a pack "
+                        "is not implemented yet; use --scheduler fifo or --pack 1")
 
 
 def _check_resources(a: SweepArgs, res: dict) -> None:
@@ -577,7 +792,7 @@ def run_sweep(a: SweepArgs) -> dict:
             tags={"method": space.method, "sampler": a.sampler, "seed": a.seed, "space_file": space.path,
                   "space_sha256": space.sha256, "git_sha": git_sha(), "scheduler": a.scheduler},
             params={"trials": a.trials, "sampler": a.sampler, "seed": a.seed, "startup_trials": a.startup_trials,
-                    "metric": space.metric, "mode": space.mode, "space": space.path},
+                    "metric": space.metric, "mode": space.mode, "space": space.path, "pack": a.pack_size()},
         )
         tracker.log_text(parent_id, Path(space.path).read_text(), "space.yaml")
 
@@ -593,6 +808,35 @@ def run_sweep(a: SweepArgs) -> dict:
         raise
 
 
+def _check_pack(a: SweepArgs, space, pack: int) -> int:
+    """Whether this study's configurations can be packed; the pack size to use (1 with a
+    one-line notice when they cannot: never silently)."""
+    from .engine import build
+    from .nn.pack import NotPackable
+
+    reason = None
+    cfg = space.config(space.low_point(), where=space.path)
+    if cfg.freeze_binary:
+        reason = "freeze_binary (a control) trains alone"
+    else:
+        try:
+            data, method, _, model = build(cfg, "cpu")
+            _, _, _, other = build(cfg, "cpu")
+            method.pack_model([model, other])
+        except NotPackable as e:
+            reason = str(e)
+    if reason is not None:
+        if not a.quiet:
+            print(f"notice: --pack {pack}: {space.method} on arch {cfg.arch} cannot be "
+                  f"packed ({reason}); trials run one per Ray trial", flush=True)
+        return 1
+    shared = [p.name for p in space.params if space.structural(p)]
+    if shared and not a.quiet:
+        print(f"notice: --pack {pack}: sampled once per pack, shared by its members (they change the network, the "
+              f"data or the schedule): {', '.join(shared)}", flush=True)
+    return pack
+
+
 def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:
     import ray
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -600,6 +844,9 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     from .config import dump
 
     epochs = space.config({}, where="fixed").epochs
+    pack = a.pack_size()
+    if pack > 1:
+        pack = _check_pack(a, space, pack)
     train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial,
                                                         checkpoint_s=a.checkpoint_s),
                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
@@ -619,7 +866,8 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
             space=space.sampler_space(), metric="objective", mode=space.mode,
             sampler=make_sampler(a.sampler, a.seed, a.startup_trials, space.conditional),
             points_to_evaluate=[p] if a.seed_defaults and (p := space.default_point()) else None,
-            full_epochs=epochs, journal=str(exp_dir / JOURNAL), seed=None)
+            full_epochs=epochs, journal=str(exp_dir / JOURNAL), seed=None,
+            pack=pack, total=a.trials, structural=tuple(p.name for p in space.params if space.structural(p)))
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric="objective", mode=space.mode, max_t=epochs,
                                    grace_period=1, reduction_factor=3)
                      if a.scheduler == "asha" else FIFOScheduler())
@@ -628,7 +876,8 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         tuner = tune.Tuner(
             train_fn,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=a.trials, max_concurrent_trials=concurrency, reuse_actors=True),
+                                        num_samples=-(-a.trials // pack), max_concurrent_trials=concurrency,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback], verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=a.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
@@ -650,11 +899,14 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
 
     rows = []
     for r in grid:
-        m = r.metrics or {}
-        full = int(m.get("epoch", 0)) >= space.config(r.config, where="sampled config").epochs
-        status = "failed" if r.error else ("diverged" if m.get("diverged") else ("complete" if full else "stopped early"))
-        rows.append({"trial": m.get("trial_id", ""), "status": status, "objective": m.get("objective"),
-                     "epochs": m.get("epoch", 0), "config": r.config, "path": r.path})
+        last = r.metrics or {}
+        for mid, params, k in members_of(last.get("trial_id", ""), r.config or {}):
+            m = last if k is None else (member_results(last) or {}).get(str(k), {})
+            full = int(m.get("epoch", 0)) >= space.config(params, where="sampled config").epochs
+            status = ("failed" if r.error and not m.get("ended") else
+                      "diverged" if m.get("diverged") else ("complete" if full else "stopped early"))
+            rows.append({"trial": mid, "status": status, "objective": m.get("objective"),
+                         "epochs": m.get("epoch", 0), "config": params, "path": r.path})
     sign = -1 if space.mode == "max" else 1
     ranked = sorted([r for r in rows if r["status"] == "complete"], key=lambda r: sign * r["objective"])
     summary = {"study": name, "experiment": a.experiment_name(), "tracking_uri": tracker.uri, "parent_run_id": parent_id,
