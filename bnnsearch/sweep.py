@@ -103,7 +103,7 @@ class SweepArgs:
         return self.experiment or f"bnnsearch/{fx.get('data', 'mnist1d')}/{fx.get('arch', 'mlp')}"
 
 
-def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False):
+def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False, batch: bool = False):
     """An Optuna sampler. For a conditional space TPE models the parameters jointly where they
     co-occur (``multivariate`` + ``group``); GP and BoTorch model only parameters present in
     every trial and sample the rest at random (optuna#6164): ``run_sweep`` says so."""
@@ -126,7 +126,9 @@ def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False
     if name == "botorch":
         from optuna_integration import BoTorchSampler
 
-        return BoTorchSampler(seed=seed, n_startup_trials=n_startup)
+        # A pack asks K times before any answer: with running trials considered, the K asks are
+        # one batch (pending points) instead of K near-copies of one proposal.
+        return BoTorchSampler(seed=seed, n_startup_trials=n_startup, consider_running_trials=batch)
     raise UserError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
 
 
@@ -164,14 +166,15 @@ def trial_config(space: SearchSpace, config: dict, cpus: float):
     return cfg if cfg.threads else dataclasses.replace(cfg, threads=max(1, int(cpus)))
 
 
-def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkpoint_s: float = 30.0):
+def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkpoint_s: float = 30.0,
+              asha: str | None = None):
     """The one common trainable: engine.fit on the sampled config, reported to Tune per epoch."""
     import ray
 
     from .engine import fit
 
     if PACK_KEY in config:
-        return _pack_trainable(config, space, cpus, checkpoint_s)
+        return _pack_trainable(config, space, cpus, checkpoint_s, asha)
     cfg = trial_config(space, config, cpus)
     work = Path(tempfile.mkdtemp(prefix="bnnsearch-trial-"))
     ckpt = tune.get_checkpoint()
@@ -207,11 +210,14 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s: float):
+def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s: float, asha: str | None = None):
     """A packed Ray trial: ``engine.fit_pack`` on its members. One report per epoch carries
     every member's latest metrics under ``members`` (``{"0": {...}, ...}``; a member that
     ended has ``ended``: diverged or stopped); the trial's own ``objective`` is the best live
-    member's (what Ray shows; the searcher and MLflow read the members)."""
+    member's (what Ray shows; the searcher and MLflow read the members). With ``asha`` (the
+    study's member-level ASHA actor, bnnsearch/asha.py) each live member's objective is judged
+    every epoch and a member below its rung's cutoff stops (``ended: stopped``) while the rest
+    of the pack trains on."""
     import ray
 
     from .engine import fit_pack
@@ -233,15 +239,27 @@ def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s:
     last_ckpt = [time.monotonic()]
     pending: list[dict] = []
 
+    rungs = ray.get_actor(asha) if asha else None
+    trial_id = tune.get_context().get_trial_id()
+
     def on_epoch(ms: dict[int, dict]):
         for k, m in ms.items():
             latest[str(k)] = _member_report(m, space, "diverged" if m.get("diverged") else None)
+        stops: list[int] = []
+        if rungs is not None:
+            ask = [(member_id(trial_id, k), m["epoch"], latest[str(k)]["objective"]) for k, m in ms.items()
+                   if not m.get("diverged")]
+            stopped = set(ray.get(rungs.decide.remote(ask)))
+            stops = [k for k in ms if member_id(trial_id, k) in stopped]
+            for k in stops:
+                latest[str(k)]["ended"] = "stopped"
+
         live = [latest[str(k)]["objective"] for k in ms]
         best = (max if space.mode == "max" else min)(live)
         pending[:] = [{"epoch": max(m["epoch"] for m in ms.values()), "objective": best, "node_id": node,
                        "worker_pid": pid, "resumed_from_epoch": resumed_from, "pack/size": len(cfgs),
                        "members": {k: dict(v) for k, v in latest.items()}}]
-        return ()
+        return stops
 
     def publish():
         now = time.monotonic()
@@ -692,9 +710,7 @@ def _check_args(a: SweepArgs) -> None:
             ("--pack", a.pack, a.pack >= 0, ">= 1 (configurations trained together as one network)")):
         if not ok:
             raise UserError(f"{flag} {value:g}: must be {need}")
-    if a.pack_size() > 1 and a.scheduler == "asha":
-        raise UserError(f"--pack {a.pack_size()} with --scheduler asha: early stopping of single members of a pack "
-                        "is not implemented yet; use --scheduler fifo or --pack 1")
+
 
 
 def _check_resources(a: SweepArgs, res: dict) -> None:
@@ -837,6 +853,24 @@ def _check_pack(a: SweepArgs, space, pack: int) -> int:
     return pack
 
 
+def _member_asha(a: SweepArgs, space, name: str, tracker, parent_id: str, epochs: int) -> str:
+    """Start the study's member-level ASHA actor; after a resume it is refilled from the
+    members' recorded objectives. Returns its Ray actor name."""
+    import uuid
+
+    from .asha import rungs_actor
+
+    histories = {}
+    if a.resume:
+        for r in tracker.child_runs(parent_id):
+            tid = r.data.tags.get(TRIAL_TAG)
+            if tid and r.data.tags.get("bnnsearch.pack"):
+                histories[tid] = tracker.steps(r.info.run_id, "objective")
+    actor_name = f"bnnsearch-asha-{name}-{uuid.uuid4().hex[:8]}"
+    _member_asha.actor = rungs_actor(actor_name, epochs, space.mode, histories)  # held: the actor lives with it
+    return actor_name
+
+
 def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:
     import ray
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -847,8 +881,11 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     pack = a.pack_size()
     if pack > 1:
         pack = _check_pack(a, space, pack)
+    asha = None
+    if pack > 1 and a.scheduler == "asha":  # Ray's ASHA would stop whole packs: members are judged one by one
+        asha = _member_asha(a, space, name, tracker, parent_id, epochs)
     train_fn = tune.with_resources(tune.with_parameters(trainable, space=space, cpus=a.cpus_per_trial,
-                                                        checkpoint_s=a.checkpoint_s),
+                                                        checkpoint_s=a.checkpoint_s, asha=asha),
                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
     callback = MlflowCallback(a, parent_id, tracker.uri, tracker, str(exp_dir))
     t0 = time.time()
@@ -864,13 +901,13 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         exp_dir.mkdir(parents=True, exist_ok=True)
         searcher = _searcher_cls()(
             space=space.sampler_space(), metric="objective", mode=space.mode,
-            sampler=make_sampler(a.sampler, a.seed, a.startup_trials, space.conditional),
+            sampler=make_sampler(a.sampler, a.seed, a.startup_trials, space.conditional, batch=pack > 1),
             points_to_evaluate=[p] if a.seed_defaults and (p := space.default_point()) else None,
             full_epochs=epochs, journal=str(exp_dir / JOURNAL), seed=None,
             pack=pack, total=a.trials, structural=tuple(p.name for p in space.params if space.structural(p)))
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric="objective", mode=space.mode, max_t=epochs,
                                    grace_period=1, reduction_factor=3)
-                     if a.scheduler == "asha" else FIFOScheduler())
+                     if a.scheduler == "asha" and asha is None else FIFOScheduler())
         cpus = ray.cluster_resources().get("CPU", 1)
         concurrency = a.concurrency or max(1, int(cpus // a.cpus_per_trial))
         tuner = tune.Tuner(

@@ -71,6 +71,24 @@ def test_a_diverging_member_is_recorded_and_its_pack_goes_on(ray_local, tmp_path
     assert all(sorted(m.step for m in c.get_metric_history(k.info.run_id, "epoch")) == [1, 2, 3] for k in ok)
 
 
+def test_asha_stops_single_members_and_tells_them_pruned(ray_local, tmp_path):
+    s = sweep(tmp_path, space_file(tmp_path, ALPHA, {"epochs": 4}), trials=9, sampler="random", scheduler="asha",
+              pack=3)
+    n = s["counts"]
+    assert n["stopped early"] > 0 and n["complete"] > 0 and n["complete"] + n["stopped early"] == 9
+    assert s["sampler_states"].get("PRUNED", 0) == n["stopped early"]
+    assert s["sampler_states"].get("COMPLETE", 0) == n["complete"]
+    c, _, kids = mlflow_runs(tmp_path, s)
+    stopped = [k for k in kids if k.data.tags.get("bnnsearch.status") == "stopped early"]
+    assert len(stopped) == n["stopped early"] and all(k.data.metrics["epoch"] < 4 for k in stopped)
+    assert all(k.info.status == "KILLED" for k in stopped)
+    # a pack whose member stopped trained its other members on (member-level, not pack-level)
+    mixed = [v for v in _packs(kids).values() if {k.data.tags["bnnsearch.status"] for k in v} >= {"complete", "stopped early"}]
+    assert mixed
+    # stops happen only at ASHA's milestones for 4 epochs (rf 3, grace 1): epochs 1 and 3
+    assert {int(k.data.metrics["epoch"]) for k in stopped} <= {1, 3}
+
+
 def test_an_unpackable_study_says_so_and_runs_unpacked(ray_local, tmp_path, capsys):
     from bnnsearch.spaces import load_space
     from bnnsearch.sweep import SweepArgs, run_sweep
