@@ -47,6 +47,7 @@ def median_tail(ts):
 
 def bench(label: str, base: dict, method: str, k: int) -> float:
     cfgs = member_cfgs(base, method, k)
+    fit_pack(cfgs[:2] if k > 1 else cfgs)  # warm-up: allocator, kernels, data cache
     alone = sum(median_tail([m["time/epoch_s"] for m in fit(c).history]) for c in cfgs)
     res = fit_pack(cfgs)
     key = "pack/epoch_s" if k > 1 else "time/epoch_s"
@@ -91,7 +92,7 @@ def study_ratio(trials: int = 32, pack: int = 8) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--gpu", action="store_true", help="also vgg_small and resnet20 on CUDA (bf16, channels_last)")
     ap.add_argument("--quick", action="store_true", help="K in {1, 8} and latent only")
     ap.add_argument("--study", action="store_true", help="also a 32-trial study, --pack 8 against --pack 1")

@@ -259,6 +259,8 @@ def fit_pack(
         aug_gen.set_state(st["aug_gen"].to(aug_gen.get_state().device))
         start_epoch, step, elapsed = st["epoch"], st["step"], st["elapsed"]
 
+    if k_n > 1:
+        pack.fuse()  # after a restore: the fused optimizer state starts from the members' own
     n_l = [len(m.layers) for m in members]
     pack.train(True)
     with rng.use(members[0].gen):  # a pack's members switch to their own streams (Pack.ctx)

@@ -38,6 +38,8 @@ SAMPLERS = ("random", "tpe", "gp", "botorch")
 SCHEDULERS = ("fifo", "asha")
 BIG = 1e30  # finite stand-in for inf in reports (samplers, JSON and MLflow refuse non-finite values)
 PACK_KEY = "bnnsearch_pack"  # a packed Ray trial's config: {PACK_KEY: [member params, ...]}
+CKPT_FLAG = "bnnsearch_checkpointed"  # in a result that carries a Ray checkpoint
+FLUSH_S = 3.0  # the driver writes a trial's buffered epoch metrics to MLflow at least this often
 
 
 def member_id(trial_id: str, k: int) -> str:
@@ -200,6 +202,7 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
         now = time.monotonic()
         if now - last_ckpt[0] >= checkpoint_s:
             last_ckpt[0] = now
+            out[CKPT_FLAG] = 1  # the driver writes what it buffered before Ray can name this checkpoint
             tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
         else:
             tune.report(out)
@@ -265,6 +268,7 @@ def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s:
         now = time.monotonic()
         if now - last_ckpt[0] >= checkpoint_s:
             last_ckpt[0] = now
+            pending[0][CKPT_FLAG] = 1
             tune.report(pending[0], checkpoint=tune.Checkpoint.from_directory(str(work)))
         else:
             tune.report(pending[0])
@@ -500,6 +504,11 @@ class MlflowCallback(tune.Callback):
 
         # An MLflow client on SQLite takes seconds to open: share the driver's; rebuild on unpickle.
         self.tracker = tracker or Tracker(self.uri, self.args.experiment_name())
+        # Epoch metrics are buffered per run and written in one request per run (each request
+        # costs ~30 ms on SQLite): when a trial hands Ray a checkpoint (so MLflow holds every
+        # epoch a resumed trial skips), when a run ends, at the end, and at least every FLUSH_S.
+        self.buffer: dict[str, list] = {}
+        self.buffer_t: dict[str, float] = {}
         children = self.tracker.child_runs(self.parent_id)  # reconcile after a resume
         self.runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in children if r.data.tags.get(TRIAL_TAG)}
         self.logged = {tid: self.tracker.last_step(rid) for tid, rid in self.runs.items()}
@@ -513,6 +522,20 @@ class MlflowCallback(tune.Callback):
         for k, r in by_index:
             v = r.data.tags.get(self.VALUE)
             self._record(k, None if v in (None, "") else float(v), r.data.params, r.info.run_id, log=k not in states)
+
+    def _flush(self, rid: str | None = None) -> None:
+        """Write buffered epoch metrics (all runs', or one run's) to MLflow, one request per run."""
+        for r in [rid] if rid is not None else list(self.buffer):
+            entries = self.buffer.pop(r, None)
+            self.buffer_t.pop(r, None)
+            if entries:
+                self.tracker.log_metric_steps(r, entries)
+
+    def _flush_old(self) -> None:
+        now = time.monotonic()
+        for r, t in list(self.buffer_t.items()):
+            if now - t >= FLUSH_S:
+                self._flush(r)
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; the client is rebuilt
         return {"args": self.args, "parent_id": self.parent_id, "uri": self.uri, "exp_dir": self.exp_dir}
@@ -611,7 +634,8 @@ class MlflowCallback(tune.Callback):
             return  # already recorded before a resume
         keep = {k: v for k, v in result.items() if ("/" in k or k in ("epoch", "objective", "diverged"))
                 and not isinstance(v, dict) and (epoch == 1 or k not in STATIC_COST)}  # inference cost: once
-        self.tracker.log_metrics(rid, keep, step=epoch)
+        self.buffer.setdefault(rid, []).append((keep, epoch))
+        self.buffer_t.setdefault(rid, time.monotonic())
         self.logged[mid] = epoch
         if epoch == 1:
             self.tracker.set_tags(rid, {"node_id": result.get("node_id", "")})
@@ -619,7 +643,11 @@ class MlflowCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         members = member_results(result)
         if members is None:
-            self._log(trial.trial_id, self._run(trial), result)
+            rid = self._run(trial)
+            self._log(trial.trial_id, rid, result)
+            if result.get(CKPT_FLAG):
+                self._flush(rid)
+            self._flush_old()
             return
         node = {k: result[k] for k in ("node_id", "resumed_from_epoch") if k in result}
         for mid, params, k in members_of(trial.trial_id, trial.config):
@@ -628,10 +656,14 @@ class MlflowCallback(tune.Callback):
             if m is None or rid in self.indexed:  # not reported yet, or already finished
                 continue
             self._log(mid, rid, {**m, **node})
+            if result.get(CKPT_FLAG):
+                self._flush(rid)
             if m.get("ended"):
                 self._finish(trials, trial, mid, rid, m, self._epochs(params))
+        self._flush_old()
 
     def _finish(self, trials, trial, mid: str, rid: str, last: dict, epochs: int) -> None:
+        self._flush(rid)
         full = int(last.get("epoch", 0)) >= epochs
         status = "diverged" if last.get("diverged") else ("complete" if full else "stopped early")
         tags = {"bnnsearch.status": status, "diverged": int(bool(last.get("diverged")))}
@@ -661,6 +693,7 @@ class MlflowCallback(tune.Callback):
             rid = self._run(trial, mid, params, k)
             if rid in self.indexed:
                 continue  # a member that had finished before the pack failed keeps its result
+            self._flush(rid)
             self.tracker.set_tags(rid, {"bnnsearch.status": "failed", "error": err})
             self.tracker.finish(rid, "FAILED")
             self.finished += 1
@@ -672,6 +705,7 @@ class MlflowCallback(tune.Callback):
         """Reconcile: a run whose trial is unknown to the resumed study and was not replayed (it
         should not happen: lost trials are replayed) is kept, as what happened, but re-tagged so
         it no longer counts as a trial of the study."""
+        self._flush()
         known = {mid for t in trials for mid, _, _ in members_of(t.trial_id, t.config)}
         live = {self.runs[t] for t in known if t in self.runs}  # runs adopted by a replayed trial included
         for tid, rid in self.runs.items():

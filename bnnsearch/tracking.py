@@ -170,10 +170,14 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        self.log_metric_steps(run_id, [(metrics, step)])
+
+    def log_metric_steps(self, run_id: str, entries: list[tuple[dict, int]]) -> None:
+        """Metrics of several steps in as few requests as possible (1000 values each)."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+        items = [Metric(k, float(v), ts, step) for metrics, step in entries for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i : i + 1000])

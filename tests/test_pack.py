@@ -34,6 +34,11 @@ CASES = {
 }
 
 
+# Per method, its optimizers as fused in a pack (None: members step one by one).
+FUSED = {"latent": ["latent", "adam"], "filtered": ["filtered", "adam"], "proxconnect": [None, "adam"],  # a clipped wrapper and SGD among the binary optimizers
+         "cyclebnn": ["adam"], "hbnn": ["sgd", None, "adam"], "local_binary": []}
+
+
 def _cfgs(method, extra, hps, **kw):
     base = {"method": method, "data": "digits", "epochs": 3, "batch_size": 64, "seed": 3, "device": "cpu",
             "dtype": "float64", "threads": 1, **extra, **kw}
@@ -46,6 +51,7 @@ class _SignRecorder:
     def __init__(self, monkeypatch, method):
         self.solo: list[list[torch.Tensor]] = []
         self.pack: list[list[list[torch.Tensor]]] = []
+        self.fused: list[str | None] = []  # per optimizer position: the fused kind, or None
         m = get_method(method)
         step, step_pack = m.train_step, m.train_step_pack
 
@@ -58,6 +64,7 @@ class _SignRecorder:
             return out
 
         def rec_pack(pack, *a, **k):
+            self.fused = [f.kind if f is not None else None for f in pack.fused]
             out = step_pack(pack, *a, **k)
             self.pack.append([signs(mm) for mm in pack.members])
             return out
@@ -94,6 +101,8 @@ def test_member_equals_the_config_trained_alone(method, monkeypatch):
             assert all(torch.equal(w, g) for w, g in zip(want, got)), f"member {k}, step {s}: signs differ"
         _same_history(alone[k], packed[k].history)
         assert packed[k].history[-1]["pack/size"] == len(cfgs)
+    # The fused optimizer steps (methods/fused.py) were what ran: the comparison checks them.
+    assert rec.fused == FUSED[method]
     # The members really differ (else the check above proves little).
     finals = {tuple(h[-1][k] for k in ("val/loss", "train/loss")) for h in alone}
     assert len(finals) == len(cfgs)

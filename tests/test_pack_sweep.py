@@ -146,3 +146,24 @@ def test_resume_after_sigkill_keeps_every_member(tmp_path):
     (parent,) = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'study'")
     assert sorted(m.step for m in c.get_metric_history(parent.info.run_id, "trial_state")) == list(range(1, n + 1))
     subprocess.run(["pkill", "-9", "-f", str(tmp_path)], check=False)
+
+
+def test_compare_with_packed_studies(tmp_path):
+    import csv
+    import json
+
+    from test_compare import spaces
+
+    cmd = [sys.executable, "-m", "bnnsearch.cli", "compare", *spaces(tmp_path), "--repeats", "2", "--trials", "4",
+           "--sampler", "tpe", "--startup-trials", "2", "--out", str(tmp_path / "out"), "--name", "cmp", "--pack", "2"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(s["methods"]) == {"latent", "filtered"} and s["trials"] == 4
+    rows = list(csv.DictReader((tmp_path / "out" / "curves.csv").open()))
+    assert len(rows) == 2 * 2 * 4  # every member is a trial of its study
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    kids = c.search_runs([e.experiment_id for e in c.search_experiments()], "tags.`bnnsearch.kind` = 'trial'")
+    assert len(kids) == 16 and all(k.data.tags["bnnsearch.pack_size"] == "2" for k in kids)

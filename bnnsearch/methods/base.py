@@ -116,11 +116,56 @@ class Pack:
     module: nn.Module | None = None
     active: list[bool] = field(default_factory=list)
 
+    fused: list = field(default_factory=list)
+    leftover: list = field(default_factory=list)
+
     def __post_init__(self):
         if not self.active:
             self.active = [True] * len(self.members)
         if self.module is not None:
             self.module.gens = self.gens
+
+    def fuse(self) -> None:
+        """Fuse the members' optimizer steps where the optimizers allow (methods/fused.py).
+        Called once the members' optimizer states are final (after a checkpoint restore)."""
+        from .fused import fuse
+
+        if self.module is None:
+            return
+        self.fused, covered = fuse([s.optimizers for s in self.setups], self.module.slices())
+        # Per member and optimizer position: the parameters the fused step does not cover (a
+        # member step then runs with the covered ones' gradients cleared), or None for all.
+        self.leftover = []
+        for k, s in enumerate(self.setups):
+            row = []
+            for pos, opt in enumerate(s.optimizers):
+                params = [p for g in opt.param_groups for p in g["params"]]
+                if self.fused[pos] is None:
+                    row.append(None)
+                else:
+                    row.append(([p for p in params if id(p) in covered[k]],
+                                [p for p in params if id(p) not in covered[k]]))
+            self.leftover.append(row)
+        self.module.skip_scatter = {id(f_s) for f in self.fused if f is not None for f_s, _, _ in f.stacked}
+
+    def step(self, positions: list[int] | None = None) -> None:
+        """Step the live members' optimizers at these positions (all by default): the fused
+        update of the stacked parameters, then each member's own step for the rest."""
+        live = self.live()
+        n = len(self.setups[live[0]].optimizers) if live else 0
+        for pos in range(n) if positions is None else positions:
+            f = self.fused[pos] if self.fused else None
+            if f is not None:
+                f.step()
+            for k in live:
+                opt = self.setups[k].optimizers[pos]
+                if f is not None:
+                    covered, rest = self.leftover[k][pos]
+                    if not rest:
+                        continue
+                    for p in covered:
+                        p.grad = None
+                opt.step()
 
     def ctx(self, k: int):
         """Member k's training random stream installed (nn/rng.py)."""
@@ -130,10 +175,28 @@ class Pack:
         return [k for k, a in enumerate(self.active) if a]
 
     def train(self, mode: bool = True) -> None:
-        for m in self.members:
-            m.train(mode)
-        if self.module is not None:
-            self.module.train(mode)
+        if self.module is None:
+            for m in self.members:
+                m.train(mode)
+            return
+        # What Module.train does, without its recursion over K member trees every evaluation
+        # (no module of a packed network overrides train()).
+        mods = self.__dict__.get("_all_modules")
+        if mods is None:
+            mods = self._all_modules = [x for m in (*self.members, self.module) for x in m.modules()]
+        for x in mods:
+            x.training = mode
+
+    def zero_grad(self, positions: list[int] | None = None) -> None:
+        """``zero_grad(set_to_none=True)`` of the live members' optimizers at these positions,
+        as one loop over their parameters (parameters a fused step covers never get one)."""
+        for k in self.live():
+            opts = self.setups[k].optimizers
+            for pos in range(len(opts)) if positions is None else positions:
+                lo = self.leftover[k][pos] if self.leftover else None
+                params = lo[1] if lo is not None else [p for g in opts[pos].param_groups for p in g["params"]]
+                for p in params:
+                    p.grad = None
 
     def forward(self, forward, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, K, C]`` of every member (fused, or member by member)."""
@@ -282,16 +345,11 @@ class Method:
         step. Methods whose ``train_step`` does more override this as well."""
         if pack.module is None:
             return self._sequential_step(pack, x, y, forward)
-        live = pack.live()
-        for k in live:
-            for opt in pack.setups[k].optimizers:
-                opt.zero_grad(set_to_none=True)
+        pack.zero_grad()
         logits = forward(pack.module, x)
         losses = member_losses(logits, y)
         pack.backward(losses)
-        for k in live:
-            for opt in pack.setups[k].optimizers:
-                opt.step()
+        pack.step()
         return losses.detach(), logits.detach()
 
     def _sequential_step(self, pack: Pack, x, y, forward) -> tuple:

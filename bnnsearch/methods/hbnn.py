@@ -141,20 +141,12 @@ class HBNN(Method):
         hp = ctxs[0][3]
         cluster_step = pack.setups[live[0]].state["step"] % hp.cluster_every == 0
         if hp.update_mode == "alternating" and cluster_step:
-            for c in ctxs:
-                c[1].zero_grad(set_to_none=True)
+            pack.zero_grad([1])
             pack.backward(member_losses(forward(pack.module, x), y))
-            for c in ctxs:
-                c[1].step()
-        for c in ctxs:
-            for opt in c[:3]:
-                opt.zero_grad(set_to_none=True)
+            pack.step([1])
+        pack.zero_grad([0, 1, 2])
         logits = forward(pack.module, x)
         losses = member_losses(logits, y)
         pack.backward(losses)
-        for opt_w, opt_f, opt_fp, _ in ctxs:
-            opt_w.step()
-            opt_fp.step()
-            if hp.update_mode == "simultaneous" and cluster_step:
-                opt_f.step()
+        pack.step([0, 2, 1] if hp.update_mode == "simultaneous" and cluster_step else [0, 2])
         return losses.detach(), logits.detach()

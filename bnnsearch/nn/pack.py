@@ -93,8 +93,10 @@ class _Stacked(nn.Module):
             self._links.append((s, tensors))
         return s
 
-    def scatter_grads(self) -> None:
+    def scatter_grads(self, skip: set[int] = frozenset()) -> None:
         for s, ts in self._links:
+            if id(s) in skip:
+                continue
             if s.grad is None:
                 for t in ts:
                     t.grad = None
@@ -128,6 +130,31 @@ class _Stacked(nn.Module):
                 out.append(_weight(m, self.weight[i]))
         return out
 
+    def setup_stacked_quantizer(self) -> None:
+        """When every member's weight quantizer is the same map (``stack_key``), apply it once
+        to the stacked weights (their stacked ``sign_init`` kept as a buffer)."""
+        self._wq = None
+        qs = []
+        for m in self.members:
+            if not parametrize.is_parametrized(m, "weight") or len(m.parametrizations.weight) != 1:
+                return
+            qs.append(m.parametrizations.weight[0])
+        key = qs[0].stack_key()
+        if key is None or any(q.stack_key() != key for q in qs[1:]):
+            return
+        init = [getattr(q, "sign_init", None) for q in qs]
+        if all(i is not None for i in init):
+            self.register_buffer("sign_init", torch.stack(init), persistent=False)
+        else:
+            self.sign_init = None
+        self._wq = qs[0]
+
+    def stacked_weight(self) -> torch.Tensor:
+        """The members' effective weights, stacked ``[K, out, ...]``."""
+        if self._wq is not None:
+            return self._wq.forward_stacked(self.weight, self.sign_init)
+        return torch.stack(self.member_weights())
+
     def output_hooks(self, x_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         hooks = [list(m._forward_hooks.values()) for m in self.members]
         if not hooks[0]:
@@ -148,6 +175,7 @@ class PackedLinear(_Stacked):
         m0 = members[0]
         self.in_features, self.out_features = m0.in_features, m0.out_features
         self.stack("weight", [_storage(m, "weight") for m in members], True)
+        self.setup_stacked_quantizer()
         self.has_bias = m0.bias is not None
         if self.has_bias:
             self.stack("bias", [m.bias for m in members], True)
@@ -156,7 +184,7 @@ class PackedLinear(_Stacked):
         x = self.quantize_input(x)
         n = x.shape[0]
         xs = x.view(n, self.k, self.in_features).transpose(0, 1)  # [K, N, in]
-        w = torch.stack(self.member_weights()).transpose(1, 2)  # [K, in, out]
+        w = self.stacked_weight().transpose(1, 2)  # [K, in, out]
         if self.has_bias:
             out = torch.baddbmm(self.bias.unsqueeze(1), xs, w)
         else:
@@ -174,13 +202,14 @@ class PackedConv(_Stacked):
         self.conv = F.conv2d if isinstance(m0, nn.Conv2d) else F.conv1d
         self.stride, self.padding, self.dilation, self.groups = m0.stride, m0.padding, m0.dilation, m0.groups
         self.stack("weight", [_storage(m, "weight") for m in members], True)
+        self.setup_stacked_quantizer()
         self.has_bias = m0.bias is not None
         if self.has_bias:
             self.stack("bias", [m.bias for m in members], True, flat=True)
 
     def forward(self, x):
         x = self.quantize_input(x)
-        w = torch.cat(self.member_weights())  # [K*out, in/groups, *kernel]
+        w = self.stacked_weight().flatten(0, 1)  # [K*out, in/groups, *kernel]
         out = self.conv(x, w, self.bias if self.has_bias else None, self.stride, self.padding, self.dilation,
                         self.groups * self.k)
         return self.output_hooks(x, out)
@@ -260,6 +289,7 @@ class PackedModel(nn.Module):
             raise ValueError("a pack needs at least two members")
         self.k = len(members)
         self.gens: list[torch.Generator] | None = None  # the members' training streams (engine)
+        self.skip_scatter: set[int] = set()  # stacked parameters a fused optimizer steps (Pack.fuse)
         self.__dict__["members"] = list(members)  # not submodules: the pack owns only stacked storage
         self.leaves: list[_Stacked] = []
         self.net = self._template(list(members), "")
@@ -304,6 +334,11 @@ class PackedModel(nn.Module):
         return self
 
     def scatter_grads(self) -> None:
-        """Give every member parameter its slice of the stacked gradient (after backward)."""
+        """Give every member parameter its slice of the stacked gradient (after backward),
+        except where a fused optimizer step reads the stacked gradient itself."""
         for leaf in self.leaves:
-            leaf.scatter_grads()
+            leaf.scatter_grads(self.skip_scatter)
+
+    def slices(self) -> dict[int, tuple[torch.Tensor, int]]:
+        """id(member parameter) -> (its stacked parameter, member index)."""
+        return {id(t): (s, k) for leaf in self.leaves for s, ts in leaf._links for k, t in enumerate(ts)}

@@ -78,6 +78,16 @@ class Quantizer(nn.Module):
         stateless element-wise maps that draw no random numbers return a key."""
         return None
 
+    def stack_key(self):
+        """Packed trials: a key equal for weight quantizers whose ``forward_stacked`` maps all
+        members' stacked weights at once (None: each member's slice separately)."""
+        return None
+
+    def forward_stacked(self, w: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:
+        """``forward`` of every member at once on stacked weights ``[K, out, ...]`` (``init``:
+        the members' stacked ``sign_init``). Only quantizers with a ``stack_key``."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, sign0={self.sign0}"
 
@@ -196,6 +206,16 @@ class LatentSign(_TieBreak):
             out = out * w.abs().mean(dim=tuple(range(1, w.ndim)), keepdim=True)
         return out
 
+    def stack_key(self):
+        return ("latent_sign", self.scaling, self.clip_grad) if getattr(self, "sign_init", None) is not None else None
+
+    def forward_stacked(self, w, init):
+        s = torch.where(w == 0, init, torch.sign(w))
+        out = _straight(_clip_surrogate(w) if self.clip_grad else w, s) if self.training else s
+        if self.scaling:  # per member and output channel
+            out = out * w.abs().mean(dim=tuple(range(2, w.ndim)), keepdim=True)
+        return out
+
     def extra_repr(self):
         return f"{super().extra_repr()}, scaling={self.scaling}, clip_grad={self.clip_grad}"
 
@@ -206,6 +226,12 @@ class StoredSign(_TieBreak):
     stored signs, B = identity (the gradient w.r.t. the binary weight)."""
 
     def forward(self, w):
+        return w
+
+    def stack_key(self):
+        return ("stored_sign",)
+
+    def forward_stacked(self, w, init):
         return w
 
     def hard_sign(self, w):
