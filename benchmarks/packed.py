@@ -58,7 +58,7 @@ def bench(label: str, base: dict, method: str, k: int) -> float:
     return ratio
 
 
-def study_ratio(trials: int = 32, pack: int = 8) -> float:
+def study_ratio(trials: int = 32, pack: int = 8, data: str = "digits", width: int = 64, epochs: int = 10) -> float:
     import time
 
     import ray
@@ -67,26 +67,27 @@ def study_ratio(trials: int = 32, pack: int = 8) -> float:
     from bnnsearch.spaces import load_space
     from bnnsearch.sweep import SweepArgs, run_sweep
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     secs = {}
     with tempfile.TemporaryDirectory() as tmp:
         sp = Path(tmp) / "space.yaml"
         sp.write_text(yaml.safe_dump({
             "method": "latent", "objective": {"metric": "val/acc", "mode": "max"},
-            "fixed": {"arch": "mlp", "arch_args": {"widths": [64] * 3}, "data": "digits", "epochs": 10,
-                      "batch_size": 128, "device": "cpu"},
+            "fixed": {"arch": "mlp", "arch_args": {"widths": [width] * 3}, "data": data, "epochs": epochs,
+                      "batch_size": 128, "device": "cpu", "data_root": str(Path("data").resolve())},
             "params": {"lr": {"float": [0.1, 100.0], "log": True}, "weight_decay": {"float": [1e-5, 1e-1], "log": True},
                        "momentum": {"float": [0.0, 0.99]}}}))
         for k in (pack, 1):
             t0 = time.perf_counter()
             run_sweep(SweepArgs(space=load_space(sp), trials=trials, sampler="random", seed=0, pack=k, quiet=True,
-                                storage=f"{tmp}/runs", tracking_uri=f"sqlite:///{tmp}/mlflow.db", name=f"pack{k}"))
+                                storage=f"{tmp}/runs", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                                name=f"pack{k}-{data}-{width}"))
             secs[k] = time.perf_counter() - t0
             print(f"study of {trials} trials, --pack {k}: {secs[k]:7.1f}s", flush=True)
-    ray.shutdown()
     ratio = secs[1] / secs[pack]
-    print(f"study speedup, --pack {pack} vs --pack 1 ({trials} trials, mlp 64x3, digits, 2 CPU workers): "
-          f"{ratio:.2f}x", flush=True)
+    print(f"study speedup, --pack {pack} vs --pack 1 ({trials} trials of {epochs} epochs, mlp {width}x3, {data}, "
+          f"2 CPU workers): {ratio:.2f}x", flush=True)
     return ratio
 
 
@@ -122,8 +123,9 @@ def main():
                             channels_last=True, batch_size=256)
                 for k in (1, 8, 32):
                     bench(f"{arch}, CIFAR-shaped, bf16, cuda", base, "latent", k)
-    if args.study:
-        study_ratio()
+    if args.study:  # a study of short trials (driver overhead weighs) and one of longer trials
+        study_ratio(data="digits", width=64, epochs=10)
+        study_ratio(data="mnist1d", width=128, epochs=20)
     print(f"packed speedup at K=8 (mlp 64x3, digits, cpu): {headline:.2f}x")
 
 

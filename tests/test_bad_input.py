@@ -27,6 +27,7 @@ def files(tmp_path, monkeypatch):
     w("nodata.yaml", {**SPACE, "fixed": {**SPACE["fixed"], "data": "mnist", "data_root": str(tmp_path / "nowhere")}})
     w("config.yaml", {**CONFIG, "data_root": str(tmp_path / "data")})
     w("nodata_config.yaml", {**CONFIG, "data": "mnist", "data_root": str(tmp_path / "nowhere")})
+    w("pack0.yaml", {**SPACE, "pack": 0})
     w("empty.yaml", "")
     w("epochs.yaml", {**CONFIG, "epochs": -3})
     w("batch.yaml", {**CONFIG, "batch_size": 0})
@@ -54,6 +55,8 @@ CASES = [  # (argv, what the one line must say)
     ([*SWEEP, "--concurrency", "-1"], "--concurrency -1: must be >= 0"),
     ([*SWEEP, "--max-failures", "-2"], "--max-failures -2: must be >= 0, or -1"),
     ([*SWEEP, "--checkpoint-s", "-1"], "--checkpoint-s -1: must be >= 0"),
+    ([*SWEEP, "--pack", "-2"], "--pack -2: must be >= 1"),
+    (["sweep", "pack0.yaml"], "pack0.yaml: pack: pack must be an integer >= 1"),
     ([*SWEEP, "--trials", "0"], "--trials 0: must be >= 1"),
     ([*SWEEP, "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
     ([*SWEEP, "--storage", "afile"], "--storage afile: is a file"),

@@ -139,12 +139,23 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on():
         _same_history(alone[k].history, packed[k].history)
 
 
-def test_a_stopped_member_is_masked_and_the_others_go_on():
+def test_a_stopped_member_is_masked_and_the_others_go_on(monkeypatch):
     cfgs = _cfgs("filtered", MLP, [{"alpha": 1e-3}, {"alpha": 1e-2}, {"alpha": 3e-2}], epochs=3)
     alone = [fit(c).history for c in cfgs]
-    seen = []
-    packed = fit_pack(cfgs, [None, lambda m: seen.append(m["epoch"]) or True, None])
+    seen, at_stop = [], {}
+
+    def stop(m):
+        seen.append(m["epoch"])
+        at_stop.update({k: v.detach().clone() for k, v in members[1].named_parameters()})
+        return True
+
+    members = []
+    orig = get_method("filtered").pack_model
+    monkeypatch.setattr(type(get_method("filtered")), "pack_model", lambda self, ms: members.extend(ms) or orig(ms))
+    packed = fit_pack(cfgs, [None, stop, None])
     assert seen == [1] and len(packed[1].history) == 1
+    # frozen: the stopped member's parameters took no update in the two epochs the pack trained on
+    assert at_stop and all(torch.equal(v, dict(members[1].named_parameters())[k]) for k, v in at_stop.items())
     _same_history(alone[1][:1], packed[1].history)
     for k in (0, 2):
         _same_history(alone[k], packed[k].history)

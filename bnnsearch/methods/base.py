@@ -156,7 +156,7 @@ class Pack:
         for pos in range(n) if positions is None else positions:
             f = self.fused[pos] if self.fused else None
             if f is not None:
-                f.step()
+                f.step(self.active)
             for k in live:
                 opt = self.setups[k].optimizers[pos]
                 if f is not None:

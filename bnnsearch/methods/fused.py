@@ -32,14 +32,19 @@ class _Cols:
     """Per-step cache of hyperparameter columns: the stacked tensors of one optimizer usually
     share their members' param groups, so each column is built once per step."""
 
-    def __init__(self):
+    def __init__(self, active: list[bool]):
         self.cache: dict = {}
+        self.active = active
 
-    def __call__(self, name: str, groups: list[dict], fn: Callable[[dict], float], like: torch.Tensor):
+    def __call__(self, name: str, groups: list[dict], fn: Callable[[dict], float], like: torch.Tensor,
+                 neutral: float | None = None):
+        """The column of ``fn(group)`` over members; members no longer live get ``neutral`` where
+        given (a step size of 0, a decay factor of 1: their parameters stay as they are)."""
         key = (name, tuple(id(g) for g in groups), like.dtype)
         col = self.cache.get(key)
         if col is None:
-            col = self.cache[key] = _col([fn(g) for g in groups], like)
+            vals = [fn(g) if neutral is None or a else neutral for g, a in zip(groups, self.active)]
+            col = self.cache[key] = _col(vals, like)
         return col
 
 
@@ -105,11 +110,13 @@ class FusedStep:
 
     # -- the update ---------------------------------------------------------------------
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, active: list[bool] | None = None) -> None:
+        """Update every member; a member not ``active`` (diverged or stopped) keeps its
+        parameters (its step sizes are 0; only its optimizer state moves on, unused)."""
         if self.kind == "adam":
             self.t += 1
             self.steps.add_(1)
-        self.col = _Cols()
+        self.col = _Cols(active if active is not None else [True] * len(self.opts))
         update = getattr(self, "_" + self.kind)
         for i, (s, groups, params) in enumerate(self.stacked):
             if s.grad is None:
@@ -124,7 +131,7 @@ class FusedStep:
         wd = [gr["weight_decay"] for gr in groups]
         if any(wd):
             if all(decoupled):
-                p.mul_(self.col("1-lr*wd", groups, lambda gr: 1 - gr["lr"] * gr["weight_decay"], p))
+                p.mul_(self.col("1-lr*wd", groups, lambda gr: 1 - gr["lr"] * gr["weight_decay"], p, 1.0))
             elif not any(decoupled):
                 g = g.add(self.col("wd", groups, lambda gr: gr["weight_decay"], p) * p)
             else:
@@ -137,7 +144,7 @@ class FusedStep:
             g * c("1-b2", groups, lambda gr: 1 - gr["betas"][1], p), g)
         bc2_sqrt = c("bc2", groups, lambda gr: (1 - gr["betas"][1] ** t) ** 0.5, p)
         denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(c("eps", groups, lambda gr: gr["eps"], p))
-        p.addcdiv_(exp_avg * c("-step", groups, lambda gr: -(gr["lr"] / (1 - gr["betas"][0] ** t)), p), denom)
+        p.addcdiv_(exp_avg * c("-step", groups, lambda gr: -(gr["lr"] / (1 - gr["betas"][0] ** t)), p, 0.0), denom)
 
     def _sgd(self, i, p, g, groups, params):
         wd = [gr["weight_decay"] for gr in groups]
@@ -150,14 +157,14 @@ class FusedStep:
             else:
                 buf.mul_(self.col("mom", groups, lambda gr: gr["momentum"], p)).add_(g)
             g = buf
-        p.add_(g * self.col("-lr", groups, lambda gr: -gr["lr"], p))
+        p.add_(g * self.col("-lr", groups, lambda gr: -gr["lr"], p, 0.0))
 
     def _latent(self, i, p, g, groups, params):
         m = self._state(i, "m", lambda: torch.zeros_like(p))
         c = self.col
         m.mul_(c("1-gamma", groups, lambda gr: 1.0 - gr["gamma"], p)).add_(g * c("gamma", groups, lambda gr: gr["gamma"], p))
-        p.mul_(c("1-lr*wd", groups, lambda gr: 1.0 - gr["lr"] * gr["weight_decay"], p)).add_(
-            m * c("-lr", groups, lambda gr: -gr["lr"], p))
+        p.mul_(c("1-lr*wd", groups, lambda gr: 1.0 - gr["lr"] * gr["weight_decay"], p, 1.0)).add_(
+            m * c("-lr", groups, lambda gr: -gr["lr"], p, 0.0))
         clip = [bool(gr["clip_latent"]) for gr in groups]
         if all(clip):
             p.clamp_(-1.0, 1.0)
@@ -170,7 +177,8 @@ class FusedStep:
         gf = self._state(i, "g", lambda: torch.zeros_like(p))
         c = self.col
         m.mul_(c("1-gamma", groups, lambda gr: 1.0 - gr["gamma"], p)).add_(g * c("gamma", groups, lambda gr: gr["gamma"], p))
-        gf.mul_(c("1-alpha", groups, lambda gr: 1.0 - gr["alpha"], p)).add_(m * c("alpha", groups, lambda gr: gr["alpha"], p))
+        gf.mul_(c("1-alpha", groups, lambda gr: 1.0 - gr["alpha"], p, 1.0)).add_(
+            m * c("alpha", groups, lambda gr: gr["alpha"], p, 0.0))
         p.copy_(torch.where(gf * p > 0, -p, p))
 
 
