@@ -49,7 +49,8 @@ def best_trials(target: str, uri: str | None, experiment: str | None, top: int) 
         if r.data.tags.get("bnnsearch.status") != "complete" or "objective" not in r.data.metrics:
             continue
         rows.append({"study": r.data.tags.get(STUDY_TAG, study), "trial": r.data.tags.get("bnnsearch.trial_id"),
-                     "value": r.data.metrics["objective"], "run_id": r.info.run_id, "metric": metric})
+                     "value": r.data.metrics["objective"], "run_id": r.info.run_id, "metric": metric,
+                     "pack_size": int(r.data.tags.get("bnnsearch.pack_size", 1))})
     if not rows:
         raise UserError(f"{target!r} has no complete full-budget trial yet")
     rows.sort(key=lambda x: -x["value"] if mode == "max" else x["value"])

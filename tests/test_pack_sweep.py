@@ -27,7 +27,7 @@ def _packs(kids) -> dict[str, list]:
     return out
 
 
-def test_packed_study_records_members_as_trials(ray_local, tmp_path):
+def test_packed_study_records_members_as_trials(ray_local, tmp_path, capsys):
     params = {**ALPHA, "batch_size": {"categorical": [32, 64]}}
     s = sweep(tmp_path, space_file(tmp_path, params), trials=7, sampler="tpe", startup_trials=2, pack=3)
     assert s["counts"] == {"complete": 7, "stopped early": 0, "diverged": 0, "failed": 0}
@@ -54,6 +54,14 @@ def test_packed_study_records_members_as_trials(ray_local, tmp_path):
     assert curve == sorted(curve) and curve[-1] == max(k.data.metrics["objective"] for k in kids)
     assert {r["trial"] for r in s["trials"]} == {k.data.tags["bnnsearch.trial_id"] for k in kids}
     assert "#" in s["top"][0]["trial"]
+    # `best` says when the best trial trained in a pack (float32 reproduction is then not exact)
+    from bnnsearch.cli import main
+
+    capsys.readouterr()
+    assert main(["best", "filtered-tpe-s0", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                 "--out", str(tmp_path / "best.yaml")]) == 0
+    top = next(k for k in kids if k.data.tags["bnnsearch.trial_id"] == s["top"][0]["trial"])
+    assert ("a member of a pack of" in capsys.readouterr().out) == (top.data.tags["bnnsearch.pack_size"] != "1")
 
 
 def test_a_diverging_member_is_recorded_and_its_pack_goes_on(ray_local, tmp_path):
