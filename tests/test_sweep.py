@@ -367,3 +367,19 @@ def test_restore_adopts_trials_ray_kept_but_the_sampler_never_saw(tmp_path):
     assert r._replay == [("t3", journal["t3"])]
     r.on_trial_complete("t2", {"objective": 0.5, "epoch": 2})  # t2's outcome reaches the sampler
     assert [t.value for t in r._ot_study.trials if t.params == journal["t2"]] == [0.5]
+
+
+def test_trials_read_a_relative_data_root_where_the_command_ran(ray_local, tmp_path, monkeypatch):
+    """Ray runs each trial in its own working directory; the default data_root ./data must still
+    be the folder the study was started in (resolved in the driver), for every trial."""
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "space.yaml"
+    fixed = {k: v for k, v in FIXED.items() if k != "data"}
+    p.write_text(yaml.safe_dump({"method": "filtered", "fixed": {**fixed, "data": "mnist1d",
+                                                                 "data_args": {"num_samples": 400}},
+                                 "params": ALPHA}))
+    s = sweep(tmp_path, p, trials=2, sampler="random")
+    assert s["counts"]["complete"] == 2
+    _, _, kids = mlflow_runs(tmp_path, s)
+    assert {k.data.params["data_root"] for k in kids} == {str(tmp_path / "data")}
+    assert (tmp_path / "data" / "mnist1d_400.npz").exists()
