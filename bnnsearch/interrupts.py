@@ -13,11 +13,13 @@ import signal
 import sys
 import threading
 
-_state = {"count": 0, "in_tune": False, "what": "the command"}
+_state = {"count": 0, "in_tune": False, "what": "the command", "defer": False}
 
 
 def handler(sig, frame):
     _state["count"] += 1
+    if _state["defer"] and _state["count"] == 1:
+        return  # inside deferred(): raised when the block ends
     if _state["count"] > 1 or _state["in_tune"]:
         print(f"\nbnnsearch: second interrupt: exiting now; {_state['what']} is incomplete, rerun with --resume to "
               "finish it", file=sys.stderr, flush=True)
@@ -28,6 +30,22 @@ def handler(sig, frame):
 def install() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, handler)
+
+
+class deferred:
+    """A block a KeyboardInterrupt must not cut in half (the start-up imports: a Ctrl-C inside
+    ``import torch`` has aborted the interpreter, and one inside an extension's init leaves CPython
+    believing it was unhandled). The first Ctrl-C in it is remembered and raised when it ends."""
+
+    def __enter__(self):
+        _state["defer"] = True
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        _state["defer"] = False
+        if exc_type is None and _state["count"]:
+            raise KeyboardInterrupt
+        return False
 
 
 def pending() -> bool:
