@@ -858,6 +858,30 @@ def run_sweep(a: SweepArgs) -> dict:
         raise
 
 
+_TUNER_PKL, _TUNER_BAK = "tuner.pkl", "bnnsearch_tuner.pkl"
+
+
+def _backup_tuner_pkl(exp_dir: Path) -> None:
+    """Keep a copy of Ray's tuner.pkl once it is whole: Ray rewrites it in place (truncate, then
+    write) and a SIGKILL in between left it empty, so the study could not be resumed (seen in a
+    fresh-clone run of the two-SIGKILL test: EOFError in Tuner.restore)."""
+    src = Path(exp_dir) / _TUNER_PKL
+    if src.exists() and src.stat().st_size > 0:
+        tmp = Path(exp_dir) / (_TUNER_BAK + ".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(Path(exp_dir) / _TUNER_BAK)
+
+
+def _repair_tuner_pkl(exp_dir: Path) -> None:
+    """Before a resume: an empty or missing tuner.pkl is restored from the copy (its content —
+    trainable, configs — is the same in every run of the study)."""
+    src, bak = Path(exp_dir) / _TUNER_PKL, Path(exp_dir) / _TUNER_BAK
+    if bak.exists() and (not src.exists() or src.stat().st_size == 0):
+        tmp = Path(exp_dir) / (_TUNER_PKL + ".tmp")
+        shutil.copyfile(bak, tmp)
+        tmp.replace(src)
+
+
 def _check_pack(a: SweepArgs, space, pack: int) -> int:
     """Whether this study's configurations can be packed; the pack size to use (1 with a
     one-line notice when they cannot: never silently)."""
@@ -923,6 +947,8 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
     callback = MlflowCallback(a, parent_id, tracker.uri, tracker, str(exp_dir))
     t0 = time.time()
+    if a.resume:
+        _repair_tuner_pkl(exp_dir)
     if a.resume and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=train_fn, resume_unfinished=True, resume_errored=True)
     else:
@@ -953,6 +979,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                                       failure_config=tune.FailureConfig(max_failures=a.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
+    _backup_tuner_pkl(exp_dir)
     interrupts.check()  # a Ctrl-C a library swallowed during set-up
     with interrupts.tune_loop(f"study {name!r}"):  # counts a Ctrl-C Ray Tune took as pending
         grid = tuner.fit()  # Ray Tune takes the first Ctrl-C: it stops the trials and saves the experiment

@@ -383,3 +383,18 @@ def test_trials_read_a_relative_data_root_where_the_command_ran(ray_local, tmp_p
     _, _, kids = mlflow_runs(tmp_path, s)
     assert {k.data.params["data_root"] for k in kids} == {str(tmp_path / "data")}
     assert (tmp_path / "data" / "mnist1d_400.npz").exists()
+
+
+def test_an_emptied_tuner_pkl_is_repaired_before_a_resume(tmp_path):
+    """Ray rewrites tuner.pkl in place; a SIGKILL mid-write left it empty and the study could not
+    resume. The copy taken once it was whole is put back (and nothing happens when it is whole)."""
+    from bnnsearch.sweep import _backup_tuner_pkl, _repair_tuner_pkl
+
+    (tmp_path / "tuner.pkl").write_bytes(b"whole")
+    _backup_tuner_pkl(tmp_path)
+    (tmp_path / "tuner.pkl").write_bytes(b"")
+    _repair_tuner_pkl(tmp_path)
+    assert (tmp_path / "tuner.pkl").read_bytes() == b"whole"
+    (tmp_path / "tuner.pkl").write_bytes(b"newer")
+    _repair_tuner_pkl(tmp_path)
+    assert (tmp_path / "tuner.pkl").read_bytes() == b"newer"
