@@ -189,7 +189,7 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
     # record, is a read-only call of Ray core: TuneContext does not expose it.
     node = ray.get_runtime_context().get_node_id()
     pid = os.getpid()
-    last_ckpt = [time.monotonic()]
+    send = _sender(work, checkpoint_s)
 
     def report(m: dict):
         out = sanitize(m)
@@ -197,20 +197,32 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
         out["node_id"] = node
         out["worker_pid"] = pid
         out["resumed_from_epoch"] = resumed_from  # 0: this run of the trial started from scratch
-        # The engine saves its state every epoch (cheap, local); handing it to Ray copies it to
-        # storage, which costs more than a short epoch: do that at most every checkpoint_s.
-        now = time.monotonic()
-        if now - last_ckpt[0] >= checkpoint_s:
-            last_ckpt[0] = now
-            out[CKPT_FLAG] = 1  # the driver writes what it buffered before Ray can name this checkpoint
-            tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
-        else:
-            tune.report(out)
+        send(out)
 
     try:
         fit(cfg, report, checkpoint_dir=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _sender(work: Path, checkpoint_s: float):
+    """``send(result)``: ``tune.report`` of a trial's result, handing Ray the engine's checkpoint
+    in ``work`` at most every ``checkpoint_s`` seconds. The engine saves its state every epoch
+    (cheap, local); handing it to Ray copies it to storage, which costs more than a short epoch.
+    A result carrying a checkpoint is flagged: the driver writes what it buffered before Ray can
+    name that checkpoint."""
+    last = [time.monotonic()]
+
+    def send(out: dict) -> None:
+        now = time.monotonic()
+        if now - last[0] >= checkpoint_s:
+            last[0] = now
+            out[CKPT_FLAG] = 1
+            tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        else:
+            tune.report(out)
+
+    return send
 
 
 def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s: float, asha: str | None = None):
@@ -239,7 +251,6 @@ def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s:
                 latest[str(k)] = _member_report(st["history"][-1], space, "diverged" if st["diverged"] else "stopped")
     node = ray.get_runtime_context().get_node_id()
     pid = os.getpid()
-    last_ckpt = [time.monotonic()]
     pending: list[dict] = []
 
     rungs = ray.get_actor(asha) if asha else None
@@ -264,17 +275,10 @@ def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s:
                        "members": {k: dict(v) for k, v in latest.items()}}]
         return stops
 
-    def publish():
-        now = time.monotonic()
-        if now - last_ckpt[0] >= checkpoint_s:
-            last_ckpt[0] = now
-            pending[0][CKPT_FLAG] = 1
-            tune.report(pending[0], checkpoint=tune.Checkpoint.from_directory(str(work)))
-        else:
-            tune.report(pending[0])
+    send = _sender(work, checkpoint_s)
 
     try:
-        fit_pack(cfgs, on_epoch=on_epoch, after_checkpoint=publish, checkpoint_dir=work)
+        fit_pack(cfgs, on_epoch=on_epoch, after_checkpoint=lambda: send(pending[0]), checkpoint_dir=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -885,7 +889,7 @@ def _repair_tuner_pkl(exp_dir: Path) -> None:
 def _check_pack(a: SweepArgs, space, pack: int) -> int:
     """Whether this study's configurations can be packed; the pack size to use (1 with a
     one-line notice when they cannot: never silently)."""
-    from .engine import build
+    from .engine import build, build_model
     from .nn.pack import NotPackable
 
     reason = None
@@ -894,9 +898,8 @@ def _check_pack(a: SweepArgs, space, pack: int) -> int:
         reason = "freeze_binary (a control) trains alone"
     else:
         try:
-            data, method, _, model = build(cfg, "cpu")
-            _, _, _, other = build(cfg, "cpu")
-            method.pack_model([model, other])
+            data, method, hp, model = build(cfg, "cpu")
+            method.pack_model([model, build_model(cfg, data, method, hp, "cpu")])  # the data loaded once
         except NotPackable as e:
             reason = str(e)
     if reason is not None:

@@ -67,6 +67,7 @@ class FusedStep:
         self.stacked = stacked  # (stacked tensor, each member's param group, each member's param)
         self.t = 0.0
         self.steps: torch.Tensor | None = None
+        self._fused_state: dict[tuple[int, str], torch.Tensor] = {}  # (stacked index, state key) -> [K, n]
 
     # -- state --------------------------------------------------------------------------
     def _state(self, i: int, key: str, init: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
@@ -74,9 +75,7 @@ class FusedStep:
         ``init`` when none has it yet); every member's state entry becomes its row."""
         s, _, params = self.stacked[i]
         states = [o.state[p] for o, p in zip(self.opts, params)]
-        cache = getattr(self, "_cache", None)
-        if cache is None:
-            cache = self._cache = {}
+        cache = self._fused_state
         fused = cache.get((i, key))
         if fused is None:
             have = [key in st and st[key] is not None for st in states]
