@@ -91,14 +91,22 @@ def cmd_space(args) -> int:
 
     for path in args.spaces:
         s = load_space(path)
-        print(f"{path}: method {s.method}, objective {s.mode} {s.metric}, fixed {s.fixed}")
+        objs = ", ".join(f"{mode} {metric}" for metric, mode in s.objectives)
+        if s.method == "automl":
+            cons = ", ".join(f"{m} {k} {b:g}" for m, k, b in s.constraints) or "none"
+            print(f"{path}: AutoML over {', '.join(s.methods)}; objectives {objs}; constraints {cons}; fixed {s.fixed}")
+        else:
+            print(f"{path}: method {s.method}, objective {objs}, fixed {s.fixed}")
         rows = []
         for p in s.params:
             rng = ", ".join(map(str, p.choices)) if p.kind == "categorical" else f"[{p.low}, {p.high}]"
-            rows.append([p.name, ".".join(p.path), p.kind + (" (log)" if p.log else ""), rng])
-        print(table(rows, ["param", "config key", "kind", "range"], align_right=set()))
-        d = s.default_point()
-        print(f"first trial (paper defaults): {d if d else 'none: the defaults lie outside this space'}\n")
+            when = "; ".join(f"{k} in {', '.join(map(str, v))}" for k, v in p.when) or "always"
+            rows.append([p.name, ".".join(p.path), p.kind + (" (log)" if p.log else ""), rng, when])
+        print(table(rows, ["param", "config key", "kind", "range", "sampled when"], align_right=set()))
+        if s.method != "automl":
+            d = s.default_point()
+            print(f"first trial (paper defaults): {d if d else 'none: the defaults lie outside this space'}")
+        print()
     return 0
 
 
@@ -110,7 +118,7 @@ def _sweep_args(args, space):
         concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         scheduler=args.scheduler, address=args.address, tracking_uri=args.tracking_uri, experiment=args.experiment,
         storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
-        checkpoint_s=args.checkpoint_s, pack=args.pack)
+        checkpoint_s=args.checkpoint_s, pack=args.pack, time_budget_s=getattr(args, "time_budget", 0.0) or 0.0)
 
 
 def print_summary(s: dict, top: int = 5) -> None:
@@ -131,6 +139,9 @@ def print_summary(s: dict, top: int = 5) -> None:
 
 
 def _short(v):
+    from .spaces import _decode
+
+    v = _decode(v)  # list-valued choices (widths) travel as "yaml:[...]"
     return f"{v:.4g}" if isinstance(v, float) else v
 
 
@@ -197,6 +208,106 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def parse_duration(text: str) -> float:
+    """'90', '90s', '30m', '2h', '1.5h' -> seconds (argparse type: a clear error otherwise)."""
+    t = str(text).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
+    try:
+        v = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds or a duration like 90s, 30m, 2h") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    return v
+
+
+def cmd_automl(args) -> int:
+    from .automl import AutoSpace, run_automl
+    from .spaces import load_space
+    from .textui import table
+
+    space = load_space(args.space)
+    if not isinstance(space, AutoSpace):
+        raise UserError(f"{args.space}: a one-method space (method: {space.method}); automl takes a space with "
+                        "methods: (see search_spaces/automl.yaml), sweep takes this one")
+    if args.trials is None:
+        args.trials = 0 if args.time_budget else 20
+    a = _sweep_args(args, space)
+    data = space.fixed.get("data", "mnist1d")
+    a.experiment = a.experiment or f"bnnsearch/{data}/automl"
+    a.name = a.name or f"automl-{data}-{a.sampler}-s{a.seed}"
+    register = None if args.register is None else (args.register or f"bnnsearch-{data}")
+    objs = ", ".join(f"{mode} {metric}" for metric, mode in space.objectives)
+    cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
+    print(f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
+          f"{a.budget_text()}, sampler {a.sampler}", flush=True)
+    s = run_automl(a, args.out, register, args.pick)
+    print_summary(s)
+    keys = [m for m, _ in space.objectives]
+    rows = [[p["rank"], p["method"], *[p["objectives"][k] for k in keys], p["trial"], _arch_text(p["config"])]
+            for p in s["front"]]
+    print(f"\nPareto front ({len(rows)} point{'s' if len(rows) != 1 else ''}, feasible complete trials)"
+          + (f", hypervolume {s['hypervolume']:.6g} (reference {list(space.refs)})" if s["hypervolume"] is not None else ""))
+    if rows:
+        print(table(rows, ["rank", "method", *keys, "trial", "network"], align_right=set(range(2, 2 + len(keys)))))
+    print(f"wrote {s['out']}/pareto.json (also on the study's MLflow run)")
+    reg = s.get("registered")
+    if reg:
+        print(f"\nregistered {reg['model_uri']} (MLflow run {reg['run_id']}): retrained test/acc {reg['test/acc']:.4f}"
+              f" (the trial recorded {_fmt(reg['trial_test_acc'])}), modelled memory {_fmt(reg['mem_bits'])} bits\n"
+              f"  check it with:  bnnsearch evaluate {reg['model_uri']}" +
+              (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
+    return 0
+
+
+def _fmt(v):
+    return "-" if v is None else (f"{v:.4f}" if abs(v) < 10 else f"{v:.6g}")
+
+
+def _arch_text(cfg: dict) -> str:
+    widths = cfg.get("arch_args", {}).get("widths")
+    return f"{cfg.get('arch')} {widths}" if widths is not None else str(cfg.get("arch"))
+
+
+def cmd_evaluate(args) -> int:
+    from .modelio import evaluate_uri
+
+    r = evaluate_uri(args.model, args.tracking_uri)
+    rec = r["recorded"]
+    print(f"{r['model']}: {r['method']} / {r['arch']} on {r['data']}: test/acc {r['test_acc']:.6f} on "
+          f"{r['samples']} test samples")
+    if rec is None:
+        print("no recorded test/acc to compare with (not from a bnnsearch-registered model)")
+        return 0
+    same = rec == r["test_acc"]
+    print(f"recorded in MLflow run {r['run_id']}: {rec:.6f} -> {'equal' if same else 'DIFFERENT'}")
+    return 0 if same else 1
+
+
+def cmd_export(args) -> int:
+    from .modelio import export_uri
+    from .textui import fmt
+
+    out = Path(args.out)
+    _writable(out, "--out")
+    r = export_uri(args.model, out, args.tracking_uri)
+    c = r["config"]
+    from .config import resolve
+    from .engine import build
+
+    data, method, _, model = build(resolve(dict(c), "model config"), "cpu")
+    modelled = method.inference_cost(model, data.in_shape)[1]["cost/mem_bits"] / 8
+    print(f"wrote {out}: {fmt(r['bytes'])} bytes ({r['binary_tensors']} tensors as packed bits, "
+          f"{fmt(r['binary_weights'])} binary values; modelled memory {fmt(modelled)} bytes — the file adds the "
+          "container, the config and the network's buffers)")
+    if r["full_precision_storage"]:
+        print(f"kept full precision (the network's logits change with their signs alone): "
+              f"{', '.join(r['full_precision_storage'])}")
+    print(f"read back: logits {'identical' if r['exact'] else 'DIFFERENT'}; load it with "
+          f"bnnsearch.modelio.load_bnn('{out}') or score it with  bnnsearch evaluate {out}")
+    return 0 if r["exact"] else 1
+
+
 def cmd_best(args) -> int:
     from .best import best_trials
 
@@ -259,9 +370,10 @@ def cmd_demo(args) -> int:
 
 def add_sweep_flags(w: argparse.ArgumentParser, kind: str = "sweep") -> None:
     """The study flags shared by sweep, compare and demo (``kind`` picks the help that is true)."""
-    many = kind != "sweep"
-    w.add_argument("--trials", type=int, default=20, help="trials per study")
-    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "gp", "botorch"],
+    many = kind not in ("sweep", "automl")
+    w.add_argument("--trials", type=int, default=20,
+                   help="trials (default 20, or none with --time-budget)" if kind == "automl" else "trials per study")
+    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "gp", "botorch", "nsga2"],
                    help="Optuna sampler (botorch: BoTorchSampler from optuna-integration)")
     w.add_argument("--seed", type=int, default=0,
                    help="sampler seed" + (" of the first repeat; repeat r uses seed + r" if many else ""))
@@ -284,13 +396,15 @@ def add_sweep_flags(w: argparse.ArgumentParser, kind: str = "sweep") -> None:
     w.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     w.add_argument("--experiment", default=None,
                    help="MLflow experiment (default: bnnsearch-compare/<name>)" if many
+                   else "MLflow experiment (default: bnnsearch/<data>/automl)" if kind == "automl"
                    else "MLflow experiment (default: bnnsearch/<data>/<arch>)")
     w.add_argument("--storage", default="./bnnsearch_runs", help="Ray results directory (trial checkpoints, resume state)")
     w.add_argument("--name", default=None,
                    help={"sweep": "study name (default: <method>-<sampler>-s<seed>)",
                          "compare": "comparison name (default: compare-<method>-<method>...); studies are "
                                     "<name>-<method>-r<repeat>",
-                         "demo": "comparison name (default: demo-<date>-<time>)"}[kind])
+                         "demo": "comparison name (default: demo-<date>-<time>)",
+                         "automl": "study name (default: automl-<data>-<sampler>-s<seed>)"}[kind])
     w.add_argument("--resume", action="store_true",
                    help="continue an interrupted " + ("comparison: finished studies are kept, the interrupted one "
                                                       "continues, the missing ones run" if many else "study of this name"))
@@ -380,6 +494,38 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--export", default=None, help="write the dashboard to this HTML file instead of serving it")
     ds.set_defaults(func=cmd_dashboard)
 
+    am = cmd("automl", "one study across methods, sizes and objectives; registers the chosen network",
+             "AutoML: the method is chosen inside the study (each method's hyperparameters conditional on it), "
+             "several objectives (accuracy vs memory, BOPs, time) and hard constraints; prints and writes the Pareto "
+             "front; with --register retrains the chosen point and registers it in the MLflow Model Registry.")
+    am.add_argument("space", help="AutoML space YAML with methods: and objectives: (search_spaces/automl.yaml)")
+    am.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
+                    help="stop starting trials after this long (90s, 30m, 2h); with --trials, whichever comes first")
+    am.add_argument("--out", default=None, help="where pareto.json goes (default: runs/<name>)")
+    am.add_argument("--register", nargs="?", const="", default=None, metavar="NAME",
+                    help="retrain the chosen front point and register it in the MLflow Model Registry as NAME "
+                         "(default name: bnnsearch-<data>)")
+    am.add_argument("--pick", type=int, default=None,
+                    help="the front point to register, by rank (default 1: the best first objective)")
+    add_sweep_flags(am, "automl")
+    am.set_defaults(func=cmd_automl, trials=None)
+
+    ev = cmd("evaluate", "test accuracy of a registered model, checked against its recorded value",
+             "Load a model (models:/NAME/VERSION, runs:/RUN/model, or a local model folder) and print its test "
+             "accuracy on its own data split; exit 1 if it differs from the accuracy its MLflow run recorded.")
+    ev.add_argument("model", help="MLflow model URI (models:/NAME/VERSION), model folder, or .bnn file")
+    ev.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    ex = cmd("export", "write a registered model as a .bnn file (binary weights one bit each)",
+             "Write a model (models:/NAME/VERSION) as a .bnn file: binary weights packed one bit each (where the "
+             "network's logits depend on their signs alone, checked), every other parameter full precision, with "
+             "its config; bnnsearch.modelio.load_bnn reads it back, bnnsearch evaluate scores it.")
+    ex.add_argument("model", help="MLflow model URI (models:/NAME/VERSION)")
+    ex.add_argument("--out", default="net.bnn", help="the .bnn file to write")
+    ex.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    ex.set_defaults(func=cmd_export)
+
     d = cmd("demo", "run the main job on the embedded defaults: a small latent-vs-filtered comparison",
             "The main job on the embedded defaults: latent-weight SGD vs the filtered-gradient optimizer on "
             "mnist5k (no network needed), local Ray, MLflow in SQLite.")
@@ -402,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         with interrupts.deferred():  # the heavy imports run whole; a Ctrl-C in them is raised right after
             import torch  # noqa: F401
 
-            if args.command in ("sweep", "compare", "demo"):
+            if args.command in ("sweep", "compare", "demo", "automl"):
                 import mlflow  # noqa: F401
                 import optuna  # noqa: F401
                 from ray import tune  # noqa: F401

@@ -105,6 +105,25 @@ class SearchSpace:
     params: tuple[Param, ...]
     sha256: str
     pack: int = 1  # members per packed trial (``pack:`` in the file; ``--pack`` overrides)
+    # Multi-objective studies (AutoML files, bnnsearch/automl.py): objectives after the first
+    # ((metric, mode), ...), hard limits ((metric, "max"|"min", bound), ...) and the hypervolume
+    # reference point (one value per objective, first included).
+    extra_objectives: tuple = ()
+    constraints: tuple = ()
+    refs: tuple = ()
+
+    @property
+    def objectives(self) -> tuple:
+        """((metric, mode), ...) of every objective, the first being ``metric``/``mode``."""
+        return ((self.metric, self.mode),) + tuple(self.extra_objectives)
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.extra_objectives)
+
+    def label(self, cfg) -> str:
+        """What a trial's MLflow run name starts with (its method)."""
+        return cfg.method
 
     def structural(self, p: Param) -> bool:
         """Whether every member of a pack must share this parameter's value (it changes the
@@ -144,16 +163,7 @@ class SearchSpace:
         define-by-run function for a conditional one."""
         if not self.conditional:
             return self.distributions()
-        params = self.params
-
-        def define(trial):
-            values = {}
-            for p in params:
-                if p.active(values):
-                    values[p.name] = p.suggest(trial)
-            return None
-
-        return define
+        return DefineByRun(self.params)
 
     def config(self, values: dict, where: str | None = None) -> RunConfig:
         """The run config of one trial: fixed keys plus sampled values (by parameter name;
@@ -188,6 +198,22 @@ class SearchSpace:
             else:
                 point[p.name] = v
         return point
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """A conditional space as Optuna's define-by-run function: each parameter is suggested
+    only when its ``when`` holds. A picklable object, not a closure: Ray Tune pickles the
+    searcher (and this with it) into every experiment snapshot."""
+
+    params: tuple
+
+    def __call__(self, trial) -> None:
+        values: dict = {}
+        for p in self.params:
+            if p.active(values):
+                values[p.name] = p.suggest(trial)
+        return None
 
 
 def flat_values(values: dict) -> dict:
@@ -310,6 +336,10 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     raw = load_yaml(path)
     where = str(path)
+    if "methods" in raw:  # an AutoML space: several methods in one study
+        from .automl import load_automl
+
+        return load_automl(path, raw)
     unknown = set(raw) - {"method", "objective", "fixed", "params", "pack"}
     if unknown:
         raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; allowed: fixed, method, objective, pack, params",

@@ -34,7 +34,7 @@ from .errors import Interrupted, UserError
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
-SAMPLERS = ("random", "tpe", "gp", "botorch")
+SAMPLERS = ("random", "tpe", "gp", "botorch", "nsga2")
 SCHEDULERS = ("fifo", "asha")
 BIG = 1e30  # finite stand-in for inf in reports (samplers, JSON and MLflow refuse non-finite values)
 PACK_KEY = "bnnsearch_pack"  # a packed Ray trial's config: {PACK_KEY: [member params, ...]}
@@ -93,6 +93,14 @@ class SweepArgs:
     label: str | None = None  # the parent run's name in the MLflow UI (default: "<method> <sampler> s<seed>")
     checkpoint_s: float = 30.0  # hand Ray a trial checkpoint at most this often (0: every epoch)
     pack: int = 0  # members per Ray trial (packed trials); 0: the space file's ``pack:`` (default 1)
+    time_budget_s: float = 0.0  # stop starting trials after this many seconds (0: no limit); with
+    # trials 0 the time budget alone ends the study
+
+    def budget_text(self) -> str:
+        parts = [f"{self.trials} trials"] if self.trials else []
+        if self.time_budget_s:
+            parts.append(f"{self.time_budget_s:g} s")
+        return " or ".join(parts)
 
     def pack_size(self) -> int:
         return self.pack or self.space.pack
@@ -105,10 +113,14 @@ class SweepArgs:
         return self.experiment or f"bnnsearch/{fx.get('data', 'mnist1d')}/{fx.get('arch', 'mlp')}"
 
 
-def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False, batch: bool = False):
+def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False, batch: bool = False,
+                 objectives: int = 1):
     """An Optuna sampler. For a conditional space TPE models the parameters jointly where they
-    co-occur (``multivariate`` + ``group``); GP and BoTorch model only parameters present in
-    every trial and sample the rest at random (optuna#6164): ``run_sweep`` says so."""
+    co-occur (``multivariate`` + ``group``); GP, BoTorch and NSGA-II model only parameters
+    present in every trial and sample the rest at random (optuna#6164): ``run_sweep`` says so.
+    With several objectives: TPE is MOTPE, GP uses log-EHVI, BoTorch qLogNEHVI (noisy
+    accuracies), NSGA-II its population of ``n_startup`` (at least 4) per generation. Hard
+    constraints reach every one of them as ``trial.set_constraint`` values."""
     import warnings
 
     import optuna
@@ -124,27 +136,55 @@ def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False
                 return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, group=True)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
     if name == "botorch":
         from optuna_integration import BoTorchSampler
 
+        kw = {}
+        if objectives > 1:  # qLogNEHVI in this optuna-integration (qLog variant when botorch has it)
+            from optuna_integration.botorch import qnehvi_candidates_func
+
+            kw["candidates_func"] = qnehvi_candidates_func
         # A pack asks K times before any answer: with running trials considered, the K asks are
         # one batch (pending points) instead of K near-copies of one proposal.
-        return BoTorchSampler(seed=seed, n_startup_trials=n_startup, consider_running_trials=batch)
+        return BoTorchSampler(seed=seed, n_startup_trials=n_startup, consider_running_trials=batch, **kw)
     raise UserError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
 
 
-def worst_value(space: SearchSpace) -> float:
-    if space.mode == "max":
-        return 0.0 if space.metric.endswith("/acc") else -BIG
+def worst_value(space: SearchSpace, metric: str | None = None, mode: str | None = None) -> float:
+    metric, mode = metric or space.metric, mode or space.mode
+    if mode == "max":
+        return 0.0 if metric.endswith("/acc") else -BIG
     return BIG
 
 
-def objective_of(m: dict, space: SearchSpace) -> float:
-    v = m.get(space.metric)
+def objective_of(m: dict, space: SearchSpace, metric: str | None = None, mode: str | None = None) -> float:
+    v = m.get(metric or space.metric)
     if m.get("diverged") or v is None or not math.isfinite(v):
-        return worst_value(space)
+        return worst_value(space, metric, mode)
     return float(v)
+
+
+def objective_keys(space: SearchSpace) -> list[str]:
+    """The result keys the sampler is told: ``objective``, then ``objective_1``, ... ."""
+    return ["objective"] + [f"objective_{i}" for i in range(1, len(space.objectives))]
+
+
+def objective_fields(m: dict, space: SearchSpace) -> dict:
+    """What a trial reports beside its metrics: each objective's value (worst-case when
+    diverged: never on a front) and, for constrained studies, Optuna constraint values."""
+    out = {k: objective_of(m, space, metric, mode) for k, (metric, mode) in zip(objective_keys(space), space.objectives)}
+    if space.constraints:
+        from .automl import constraint_values
+
+        out.update({f"constraint/{k}": v for k, v in constraint_values(m, space).items()})
+    return out
+
+
+def feasible(m: dict) -> bool:
+    return all(v <= 0 for k, v in m.items() if k.startswith("constraint/"))
 
 
 def sanitize(m: dict) -> dict:
@@ -193,7 +233,7 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
 
     def report(m: dict):
         out = sanitize(m)
-        out["objective"] = objective_of(m, space)
+        out.update(objective_fields(m, space))
         out["node_id"] = node
         out["worker_pid"] = pid
         out["resumed_from_epoch"] = resumed_from  # 0: this run of the trial started from scratch
@@ -285,7 +325,7 @@ def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s:
 
 def _member_report(m: dict, space: SearchSpace, ended: str | None) -> dict:
     out = sanitize(m)
-    out["objective"] = objective_of(m, space)
+    out.update(objective_fields(m, space))
     if ended:
         out["ended"] = ended
     return out
@@ -354,6 +394,18 @@ def _searcher_cls():
             self.pack, self.total, self.structural = pack, total, structural
             self._asked = 0
             self._reported: dict[str, int] = {}
+            self._keys = list(self.metric) if isinstance(self.metric, list) else [self.metric]
+            self._constrained: set[str] = set()
+
+        def _constrain(self, mid: str, m: dict | None) -> None:
+            """Hand a trial's constraint values to Optuna before its outcome (samplers read
+            ``trial.constraints``: a trial over a limit is infeasible)."""
+            if not m or mid not in self._ot_trials or mid in self._constrained:
+                return
+            self._constrained.add(mid)
+            for k, v in m.items():
+                if k.startswith("constraint/"):
+                    self._ot_trials[mid].set_constraint(k[len("constraint/"):], v)
 
         def restore(self, checkpoint_path):
             journal = self.journal
@@ -432,7 +484,9 @@ def _searcher_cls():
                 return
             result = None
             if m and not error and (m.get("diverged") or m.get("epoch", 0) >= self.full_epochs):
-                result = {self.metric: m["objective"]}
+                result = {k: m[k] for k in self._keys}
+            if not error:
+                self._constrain(mid, m)
             OptunaSearch.on_trial_complete(self, mid, result, error)
 
         def on_trial_result(self, trial_id, result):
@@ -443,7 +497,7 @@ def _searcher_cls():
                 mid = member_id(trial_id, int(key))
                 if mid in self._completed_trials or mid not in self._ot_trials:
                     continue
-                if m["epoch"] > self._reported.get(mid, 0):  # an epoch re-run after a resume: once
+                if len(self._keys) == 1 and m["epoch"] > self._reported.get(mid, 0):  # re-run epochs: once
                     self._ot_trials[mid].report(m["objective"], m["epoch"])
                     self._reported[mid] = m["epoch"]
                 if m.get("ended"):
@@ -457,6 +511,8 @@ def _searcher_cls():
                 return
             if result and not error and not result.get("diverged") and result.get("epoch", 0) < self.full_epochs:
                 result = None  # -> PRUNED: a partial-budget value is not a full-budget result
+            if result and not error and trial_id not in self._completed_trials:
+                self._constrain(trial_id, result)
             super().on_trial_complete(trial_id, result, error)
 
     return BudgetAwareOptunaSearch
@@ -497,6 +553,7 @@ class MlflowCallback(tune.Callback):
     kills and resumes leaves steps 1..N exactly once and best-so-far never decreasing."""
 
     INDEX, VALUE = "bnnsearch.trial_index", "bnnsearch.trial_value"
+    OBJS, FEASIBLE = "bnnsearch.objectives", "bnnsearch.feasible"  # multi-objective / constrained studies
     FINISHED = ("complete", "diverged", "stopped early", "failed")
 
     def __init__(self, args: SweepArgs, parent_id: str, uri: str, tracker=None, exp_dir: str | None = None):
@@ -521,11 +578,14 @@ class MlflowCallback(tune.Callback):
         self.failed = sum(r.data.tags.get("bnnsearch.status") == "failed" for r in children)
         self.best = None
         self.values: list = []
+        self.points: list = []  # objective vectors of the feasible full-budget trials (hypervolume)
         by_index = sorted((int(r.data.tags[self.INDEX]), r) for r in children if self.INDEX in r.data.tags)
         states = self.tracker.steps(self.parent_id, "trial_state")
         for k, r in by_index:
             v = r.data.tags.get(self.VALUE)
-            self._record(k, None if v in (None, "") else float(v), r.data.params, r.info.run_id, log=k not in states)
+            objs = r.data.tags.get(self.OBJS)
+            self._record(k, None if v in (None, "") else float(v), r.data.params, r.info.run_id, log=k not in states,
+                         ok=r.data.tags.get(self.FEASIBLE, "1") == "1", objs=json.loads(objs) if objs else None)
 
     def _flush(self, rid: str | None = None) -> None:
         """Write buffered epoch metrics (all runs', or one run's) to MLflow, one request per run."""
@@ -548,27 +608,44 @@ class MlflowCallback(tune.Callback):
         self.__dict__.update(st)
         self._setup_state()
 
-    def _record(self, k: int, value, config, rid: str, log: bool = True):
-        """Step k of the parent's per-trial record (value None: no full-budget value)."""
+    def _record(self, k: int, value, config, rid: str, log: bool = True, ok: bool = True, objs=None):
+        """Step k of the parent's per-trial record (value None: no full-budget value; ``ok``
+        False: over a hard limit, never best). Multi-objective studies also log the
+        hypervolume of the feasible full-budget trials so far (a fixed reference point)."""
+        space = self.args.space
         self.values.append(value)
-        better = (lambda a, b: a > b) if self.args.space.mode == "max" else (lambda a, b: a < b)
-        if value is not None and (self.best is None or better(value, self.best[0])):
+        better = (lambda a, b: a > b) if space.mode == "max" else (lambda a, b: a < b)
+        if value is not None and ok and (self.best is None or better(value, self.best[0])):
             self.best = (value, config, rid)
+        if value is not None and ok and objs is not None:
+            self.points.append(objs)
         if log:
             m = {"trial_state": float(value is not None)}
             if value is not None:
                 m["trial_value"] = value
             if self.best is not None:
                 m["best_so_far"] = self.best[0]
+            if space.multi:
+                from .automl import hypervolume
+
+                m["hypervolume"] = hypervolume(self.points, space.objectives, space.refs)
             self.tracker.log_metrics(self.parent_id, m, step=k)
 
-    def _count(self, rid: str, value, config) -> None:
+    def _count(self, rid: str, value, config, last: dict | None = None) -> None:
         if rid in self.indexed:  # counted before a resume (a replayed trial finishing again)
             return
         k = len(self.indexed) + 1
         self.indexed[rid] = k
-        self.tracker.set_tags(rid, {self.INDEX: k, self.VALUE: "" if value is None else value})
-        self._record(k, value, config, rid)
+        space = self.args.space
+        tags = {self.INDEX: k, self.VALUE: "" if value is None else value}
+        ok, objs = feasible(last or {}), None
+        if space.constraints:
+            tags[self.FEASIBLE] = int(ok)
+        if space.multi and value is not None:
+            objs = [float(last[key]) for key in objective_keys(space)]
+            tags[self.OBJS] = json.dumps(objs)
+        self.tracker.set_tags(rid, tags)
+        self._record(k, value, config, rid, ok=ok, objs=objs)
 
     def _adopt(self, mid: str) -> str | None:
         """The MLflow run of the trial (or member) this one replays (the same config after a
@@ -594,7 +671,7 @@ class MlflowCallback(tune.Callback):
                 return rid
             cfg = trial_config(self.args.space, trial.config if params is None else params, self.args.cpus_per_trial)
             # Named so the MLflow table tells trials apart: "<method> t<k>", k in start order.
-            label = f"{self.args.space.method} t{len(self.runs) + 1:02d}"
+            label = f"{cfg.method} t{len(self.runs) + 1:02d}"
             rid = self.tracker.start_trial(self.parent_id, mid, label, cfg.to_dict(), self.args.study_name())
             self.runs[mid] = rid
             self.logged[mid] = 0
@@ -678,7 +755,8 @@ class MlflowCallback(tune.Callback):
         if rid not in self.indexed:
             self.finished += 1
         self._count(rid, last.get("objective") if full or last.get("diverged") else None,
-                    trial.config if mid == trial.trial_id else dict(trial.config[PACK_KEY][int(mid.rsplit("#", 1)[1])]))
+                    trial.config if mid == trial.trial_id else dict(trial.config[PACK_KEY][int(mid.rsplit("#", 1)[1])]),
+                    last)
         self._progress(trials, trial, status, mid, last)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -722,11 +800,18 @@ class MlflowCallback(tune.Callback):
         if self.args.quiet:
             return
         running = sum(1 for t in trials if t.status == "RUNNING")
-        v = (last if last is not None else (trial.last_result or {})).get("objective")
+        space = self.args.space
+        m = last if last is not None else (trial.last_result or {})
         best = f"{self.best[0]:.4f}" if self.best else "-"
-        val = f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+        vals = []
+        for key, (metric, _) in zip(objective_keys(space), space.objectives):
+            v = m.get(key)
+            vals.append(f"{metric}=" + ((f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}") if isinstance(v, (int, float)) else "-"))
+        if space.constraints and m and not feasible(m):
+            vals.append("INFEASIBLE")
         who = str(trial) if mid is None or mid == trial.trial_id else f"{trial}#{mid.rsplit('#', 1)[1]}"
-        print(f"[{self.finished}/{self.args.trials}] {who} {status:<13} {self.args.space.metric}={val}"
+        total = self.args.trials or "?"
+        print(f"[{self.finished}/{total}] {who} {status:<13} {'  '.join(vals)}"
               f"  best={best}  running={running} failed={self.failed}", flush=True)
 
 
@@ -737,8 +822,14 @@ def _check_args(a: SweepArgs) -> None:
         raise UserError(f"--sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if a.scheduler not in SCHEDULERS:
         raise UserError(f"--scheduler {a.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if a.scheduler == "asha" and a.space.multi:
+        raise UserError("--scheduler asha: early stopping judges one objective, and this study has "
+                        f"{len(a.space.objectives)} (Optuna cannot prune multi-objective trials, optuna#3450); "
+                        "use --scheduler fifo, or one objective")
     for flag, value, ok, need in (
-            ("--trials", a.trials, a.trials >= 1, ">= 1"),
+            ("--trials", a.trials, a.trials >= 1 or (a.trials == 0 and a.time_budget_s > 0),
+             ">= 1 (0 only with a time budget)"),
+            ("--time-budget", a.time_budget_s, a.time_budget_s >= 0, ">= 0 seconds"),
             ("--startup-trials", a.startup_trials, a.startup_trials >= 0, ">= 0"),
             ("--concurrency", a.concurrency, a.concurrency >= 0, ">= 0 (0: as many as the CPUs allow)"),
             ("--cpus-per-trial", a.cpus_per_trial, a.cpus_per_trial > 0, "> 0"),
@@ -785,7 +876,7 @@ def _interrupted(tracker, parent_id: str, a: SweepArgs, name: str) -> Interrupte
             tracker.finish(r.info.run_id, "KILLED")
     tracker.set_tags(parent_id, {"bnnsearch.status": "interrupted", "n_finished_trials": done})
     tracker.finish(parent_id, "KILLED")
-    return Interrupted(f"study {name!r} interrupted: {done} of {a.trials} trials finished; nothing recorded is "
+    return Interrupted(f"study {name!r} interrupted: {done} of {a.trials or '?'} trials finished; nothing recorded is "
                        "lost, and the study is marked interrupted (no best config)", name)
 
 
@@ -846,7 +937,10 @@ def run_sweep(a: SweepArgs) -> dict:
             tags={"method": space.method, "sampler": a.sampler, "seed": a.seed, "space_file": space.path,
                   "space_sha256": space.sha256, "git_sha": git_sha(), "scheduler": a.scheduler},
             params={"trials": a.trials, "sampler": a.sampler, "seed": a.seed, "startup_trials": a.startup_trials,
-                    "metric": space.metric, "mode": space.mode, "space": space.path, "pack": a.pack_size()},
+                    "metric": space.metric, "mode": space.mode, "space": space.path, "pack": a.pack_size(),
+                    **({"objectives": json.dumps(space.objectives)} if space.multi else {}),
+                    **({"constraints": json.dumps(space.constraints)} if space.constraints else {}),
+                    **({"time_budget_s": a.time_budget_s} if a.time_budget_s else {})},
         )
         tracker.log_text(parent_id, Path(space.path).read_text(), "space.yaml")
 
@@ -932,6 +1026,26 @@ def _member_asha(a: SweepArgs, space, name: str, tracker, parent_id: str, epochs
     return actor_name
 
 
+def _close_budget_stops(tracker, parent_id: str) -> None:
+    """Trials the time budget stopped mid-run: tagged stopped early, counted in the parent's
+    per-trial record (no full-budget value; best-so-far and hypervolume carried on)."""
+    C = MlflowCallback
+    k = len(tracker.steps(parent_id, "trial_state"))
+    carry = {}
+    for key in ("best_so_far", "hypervolume"):
+        st = tracker.steps(parent_id, key)
+        if st:
+            carry[key] = st[max(st)]
+    for r in sorted(tracker.child_runs(parent_id), key=lambda r: r.info.start_time):
+        if r.info.status != "RUNNING" or C.INDEX in r.data.tags or not r.data.tags.get(TRIAL_TAG):
+            continue
+        k += 1
+        tracker.set_tags(r.info.run_id, {C.INDEX: k, C.VALUE: "", "bnnsearch.status": "stopped early",
+                                         "bnnsearch.stopped_by": "time budget", "diverged": 0})
+        tracker.log_metrics(parent_id, {"trial_state": 0.0, **carry}, step=k)
+        tracker.finish(r.info.run_id, "KILLED")
+
+
 def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:
     import ray
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -955,16 +1069,20 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     if a.resume and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=train_fn, resume_unfinished=True, resume_errored=True)
     else:
-        if space.conditional and a.sampler in ("gp", "botorch") and not a.quiet:
+        if space.conditional and a.sampler in ("gp", "botorch", "nsga2") and not a.quiet:
             always = [p.name for p in space.params if not p.when]
+            cond = [p.name for p in space.params if p.when]
             print(f"warning: --sampler {a.sampler} models only the parameters every trial samples "
-                  f"({', '.join(always)}); the conditional ones "
-                  f"({', '.join(p.name for p in space.params if p.when)}) are sampled at random (optuna#6164). "
+                  f"({', '.join(always)}); the conditional ones ({', '.join(cond[:8])}"
+                  f"{f' and {len(cond) - 8} more' if len(cond) > 8 else ''}) are sampled at random (optuna#6164). "
                   f"--sampler tpe models them.", flush=True)
         exp_dir.mkdir(parents=True, exist_ok=True)
+        keys = objective_keys(space)
         searcher = _searcher_cls()(
-            space=space.sampler_space(), metric="objective", mode=space.mode,
-            sampler=make_sampler(a.sampler, a.seed, a.startup_trials, space.conditional, batch=pack > 1),
+            space=space.sampler_space(), metric=keys if space.multi else keys[0],
+            mode=[mode for _, mode in space.objectives] if space.multi else space.mode,
+            sampler=make_sampler(a.sampler, a.seed, a.startup_trials, space.conditional, batch=pack > 1,
+                                 objectives=len(space.objectives)),
             points_to_evaluate=[p] if a.seed_defaults and (p := space.default_point()) else None,
             full_epochs=epochs, journal=str(exp_dir / JOURNAL), seed=None,
             pack=pack, total=a.trials, structural=tuple(p.name for p in space.params if space.structural(p)))
@@ -976,8 +1094,9 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         tuner = tune.Tuner(
             train_fn,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=-(-a.trials // pack), max_concurrent_trials=concurrency,
-                                        reuse_actors=True),
+                                        num_samples=-(-a.trials // pack) if a.trials else -1,
+                                        time_budget_s=a.time_budget_s or None,
+                                        max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback], verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=a.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
@@ -988,7 +1107,12 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         grid = tuner.fit()  # Ray Tune takes the first Ctrl-C: it stops the trials and saves the experiment
     # A Ctrl-C is an interrupt even when it lands after the last trial finished (a comparison
     # must not go on to its next study); an incomplete record is one whatever the cause.
-    if interrupts.pending() or len(tracker.steps(parent_id, "trial_state")) < a.trials:
+    # A time budget ends a study before its trial count (not an interrupt); Ray stops the trials
+    # still running then without a completion callback: they are recorded here, stopped early.
+    if a.time_budget_s and not interrupts.pending():
+        _close_budget_stops(tracker, parent_id)
+    short = len(tracker.steps(parent_id, "trial_state")) < a.trials and not a.time_budget_s
+    if interrupts.pending() or short:
         raise _interrupted(tracker, parent_id, a, name)
     sampler_states = {}
     study = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
@@ -998,6 +1122,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         for t in ot.trials:
             sampler_states[t.state.name] = sampler_states.get(t.state.name, 0) + 1
 
+    runs = {c.data.tags.get(TRIAL_TAG): c.info.run_id for c in tracker.child_runs(parent_id)}
     rows = []
     for r in grid:
         last = r.metrics or {}
@@ -1007,9 +1132,10 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
             status = ("failed" if r.error and not m.get("ended") else
                       "diverged" if m.get("diverged") else ("complete" if full else "stopped early"))
             rows.append({"trial": mid, "status": status, "objective": m.get("objective"),
-                         "epochs": m.get("epoch", 0), "config": params, "path": r.path})
+                         "objectives": [m.get(k) for k in objective_keys(space)], "feasible": feasible(m),
+                         "epochs": m.get("epoch", 0), "config": params, "path": r.path, "run_id": runs.get(mid)})
     sign = -1 if space.mode == "max" else 1
-    ranked = sorted([r for r in rows if r["status"] == "complete"], key=lambda r: sign * r["objective"])
+    ranked = sorted([r for r in rows if r["status"] == "complete" and r["feasible"]], key=lambda r: sign * r["objective"])
     summary = {"study": name, "experiment": a.experiment_name(), "tracking_uri": tracker.uri, "parent_run_id": parent_id,
                "storage": str(exp_dir), "metric": space.metric, "mode": space.mode, "trials": rows, "top": ranked,
                "seconds": time.time() - t0}
@@ -1017,7 +1143,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         best_cfg = trial_config(space, ranked[0]["config"], a.cpus_per_trial)
         tracker.log_text(parent_id, dump(best_cfg), "best_config.yaml")
         tracker.set_tags(parent_id, {"best_value": ranked[0]["objective"], "best_trial": ranked[0]["trial"]})
-        tracker.log_metrics(parent_id, {"best_value": ranked[0]["objective"]}, step=a.trials)
+        tracker.log_metrics(parent_id, {"best_value": ranked[0]["objective"]}, step=max(a.trials, len(rows)))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped early", "diverged", "failed")}
     tracker.set_tags(parent_id, {**{f"n_{k.replace(' ', '_')}": v for k, v in counts.items()},
                                  "bnnsearch.status": "finished"})

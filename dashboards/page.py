@@ -234,6 +234,56 @@ def _cost_section(exp, ui) -> str:
             + "<div class=charts>" + "".join(charts) + "</div>")
 
 
+def _automl_section(exp, study, ui, client) -> str:
+    """An AutoML study: its front in the first two objectives (every trial drawn, infeasible
+    ones hollow grey; the front in the method's colour, joined), the hypervolume of the
+    feasible trials against trial index, and the front as a table with links."""
+    from bnnsearch.automl import pareto_front
+    from bnnsearch.tracking import STUDY_TAG, metric_history
+
+    objs = [tuple(o) for o in json.loads(study["params"]["objectives"])]
+    name = study["tags"].get(STUDY_TAG)
+    pts = []
+    for t in exp["trials"]:
+        if t["tags"].get(STUDY_TAG) != name or "bnnsearch.objectives" not in t["tags"]:
+            continue
+        pts.append({"objectives": json.loads(t["tags"]["bnnsearch.objectives"]), "trial": t,
+                    "status": t["tags"].get("bnnsearch.status"), "feasible": t["tags"].get("bnnsearch.feasible", "1") == "1"})
+    if not pts:
+        return "<p class=note>no finished trial yet</p>"
+    colors = _colors(exp)
+    front = pareto_front(pts, objs)
+    (m0, _), (m1, _) = objs[0], objs[1]
+    xs, ys = [p["objectives"][1] for p in pts], [p["objectives"][0] for p in pts]
+    fr = Frame(xs, ys, logx=min(xs) > 0 and max(xs) / min(xs) > 100, title=f"{name}: Pareto front",
+               xlabel=m1, ylabel=m0, legend=True)
+    for p in pts:
+        t = p["trial"]
+        ok = p["feasible"] and p["status"] == "complete"
+        fr.point(p["objectives"][1], p["objectives"][0], colors.get(t["tags"].get("method"), "#888") if ok else "#bbb",
+                 _run_url(ui, exp["id"], t["run_id"]),
+                 f"{t['tags'].get('method')} {t['name']}: {m0} {p['objectives'][0]:.4g}, {m1} {p['objectives'][1]:.4g}"
+                 + ("" if ok else " (infeasible)" if not p["feasible"] else f" ({p['status']})"))
+    line = sorted(front, key=lambda p: p["objectives"][1])
+    fr.line([p["objectives"][1] for p in line], [p["objectives"][0] for p in line], "#000", width=1.2, dash="3,2")
+    methods = sorted({p["trial"]["tags"].get("method", "?") for p in pts})
+    fr.legend([(m, colors.get(m, "#888")) for m in methods] + [("front", "#000", "3,2"), ("infeasible / not complete", "#bbb")])
+    charts = [fr.svg()]
+    hv = metric_history(client, study["run_id"], "hypervolume")
+    if hv:
+        h = Frame([k for k, _ in hv], [v for _, v in hv], title=f"{name}: hypervolume vs trial", xlabel="trial",
+                  ylabel="hypervolume")
+        h.line([k for k, _ in hv], [v for _, v in hv], PALETTE[0])
+        charts.append(h.svg())
+    rows = "".join(f"<tr><td>{i + 1}</td><td>{html.escape(p['trial']['tags'].get('method', '?'))}</td>"
+                   + "".join(f"<td>{v:.4g}</td>" for v in p["objectives"])
+                   + f"<td><a href='{_run_url(ui, exp['id'], p['trial']['run_id'])}'>{html.escape(p['trial']['name'])}</a></td></tr>"
+                   for i, p in enumerate(front))
+    head = "".join(f"<th>{html.escape(m)} ({d})</th>" for m, d in objs)
+    return (f"<div class=charts>{''.join(charts)}</div><table><tr><th>rank</th><th>method</th>{head}<th>run</th></tr>"
+            f"{rows}</table>")
+
+
 def build_html(uri: str | None = None, ui: str = "http://127.0.0.1:5000", refresh_s: int = 0) -> str:
     """The whole dashboard as one self-contained HTML document."""
     from bnnsearch.tracking import snapshot
@@ -251,6 +301,9 @@ def build_html(uri: str | None = None, ui: str = "http://127.0.0.1:5000", refres
         body.append(f"<p class=note>{len(exp['studies'])} studies, {len(exp['trials'])} trials"
                     + (f"; {unfinished} studies interrupted or running (their complete trials are shown; efficiency "
                        "curves come only from finished comparisons)" if unfinished else "") + "</p>")
+        for st in exp["studies"]:
+            if "objectives" in st["params"]:
+                body.append(f"<h3>AutoML front: {html.escape(st['name'] or '')}</h3>" + _automl_section(exp, st, ui, client))
         for comp in exp["comparisons"]:
             body.append(f"<h3>Efficiency: {html.escape(comp['name'] or '')}</h3>" + _efficiency_section(exp, comp))
         body.append("<h3>Accuracy vs cost (all trials; dashed: Pareto front)</h3>" + _cost_section(exp, ui))

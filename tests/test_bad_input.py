@@ -36,6 +36,22 @@ def files(tmp_path, monkeypatch):
     w("group.yaml", {"method": "local_binary", "fixed": {"arch": "local_mlp", "arch_args": {"widths": [30, 30]},
                                                          "data": "digits"},
                      "params": {"group_size": {"categorical": [5, 7]}}})
+    am = {"objectives": [{"metric": "val/acc", "mode": "max"}, {"metric": "cost/mem_bits", "mode": "min"}],
+          "constraints": {"cost/mem_bits": {"max": 1.0e6}},
+          "fixed": {"data": "digits", "epochs": 1, "device": "cpu", "data_root": str(tmp_path / "data")},
+          "methods": {"latent": {"params": {"lr": {"float": [0.1, 10.0]}}},
+                      "local_binary": {"fixed": {"arch": "local_mlp", "arch_args": {"widths": [16, 16]},
+                                                 "hparams": {"group_size": 8}},
+                                       "params": {"robustness": {"float": [0.0, 1.0]}}}}}
+    w("am.yaml", am)
+    w("am_metric.yaml", {**am, "objectives": [{"metric": "val/acc"}, {"metric": "cost/bytes", "mode": "min"}]})
+    w("am_ref.yaml", {**am, "objectives": [{"metric": "val/acc"}, {"metric": "time/total_s", "mode": "min"}]})
+    w("am_limit.yaml", {**am, "constraints": {"cost/mem_bits": {"below": 3}}})
+    w("am_method.yaml", {**am, "methods": {**am["methods"], "sgd": {}}})
+    w("am_shared.yaml", {**am, "params": {"lr": {"float": [0.1, 1.0]}}})
+    w("am_group.yaml", {**am, "methods": {"local_binary": {"fixed": {"arch": "local_mlp", "arch_args": {"widths": [16, 16]}},
+                                                           "params": {"group_size": {"categorical": [8, 5]}}}}})
+    w("am_key.yaml", {**am, "method": "latent"})
     w("notadb", "just text\n")
     w("afile", "x")
     (tmp_path / "adir").mkdir()
@@ -73,6 +89,18 @@ CASES = [  # (argv, what the one line must say)
     (["compare", "space.yaml", "mnist5k.yaml", "--repeats", "0"], "--repeats 0: must be >= 1"),
     (["compare", "space.yaml", "mnist5k.yaml", "--noise-seeds", "1"], "--noise-seeds 1: 0 (off) or >= 2"),
     (["compare", "space.yaml", "mnist5k.yaml", "--target-gap", "0"], "--target-gap 0: must lie in (0, 1]"),
+    (["automl", "space.yaml"], "space.yaml: a one-method space (method: filtered)"),
+    (["automl", "am_metric.yaml"], "am_metric.yaml: objectives[1].metric: unknown metric 'cost/bytes'"),
+    (["automl", "am_ref.yaml"], "am_ref.yaml: objectives[1]: the hypervolume needs a reference value for time/total_s"),
+    (["automl", "am_limit.yaml"], "am_limit.yaml: constraints.cost/mem_bits: a limit is {max: value}"),
+    (["automl", "am_method.yaml"], "am_method.yaml: methods.sgd"),
+    (["automl", "am_shared.yaml"], "am_shared.yaml: params.lr: a shared parameter is a run-config key"),
+    (["automl", "am_group.yaml"], "am_group.yaml: methods.local_binary.params.group_size: value 5 is invalid"),
+    (["automl", "am_key.yaml"], "am_key.yaml: method: unknown key 'method'"),
+    (["automl", "am.yaml", "--scheduler", "asha"], "--scheduler asha: early stopping judges one objective"),
+    (["automl", "am.yaml", "--pick", "0"], "--pick 0: a rank on the front"),
+    (["automl", "am.yaml", "--trials", "0"], "--trials 0: must be >= 1 (0 only with a time budget)"),
+    (["evaluate", "models:/x/1", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["best", "x", "--top", "0"], "--top 0: must be >= 1"),
     (["best", "x", "--tracking-uri", "http://127.0.0.1:1"], "no MLflow server answers there"),
     (["best", "x", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist (nothing recorded there"),
@@ -117,3 +145,12 @@ def test_outputs_go_into_new_folders(files, capsys):
 def test_a_train_that_cannot_start_leaves_no_run_directory(files, capsys):
     assert main(["train", "nodata_config.yaml", "--out", "run1"]) == 2
     assert not (files / "run1").exists()
+
+
+def test_evaluate_names_a_missing_model(files, capsys):
+    from bnnsearch.tracking import Tracker
+
+    Tracker(f"sqlite:///{files}/mlflow.db", "bnnsearch/digits/automl")
+    assert main(["evaluate", "models:/nope/1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "models:/nope/1: cannot load an MLflow PyTorch model" in err[0], err

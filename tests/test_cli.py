@@ -102,7 +102,8 @@ def test_every_command_and_option_has_help_and_shows_its_default():
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(sub.choices) == {"train", "cost", "space", "sweep", "compare", "best", "dashboard", "demo"}
+    assert set(sub.choices) == {"train", "cost", "space", "sweep", "compare", "best", "dashboard", "demo", "automl",
+                                "evaluate", "export"}
     for name, p in sub.choices.items():
         assert p.description, name
         text = p.format_help()

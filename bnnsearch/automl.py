@@ -1,0 +1,447 @@
+"""AutoML spaces: several methods in one study, several objectives, hard constraints.
+
+Format (``search_spaces/automl.yaml`` ships all six methods)::
+
+    objectives:
+      - {metric: val/acc, mode: max}
+      - {metric: cost/mem_bits, mode: min}          # ref: the hypervolume reference (optional)
+    constraints: {cost/mem_bits: {max: 2.0e6}}      # optional hard limits
+    fixed: {data: digits, epochs: 10}
+    params:                                         # shared by every method (run-config keys)
+      arch_args.widths: {categorical: [[64, 64], [256, 256]]}
+    methods:                                        # which methods compete, each with its own space
+      latent:   {params: {lr: {float: [0.1, 100], log: true}}}
+      local_binary: {fixed: {arch: local_mlp}, params: {robustness: {float: [0.0, 1.0]}}}
+
+The space compiles to one conditional ``SearchSpace``: a categorical ``method`` parameter on
+top, each method's parameters beneath it (named ``<method>:<param>``, sampled only when that
+method is chosen, with the method's own ``when`` conditions kept), the shared ones in every
+trial. The sampler sees the hierarchy define-by-run. TPE (``multivariate`` + ``group``)
+decomposes it into per-method groups and models each method's parameters jointly where they
+co-occur — the default here. Optuna's GPSampler, the BoTorch sampler and NSGA-II model only
+the parameters every trial has (``method`` and the shared ones) and draw every method's own
+parameters at random (optuna#6164): ``automl`` warns when one of them is chosen. [A bandit over
+methods with one model-based sampler per method beneath is not built yet.]
+
+Objectives: any of the accuracy/loss metrics, the static inference cost (``cost/mem_bits``,
+``cost/bops``, ``cost/ops``, ``cost/flops``, ``cost/macs``, ``cost/params``,
+``cost/compression``) or the trial's training time (``time/total_s``). A diverged trial gets the
+worst value of every objective (never on a front). Constraints go to Optuna as
+``trial.set_constraint`` values (feasible when <= 0); a trial over a limit is never "best" and
+never on the front. The hypervolume reference point is fixed per study, so the hypervolume
+against trial index never decreases: ``ref`` of an objective, else 0 for a maximised accuracy,
+else the objective's constraint bound; otherwise the file must give ``ref``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .config import RunConfig, resolve
+from .cost import STATIC_COST
+from .errors import ConfigError
+from .methods import get_method
+from .spaces import (OBJECTIVE_METRICS, RUN_KEYS, Param, SearchSpace, _absolute, _decode, _encode, _param, _set,
+                     flat_values)
+
+AUTOML_METRICS = OBJECTIVE_METRICS + STATIC_COST + ("time/total_s",)
+MAX_OBJECTIVES = 3
+METHOD = "method"  # the top-level parameter of an AutoML space
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``; nested mappings (hparams, arch_args, data_args) merged key by key."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@dataclass(frozen=True)
+class AutoSpace(SearchSpace):
+    """One study over several methods (see the module docstring). ``method`` is "automl"; a
+    trial's method is its ``method`` parameter."""
+
+    method_fixed: tuple = ()  # ((method, its fixed mapping), ...) in file order
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m, _ in self.method_fixed]
+
+    def owner(self, p: Param) -> str | None:
+        """The method a parameter belongs to (None: shared, or the method choice itself)."""
+        head, sep, _ = p.name.partition(":")
+        return head if sep else None
+
+    def structural(self, p: Param) -> bool:
+        from .methods.base import unpackable_hparams
+
+        m = self.owner(p)
+        if p.path[0] != "hparams" or m is None:
+            return True
+        return p.path[-1] in unpackable_hparams(get_method(m))
+
+    def config(self, values: dict, where: str | None = None) -> RunConfig:
+        values = flat_values(values)
+        m = _decode(values.get(METHOD, self.methods[0]))
+        raw = _merge(self.fixed, dict(self.method_fixed)[m])
+        raw["method"] = m
+        vals = {**values, METHOD: _encode(m)}
+        for p in self.params:
+            if p.name != METHOD and p.name in vals and p.active(vals):
+                _set(raw, p.path, p.decode(vals[p.name]))
+        return resolve(raw, where or self.path)
+
+    def default_point(self) -> dict | None:
+        return None  # no method's paper defaults are a neutral first trial of a study across methods
+
+    def model_based_params(self) -> list[str]:
+        """The parameters every trial samples (what GP, BoTorch and NSGA-II model)."""
+        return [p.name for p in self.params if not p.when]
+
+
+def _objectives(raw, where: str) -> list[dict]:
+    if raw is None:
+        return [{"metric": "val/acc", "mode": "max"}]
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("objectives must be a list like [{metric: val/acc, mode: max}, ...]", f"{where}: objectives")
+    if len(raw) > MAX_OBJECTIVES:
+        raise ConfigError(f"at most {MAX_OBJECTIVES} objectives, got {len(raw)}", f"{where}: objectives")
+    out, seen = [], set()
+    for i, o in enumerate(raw):
+        at = f"{where}: objectives[{i}]"
+        if not isinstance(o, dict) or set(o) - {"metric", "mode", "ref"} or "metric" not in o:
+            raise ConfigError("each objective is {metric: ..., mode: max|min} (optionally ref: a number)", at)
+        metric, mode = o["metric"], o.get("mode", "max")
+        if metric not in AUTOML_METRICS:
+            raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(AUTOML_METRICS)}", f"{at}.metric")
+        if mode not in ("max", "min"):
+            raise ConfigError(f"mode must be max or min, got {mode!r}", f"{at}.mode")
+        if metric in seen:
+            raise ConfigError(f"{metric} is listed twice", f"{at}.metric")
+        ref = o.get("ref")
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float)) or not math.isfinite(ref)):
+            raise ConfigError(f"ref must be a finite number, got {ref!r}", f"{at}.ref")
+        seen.add(metric)
+        out.append({"metric": metric, "mode": mode, "ref": ref})
+    return out
+
+
+def _constraints(raw, where: str) -> list[tuple[str, str, float]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise ConfigError("constraints must be a mapping like {cost/mem_bits: {max: 2.0e6}}", f"{where}: constraints")
+    out = []
+    for metric, lim in raw.items():
+        at = f"{where}: constraints.{metric}"
+        if metric not in AUTOML_METRICS:
+            raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(AUTOML_METRICS)}", at)
+        if not isinstance(lim, dict) or not lim or set(lim) - {"max", "min"}:
+            raise ConfigError("a limit is {max: value} and/or {min: value}", at)
+        for kind, v in lim.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{kind} must be a finite number, got {v!r}", f"{at}.{kind}")
+            out.append((metric, kind, float(v)))
+    return out
+
+
+def _ref(o: dict, constraints: list, at: str) -> float:
+    if o["ref"] is not None:
+        return float(o["ref"])
+    if o["mode"] == "max" and o["metric"].endswith("/acc"):
+        return 0.0
+    for metric, kind, v in constraints:
+        if metric == o["metric"] and kind == ("max" if o["mode"] == "min" else "min"):
+            return v
+    raise ConfigError(f"the hypervolume needs a reference value for {o['metric']}: add ref: (the worst value that "
+                      f"still counts) to this objective, or a constraint on it", at)
+
+
+def load_automl(path: Path, raw: dict) -> AutoSpace:
+    """Validate an AutoML space file (everything checked before anything launches: errors name
+    the file and the key)."""
+    where = str(path)
+    allowed = {"objectives", "constraints", "fixed", "params", "methods", "pack"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        hint = " (one method per file uses method:, an AutoML space lists methods:)" if unknown[0] in ("method", "objective") else ""
+        raise ConfigError(f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}{hint}", f"{where}: {unknown[0]}")
+    pack = raw.get("pack", 1)
+    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+        raise ConfigError(f"pack must be an integer >= 1 (members per packed trial), got {pack!r}", f"{where}: pack")
+    objs = _objectives(raw.get("objectives"), where)
+    cons = _constraints(raw.get("constraints"), where)
+    refs = tuple(_ref(o, cons, f"{where}: objectives[{i}]") for i, o in enumerate(objs)) if len(objs) > 1 else ()
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError("fixed must be a mapping", f"{where}: fixed")
+    if "method" in fixed:
+        raise ConfigError("the methods that compete are listed under methods:, not fixed", f"{where}: fixed.method")
+    root = fixed.get("data_root", RunConfig.data_root)
+    if isinstance(root, str):  # resolved in the driver: Ray runs trials in per-trial folders
+        fixed = {**fixed, "data_root": _absolute(root)}
+    methods_raw = raw.get("methods")
+    if not isinstance(methods_raw, dict) or not methods_raw:
+        raise ConfigError("methods must be a non-empty mapping {method: {fixed: ..., params: ...}}", f"{where}: methods")
+
+    shared_raw = raw.get("params") or {}
+    if not isinstance(shared_raw, dict):
+        raise ConfigError("params must be a mapping", f"{where}: params")
+    top = Param(METHOD, ("method",), "categorical", choices=tuple(str(m) for m in methods_raw))
+    params: list[Param] = [top]
+    for n, spec in shared_raw.items():
+        at = f"{where}: params.{n}"
+        if str(n) in ("method", "epochs"):
+            raise ConfigError(f"{n} cannot be a shared parameter (methods are listed under methods:, epochs are fixed)", at)
+        if str(n).startswith("hparams.") or ("." not in str(n) and str(n) not in RUN_KEYS):
+            raise ConfigError("a shared parameter is a run-config key (batch_size, ...) or an arch_args./data_args. "
+                              "path; a method's hyperparameters go under methods.<method>.params", at)
+        p = _param(str(n), spec, set(), at, {})
+        if p.when:
+            raise ConfigError("shared parameters cannot be conditional; put conditional ones under a method", f"{at}.when")
+        params.append(p)
+    shared_paths = {p.path: p.name for p in params[1:]}
+
+    method_fixed = []
+    for m, spec in methods_raw.items():
+        m = str(m)
+        at = f"{where}: methods.{m}"
+        method = get_method(m, at)
+        spec = spec or {}
+        if not isinstance(spec, dict) or set(spec) - {"fixed", "params"}:
+            bad = sorted(set(spec) - {"fixed", "params"}) if isinstance(spec, dict) else None
+            raise ConfigError(f"unknown key {bad[0]!r}; allowed: fixed, params" if bad else
+                              "expected a mapping {fixed: ..., params: ...}", f"{at}.{bad[0]}" if bad else at)
+        mfixed = spec.get("fixed") or {}
+        if not isinstance(mfixed, dict):
+            raise ConfigError("fixed must be a mapping", f"{at}.fixed")
+        if "method" in mfixed:
+            raise ConfigError("the method is the key of this entry", f"{at}.fixed.method")
+        if isinstance(mfixed.get("data_root"), str):
+            mfixed = {**mfixed, "data_root": _absolute(mfixed["data_root"])}
+        method_fixed.append((m, mfixed))
+        mparams = spec.get("params") or {}
+        if not isinstance(mparams, dict):
+            raise ConfigError("params must be a mapping", f"{at}.params")
+        hp_fields = {f.name for f in fields(method.Hparams)}
+        declared: dict[str, Param] = {}
+        for n, pspec in mparams.items():
+            pat = f"{at}.params.{n}"
+            if str(n) == "epochs":
+                raise ConfigError("epochs cannot be searched; put them under fixed", pat)
+            p = _param(str(n), pspec, hp_fields, pat, declared)
+            if p.path in shared_paths:
+                raise ConfigError(f"already searched for every method under params.{shared_paths[p.path]}", pat)
+            declared[str(n)] = p
+        for n, p in declared.items():
+            when = ((METHOD, (_encode(m),)),) + tuple((f"{m}:{parent}", vals) for parent, vals in p.when)
+            params.append(dataclasses.replace(p, name=f"{m}:{n}", when=when))
+
+    space = AutoSpace(where, "automl", objs[0]["metric"], objs[0]["mode"], fixed, tuple(params),
+                      hashlib.sha256(Path(path).read_bytes()).hexdigest(), pack,
+                      extra_objectives=tuple((o["metric"], o["mode"]) for o in objs[1:]),
+                      constraints=tuple(cons), refs=refs, method_fixed=tuple(method_fixed))
+    _validate(space, where)
+    return space
+
+
+def _validate(space: AutoSpace, where: str) -> None:
+    """Every method's fixed part, and every bound and choice of every parameter that acts for
+    it, resolves as a full run config."""
+    lows = space.low_point()
+    for m in space.methods:
+        base = {**lows, METHOD: m}
+        try:
+            space.config(base, where="config")
+        except ConfigError as e:
+            raise ConfigError(f"does not resolve for this method with the other values at their low bounds: {e}",
+                              f"{where}: methods.{m}") from None
+        for p in space.params[1:]:
+            own = space.owner(p)
+            if own not in (None, m):
+                continue
+            ctx = {**base, **{parent: allowed[0] for parent, allowed in p.when}}
+            values = [p.low, p.high] if p.kind != "categorical" else [_encode(c) for c in p.choices]
+            key = f"params.{p.name}" if own is None else f"methods.{m}.params.{p.name.partition(':')[2]}"
+            for v in values:
+                try:
+                    space.config({**ctx, p.name: v}, where="config")
+                except ConfigError as e:
+                    extra = f" for method {m}" if own is None else ""
+                    raise ConfigError(f"value {p.decode(v)!r} is invalid{extra}: {e}", f"{where}: {key}") from None
+
+
+# Fronts and hypervolume --------------------------------------------------------------
+
+def _as_min(values, objectives) -> list[float]:
+    return [(-v if mode == "max" else v) for v, (_, mode) in zip(values, objectives)]
+
+
+def dominates(a, b, objectives) -> bool:
+    """Whether objective vector a Pareto-dominates b (no worse in every objective, better in one)."""
+    a, b = _as_min(a, objectives), _as_min(b, objectives)
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto_front(points: list[dict], objectives) -> list[dict]:
+    """The non-dominated points (each a dict with ``objectives``: a value per objective) among
+    the feasible complete ones, best first by the first objective, then the next ones. Points
+    with equal objectives are all kept (none dominates the others)."""
+    cand = [p for p in points if p.get("feasible", True) and p.get("status") == "complete"]
+    front = [p for p in cand if not any(dominates(q["objectives"], p["objectives"], objectives) for q in cand)]
+    return sorted(front, key=lambda p: _as_min(p["objectives"], objectives))
+
+
+def hypervolume(vectors: list, objectives, refs) -> float:
+    """The volume dominated by the objective vectors and bounded by the reference point
+    (points no better than the reference in some objective add nothing). Exact: a sweep in 2-D,
+    inclusion-exclusion over slices in 3-D."""
+    pts = [_as_min(v, objectives) for v in vectors]
+    ref = _as_min(refs, objectives)
+    pts = [p for p in pts if all(x < r for x, r in zip(p, ref))]
+    if not pts:
+        return 0.0
+    if len(ref) == 1:
+        return ref[0] - min(p[0] for p in pts)
+    if len(ref) == 2:
+        vol, best_y = 0.0, ref[1]
+        for x, y in sorted(pts):
+            if y < best_y:
+                vol += (ref[0] - x) * (best_y - y)
+                best_y = y
+        return vol
+    # d = 3: slice along the last objective, 2-D hypervolume of the points below each slice
+    zs = sorted({p[-1] for p in pts})
+    vol = 0.0
+    for i, z in enumerate(zs):
+        top = zs[i + 1] if i + 1 < len(zs) else ref[-1]
+        below = [p[:-1] for p in pts if p[-1] <= z]
+        vol += (top - z) * hypervolume(below, [("", "min")] * (len(ref) - 1), ref[:-1])
+    return vol
+
+
+def constraint_values(m: dict, space: SearchSpace) -> dict[str, float]:
+    """Optuna constraint values (feasible when <= 0), keyed ``metric:max`` / ``metric:min``."""
+    out = {}
+    for metric, kind, bound in space.constraints:
+        v = m.get(metric)
+        if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+            out[f"{metric}:{kind}"] = 1e30  # unknown: infeasible
+        else:
+            out[f"{metric}:{kind}"] = float(v - bound if kind == "max" else bound - v)
+    return out
+
+
+# The study, its front, and the registered network ---------------------------------------
+
+def front_records(summary: dict, space: SearchSpace, cpus: float) -> list[dict]:
+    """The Pareto front of a finished study: each point's objectives, method, resolved
+    config and MLflow run id, best first by the first objective."""
+    from .sweep import trial_config
+
+    out = []
+    for i, r in enumerate(pareto_front(summary["trials"], space.objectives)):
+        cfg = trial_config(space, r["config"], cpus)
+        out.append({"rank": i + 1, "trial": r["trial"], "run_id": r["run_id"], "method": cfg.method,
+                    "objectives": {metric: v for (metric, _), v in zip(space.objectives, r["objectives"])},
+                    "config": cfg.to_dict()})
+    return out
+
+
+def run_automl(a, out: str | None = None, register: str | None = None, pick: int | None = None) -> dict:
+    """Run (or resume) an AutoML study (``sweep.run_sweep`` on an AutoML space), then write its
+    Pareto front and, with ``register``, retrain the chosen point and register it."""
+    import json
+
+    from .errors import UserError
+    from .sweep import run_sweep
+    from .tracking import Tracker
+
+    space = a.space
+    if pick is not None and pick < 1:
+        raise UserError(f"--pick {pick}: a rank on the front, 1 for the best first objective")
+    outdir = Path(out or f"runs/{a.study_name()}")
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"--out {outdir}: is a file, not a directory")
+    summary = run_sweep(a)
+    front = front_records(summary, space, a.cpus_per_trial)
+    hv = hypervolume([list(p["objectives"].values()) for p in front], space.objectives, space.refs) if space.multi else None
+    doc = {"study": summary["study"], "objectives": [{"metric": m, "mode": d} for m, d in space.objectives],
+           "constraints": [{"metric": m, kind: b} for m, kind, b in space.constraints],
+           "reference_point": list(space.refs), "hypervolume": hv, "front": front}
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "pareto.json").write_text(json.dumps(doc, indent=1))
+    tracker = Tracker(summary["tracking_uri"], summary["experiment"])
+    tracker.log_json(summary["parent_run_id"], doc, "pareto.json")
+    summary.update(front=front, hypervolume=hv, out=str(outdir))
+    if register:
+        if not front:
+            raise UserError(f"--register {register}: the study has no feasible complete trial to register")
+        if pick is not None and pick > len(front):
+            raise UserError(f"--pick {pick}: the front has {len(front)} point(s)")
+        point = front[(pick or 1) - 1]
+        summary["registered"] = register_model(point, register, summary, tracker)
+    return summary
+
+
+def register_model(point: dict, name: str, summary: dict, tracker) -> dict:
+    """Retrain a front point's configuration with its seed (in this process, the trial's thread
+    count), log the network as an MLflow PyTorch model (signature, input example, config, cost
+    table, per-epoch metrics) in a run of the study's experiment, and register it as ``name``."""
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from .config import dump, resolve
+    from .engine import fit, load_data
+    from .modelio import BinaryNet, module_scalars
+
+    cfg = resolve(point["config"], "front point")
+    res = fit(cfg)
+    data = load_data(cfg, "cpu")
+    model = BinaryNet(res.model.cpu(), cfg.to_dict(), data.in_shape, data.num_classes).eval()
+    x = data.x_test[:5].cpu()
+    with torch.no_grad():
+        y = model(x).numpy()
+    x_np = x.numpy().astype(np.float32)
+    rid = tracker.client.create_run(tracker.experiment_id, run_name=f"model {name}", tags={
+        "bnnsearch.kind": "model", "bnnsearch.study": summary["study"], "bnnsearch.source_run": point["run_id"] or "",
+        "method": cfg.method}).info.run_id
+    tracker.log_params(rid, cfg.to_dict())
+    tracker.log_metric_steps(rid, [({k: v for k, v in m.items() if isinstance(v, (int, float)) and "/" in k}, m["epoch"])
+                                   for m in res.history])
+    tracker.log_text(rid, dump(cfg), "config.yaml")
+    rows = [r.__dict__ for r in res.cost_rows]
+    tracker.log_json(rid, {"rows": rows, "totals": {k: v for k, v in res.final.items() if k.startswith("cost/")}}, "cost.json")
+    mlflow.set_tracking_uri(tracker.uri)
+    with mlflow.start_run(run_id=rid):
+        # MLflow's default format here is pt2 (torch.export): a traced graph of the eval-mode
+        # network that loads without bnnsearch; the config rides along in the metadata.
+        info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(x_np, y), input_example=x_np,
+                                        registered_model_name=name,
+                                        metadata={"bnnsearch_config": cfg.to_dict(), "bnnsearch_in_shape": list(model.in_shape),
+                                                  "bnnsearch_num_classes": model.num_classes,
+                                                  "bnnsearch_scalars": module_scalars(model.net)},
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    tracker.finish(rid)
+    version = info.registered_model_version
+    return {"name": name, "version": version, "model_uri": f"models:/{name}/{version}", "run_id": rid,
+            "test/acc": res.final["test/acc"], "trial_test_acc": _recorded(tracker, point["run_id"], "test/acc"),
+            "mem_bits": res.final.get("cost/mem_bits")}
+
+
+def _recorded(tracker, run_id: str | None, key: str) -> float | None:
+    if not run_id:
+        return None
+    return tracker.client.get_run(run_id).data.metrics.get(key)

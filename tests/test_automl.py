@@ -1,0 +1,356 @@
+"""AutoML (bnnsearch/automl.py, bnnsearch/modelio.py): one study across methods with several
+objectives and hard constraints, its Pareto front and hypervolume, and the registered network.
+
+References: hand-computed fronts and hypervolumes; the conditional structure checked trial by
+trial on a real Optuna study; the registered model's test accuracy against the value its run
+recorded (exact), and the retrained network against the study's own trial (exact on CPU)."""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bnnsearch.automl import AutoSpace, constraint_values, dominates, hypervolume, pareto_front
+from bnnsearch.spaces import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+MO = [("val/acc", "max"), ("cost/mem_bits", "min")]
+
+
+def automl_file(tmp_path, **over):
+    doc = {
+        "objectives": [{"metric": "val/acc", "mode": "max"}, {"metric": "cost/mem_bits", "mode": "min"}],
+        "constraints": {"cost/mem_bits": {"max": 150000}},
+        "fixed": {"data": "digits", "epochs": 2, "batch_size": 64, "device": "cpu", "threads": 1,
+                  "data_root": str(tmp_path / "data")},
+        "params": {"arch_args.widths": {"categorical": [[16, 16], [32, 32], [64, 64]]}},
+        "methods": {"latent": {"params": {"lr": {"float": [0.1, 100.0], "log": True}}},
+                    "filtered": {"params": {"alpha": {"float": [1e-4, 1e-1], "log": True}}},
+                    "local_binary": {"fixed": {"arch": "local_mlp", "hparams": {"group_size": 8}},
+                                     "params": {"robustness": {"float": [0.0, 1.0]}}}},
+    }
+    doc.update(over)
+    p = tmp_path / "automl.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+# --- the space -----------------------------------------------------------------------------
+
+def test_shipped_space_has_every_method_beneath_a_method_choice():
+    from bnnsearch.methods import METHODS
+
+    s = load_space(ROOT / "search_spaces" / "automl.yaml")
+    assert isinstance(s, AutoSpace) and s.multi and s.constraints
+    assert s.params[0].name == "method" and set(s.params[0].choices) == set(METHODS.names())
+    for p in s.params[1:]:
+        owner = s.owner(p)
+        if owner is None:
+            assert not p.when  # shared: in every trial
+        else:
+            assert p.when[0] == ("method", (owner,))
+    for m in s.methods:  # each method's config carries its own fixed keys and defaults
+        cfg = s.config({"method": m})
+        assert cfg.method == m
+    assert s.config({"method": "local_binary"}).arch == "local_mlp"
+
+
+def test_a_method_parameter_never_leaks_into_another_methods_config(tmp_path):
+    s = load_space(automl_file(tmp_path))
+    cfg = s.config({"method": "filtered", "latent:lr": 50.0, "filtered:alpha": 0.01})
+    assert cfg.hparams["alpha"] == 0.01 and "lr" not in cfg.hparams
+    lat = s.config({"method": "latent", "latent:lr": 50.0, "filtered:alpha": 0.01})
+    assert lat.hparams["lr"] == 50.0 and "alpha" not in lat.hparams
+
+
+def test_define_by_run_samples_a_method_and_only_its_own_parameters():
+    import optuna
+
+    s = load_space(ROOT / "search_spaces" / "automl.yaml")
+    fn = pickle.loads(pickle.dumps(s.sampler_space()))  # Ray pickles the searcher, and this with it
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        t = study.ask()
+        fn(t)
+        m = t.params["method"]
+        seen.add(m)
+        for name in t.params:
+            assert name in ("method", "arch_args.widths") or name.startswith(m + ":"), (m, name)
+        if m == "proxconnect":
+            assert ("proxconnect:mu0" in t.params) == (t.params["proxconnect:pair"] in ("bnn++", "pc"))
+        s.config(t.params)  # every sampled point resolves
+        study.tell(t, [0.5, 1.0])
+    assert seen == set(s.methods)
+
+
+def test_structural_parameters_of_a_pack():
+    s = load_space(ROOT / "search_spaces" / "automl.yaml")
+    by = {p.name: p for p in s.params}
+    assert s.structural(by["method"]) and s.structural(by["arch_args.widths"])
+    assert not s.structural(by["latent:lr"]) and not s.structural(by["filtered:alpha"])
+
+
+# --- fronts, hypervolume, constraints ---------------------------------------------------------
+
+def _pt(acc, mem, feasible=True, status="complete"):
+    return {"objectives": [acc, mem], "feasible": feasible, "status": status}
+
+
+def test_pareto_front_by_hand():
+    pts = [_pt(0.9, 100), _pt(0.8, 50), _pt(0.85, 120),  # (0.85, 120) is dominated by (0.9, 100)
+           _pt(0.95, 10, feasible=False), _pt(0.99, 1, status="diverged"), _pt(0.8, 50), _pt(0.5, 20)]
+    front = pareto_front(pts, MO)
+    assert [p["objectives"] for p in front] == [[0.9, 100], [0.8, 50], [0.8, 50], [0.5, 20]]  # ties: both kept
+    assert dominates([0.9, 100], [0.85, 120], MO) and not dominates([0.8, 50], [0.9, 100], MO)
+    assert not dominates([0.8, 50], [0.8, 50], MO)
+
+
+def test_hypervolume_by_hand():
+    # maximise acc (ref 0), minimise mem (ref 200): rectangles 0.9*(200-100) + 0.8*(100-50) + 0.5*(50-20)
+    vol = hypervolume([[0.9, 100], [0.8, 50], [0.5, 20], [0.85, 120]], MO, [0.0, 200.0])
+    assert vol == pytest.approx(0.9 * 100 + 0.8 * 50 + 0.5 * 30)
+    assert hypervolume([[0.9, 300]], MO, [0.0, 200.0]) == 0.0  # beyond the reference: adds nothing
+    assert hypervolume([], MO, [0.0, 200.0]) == 0.0
+    # 3-D: two boxes from the origin-side corner to ref (1, 1, 1), minimised: union = 0.5 + 0.5 - 0.25
+    three = [("a", "min")] * 3
+    assert hypervolume([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], three, [1.0, 1.0, 1.0]) == pytest.approx(0.75)
+    # against a brute-force grid count for random points
+    import random
+
+    rng = random.Random(0)
+    pts = [[rng.random(), rng.random(), rng.random()] for _ in range(6)]
+    n = 40
+    grid = sum(any(all(p[d] <= c[d] for d in range(3)) for p in pts)
+               for c in ([(i + .5) / n, (j + .5) / n, (k + .5) / n] for i in range(n) for j in range(n) for k in range(n)))
+    assert hypervolume(pts, three, [1.0, 1.0, 1.0]) == pytest.approx(grid / n ** 3, abs=0.02)
+
+
+def test_constraint_values_are_optuna_style(tmp_path):
+    s = load_space(automl_file(tmp_path, constraints={"cost/mem_bits": {"max": 100.0}, "val/acc": {"min": 0.5}}))
+    assert constraint_values({"cost/mem_bits": 80.0, "val/acc": 0.7}, s) == {
+        "cost/mem_bits:max": -20.0, "val/acc:min": pytest.approx(-0.2)}
+    c = constraint_values({"cost/mem_bits": 120.0}, s)
+    assert c["cost/mem_bits:max"] == 20.0 and c["val/acc:min"] > 0  # a missing metric is infeasible
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "botorch"])
+def test_multi_objective_samplers_respect_constraints(sampler):
+    """Each sampler, as the study builds it, on a real Optuna study of the shipped hierarchy:
+    two objectives, a constraint set through trial.set_constraint; the front it reports holds
+    only feasible trials."""
+    import optuna
+
+    from bnnsearch.sweep import make_sampler
+
+    s = load_space(ROOT / "search_spaces" / "automl.yaml")
+    smp = make_sampler(sampler, 0, 4, conditional=True, objectives=2)
+    if sampler == "botorch":
+        from optuna_integration.botorch import qnehvi_candidates_func
+
+        assert smp._candidates_func is qnehvi_candidates_func
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=smp)
+    fn = s.sampler_space()
+    for i in range(5):  # 4 start-up trials, then one model-based proposal (BoTorch's costs ~20 s on 2 cores)
+        t = study.ask()
+        fn(t)
+        cfg = s.config(t.params)
+        mem = float(sum(cfg.arch_args.get("widths", [1])))
+        acc = (i % 4) / 4
+        t.set_constraint("cost/mem_bits:max", mem - 600)  # widths summing over 600 are infeasible
+        study.tell(t, [acc, mem])
+    assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert all(max(t.constraints.values()) <= 0 for t in study.best_trials)
+
+
+# --- the registered network --------------------------------------------------------------
+
+CASES = {"latent": {}, "filtered": {}, "proxconnect": {"pair": "pc", "hard_phase": 0.3},
+         "cyclebnn": {"b_min": 2, "b_max": 6}, "hbnn": {}, "local_binary": {"group_size": 8}}
+
+
+def _trained(method, hp, tmp_path):
+    from bnnsearch.config import resolve
+    from bnnsearch.engine import fit, load_data
+    from bnnsearch.modelio import BinaryNet
+
+    arch = {"arch_args": {"widths": [48, 48]}} if method == "local_binary" else {"arch": "mlp", "arch_args": {"widths": [32, 32]}}
+    cfg = resolve({"method": method, "data": "digits", "epochs": 2, "batch_size": 64, "seed": 1, "device": "cpu",
+                   "threads": 1, "hparams": hp, "data_root": str(tmp_path / "data"), **arch})
+    res = fit(cfg)
+    data = load_data(cfg, "cpu")
+    return cfg, res, data, BinaryNet(res.model, cfg.to_dict(), data.in_shape, data.num_classes).eval()
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_a_pickled_network_reloads_exactly(method, tmp_path):
+    from bnnsearch.modelio import test_accuracy
+
+    cfg, res, data, net = _trained(method, CASES[method], tmp_path)
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(net(data.x_test), back(data.x_test))
+    assert test_accuracy(back, threads=1)[0] == res.final["test/acc"]
+    if method == "cyclebnn":  # the final bit width is a plain attribute, not in the state dict
+        from bnnsearch.modelio import module_scalars
+
+        assert any("k" in v for v in module_scalars(net.net).values())
+
+
+# Where the eval forward depends on the signs of the stored binary weights alone, they are packed;
+# CycleBNN (multi-bit at the end of its cycle here) and HBNN (signs of the exponential map of
+# weight and cluster point) keep their storage full precision, and say so.
+PACKED = {"latent": True, "filtered": True, "proxconnect": True, "local_binary": True, "cyclebnn": False, "hbnn": False}
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_a_bnn_file_round_trips_exactly(method, tmp_path):
+    import numpy as np
+
+    from bnnsearch.modelio import export_bnn, load_bnn, test_accuracy
+
+    cfg, res, data, net = _trained(method, CASES[method], tmp_path)
+    rep = export_bnn(net, tmp_path / "net.bnn", data.x_test)
+    back = load_bnn(tmp_path / "net.bnn")
+    with torch.no_grad():
+        assert torch.equal(net(data.x_test), back(data.x_test))
+    assert test_accuracy(back, threads=1)[0] == res.final["test/acc"]
+    assert (not rep["full_precision_storage"]) == PACKED[method], rep
+    if PACKED[method]:  # one bit per binary weight in the file
+        d = torch.load(tmp_path / "net.bnn", weights_only=True)
+        from bnnsearch.methods import get_method
+
+        names = {id(t): k for k, t in net.net.state_dict(keep_vars=True).items()}
+        for t in get_method(method).binary_storage(net.net):
+            b = d["binary"][names[id(t)]]
+            assert b["bits"].dtype == torch.uint8 and b["bits"].numel() == -(-t.numel() // 8)
+            signs = np.unpackbits(b["bits"].numpy())[: t.numel()]
+            assert (signs == (t.detach().flatten().numpy() >= 0)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(CASES))
+def test_the_mlflow_model_of_every_method_scores_exactly(method, tmp_path):
+    """What the registry stores (MLflow's pt2 format: a torch.export graph) gives the engine's
+    own logits and test accuracy, for every method."""
+    import mlflow.pytorch
+
+    from bnnsearch.modelio import test_accuracy
+
+    cfg, res, data, net = _trained(method, CASES[method], tmp_path)
+    mlflow.pytorch.save_model(net, str(tmp_path / "m"), input_example=data.x_test[:5].numpy())
+    g = mlflow.pytorch.load_model(str(tmp_path / "m"))
+    with torch.no_grad():
+        assert torch.equal(net(data.x_test), g(data.x_test))
+    assert test_accuracy(g, cfg.to_dict(), threads=1)[0] == res.final["test/acc"]
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_automl_study_front_registry_and_evaluate(in_tmp, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from bnnsearch.cli import main
+
+    space = automl_file(in_tmp)
+    argv = ["automl", str(space), "--trials", "8", "--startup-trials", "4", "--register", "--out", "out"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "registered models:/bnnsearch-digits/1" in out
+    doc = json.loads((in_tmp / "out" / "pareto.json").read_text())
+    c = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
+    exp = c.get_experiment_by_name("bnnsearch/digits/automl")
+    parent = c.search_runs([exp.experiment_id], "tags.`bnnsearch.kind` = 'study'")[0]
+    kids = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(kids) == 8 and parent.info.status == "FINISHED"
+    # the front, recomputed from what MLflow recorded of every trial
+    pts = [{"objectives": json.loads(k.data.tags["bnnsearch.objectives"]), "status": k.data.tags["bnnsearch.status"],
+            "feasible": k.data.tags["bnnsearch.feasible"] == "1", "run": k.info.run_id} for k in kids]
+    for p, k in zip(pts, kids):  # the recorded objectives and feasibility are the trial's own metrics
+        assert p["objectives"] == [k.data.metrics["val/acc"], k.data.metrics["cost/mem_bits"]]
+        assert p["feasible"] == (k.data.metrics["cost/mem_bits"] <= 150000)
+    front = pareto_front(pts, MO)
+    assert sorted(p["run"] for p in front) == sorted(p["run_id"] for p in doc["front"]) and front
+    assert all(p["objectives"]["cost/mem_bits"] <= 150000 for p in doc["front"])
+    assert {p["method"] for p in doc["front"]} <= {"latent", "filtered", "local_binary"}
+    assert "pareto.json" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+    hv = [m.value for m in sorted(c.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: m.step)]
+    assert len(hv) == 8 and hv == sorted(hv) and hv[-1] == pytest.approx(doc["hypervolume"])
+    assert doc["hypervolume"] == pytest.approx(hypervolume([p["objectives"] for p in front], MO, [0.0, 150000.0]))
+    # the registered network: retrained with the trial's seed, it is the trial (CPU, same threads)
+    mv = c.get_model_version("bnnsearch-digits", "1")
+    model_run = c.get_run(mv.run_id)
+    best = doc["front"][0]
+    assert model_run.data.tags["bnnsearch.source_run"] == best["run_id"]
+    assert model_run.data.metrics["test/acc"] == c.get_run(best["run_id"]).data.metrics["test/acc"]
+    assert {"config.yaml", "cost.json"} <= {a.path for a in c.list_artifacts(mv.run_id)}
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{in_tmp}/mlflow.db")
+    from bnnsearch.modelio import test_accuracy
+
+    g = mlflow.pytorch.load_model("models:/bnnsearch-digits/1")
+    info = mlflow.models.get_model_info("models:/bnnsearch-digits/1")
+    assert info.signature is not None
+    assert test_accuracy(g, info.metadata["bnnsearch_config"])[0] == model_run.data.metrics["test/acc"]
+    assert main(["evaluate", "models:/bnnsearch-digits/1"]) == 0
+    assert "-> equal" in capsys.readouterr().out
+    # the exported file: one bit per binary weight, read back exactly, scored against the run's record
+    assert main(["export", "models:/bnnsearch-digits/1", "--out", "net.bnn"]) == 0
+    assert "logits identical" in capsys.readouterr().out
+    assert main(["evaluate", "net.bnn"]) == 0
+    assert f"recorded in MLflow run {mv.run_id}" in capsys.readouterr().out
+    # the dashboard draws the front and lists its points
+    assert main(["dashboard", "--export", "d.html"]) == 0
+    page = (in_tmp / "d.html").read_text()
+    assert "AutoML front" in page and "hypervolume vs trial" in page
+    assert all(p["run_id"] in page for p in doc["front"])
+
+
+@pytest.mark.slow
+def test_time_budget_ends_a_study_that_is_not_an_interrupt(in_tmp, capsys):
+    from bnnsearch.cli import main
+
+    space = automl_file(in_tmp, objectives=[{"metric": "val/acc", "mode": "max"}],
+                        fixed={"data": "digits", "epochs": 200, "batch_size": 16, "device": "cpu", "threads": 1,
+                               "data_root": str(in_tmp / "data")})
+    assert main(["automl", str(space), "--time-budget", "15s", "--sampler", "gp", "--startup-trials", "2"]) == 0
+    cap = capsys.readouterr()
+    assert "--sampler gp models only the parameters every trial samples (method, arch_args.widths)" in cap.out
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
+    exp = c.get_experiment_by_name("bnnsearch/digits/automl")
+    parent = c.search_runs([exp.experiment_id], "tags.`bnnsearch.kind` = 'study'")[0]
+    assert parent.data.tags["bnnsearch.status"] == "finished" and parent.info.status == "FINISHED"
+    kids = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    # 200 epochs of batch 16 do not fit in 15 s: the running trials were stopped, and said so
+    stopped = [k for k in kids if k.data.tags["bnnsearch.status"] == "stopped early"]
+    assert stopped and all(k.data.tags["bnnsearch.stopped_by"] == "time budget" for k in stopped)
+    assert all(k.info.status in ("FINISHED", "KILLED") for k in kids)
+    # every trial counted once in the parent's record, none with a full-budget value
+    states = {m.step: m.value for m in c.get_metric_history(parent.info.run_id, "trial_state")}
+    assert sorted(states) == list(range(1, len(kids) + 1))
+    assert sorted(int(k.data.tags["bnnsearch.trial_index"]) for k in kids) == list(range(1, len(kids) + 1))
+
+
+def test_a_one_method_file_is_refused_by_automl(tmp_path, capsys):
+    from bnnsearch.cli import main
+
+    assert main(["automl", str(ROOT / "search_spaces" / "latent.yaml")]) == 2
+    assert "a one-method space" in capsys.readouterr().err
