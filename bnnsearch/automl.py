@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -342,6 +343,83 @@ def constraint_values(m: dict, space: SearchSpace) -> dict[str, float]:
     return out
 
 
+# Warm start ---------------------------------------------------------------------------------
+
+WARM_MAX = 5  # earlier configurations enqueued at most (the start of the study's design)
+
+
+def point_from_params(space: SearchSpace, params: dict) -> dict | None:
+    """The parameter values (as the sampler names them) of a recorded trial's resolved config
+    (MLflow params: dotted keys, string values), or None if some parameter it would sample is
+    missing or outside this space."""
+    from .config import safe_load
+
+    def value(key):
+        raw = params.get(key)
+        if raw is None:
+            return None
+        try:
+            return safe_load(raw) if isinstance(raw, str) else raw
+        except Exception:  # noqa: BLE001 - a free-text param that is no YAML: compare as text
+            return raw
+
+    point: dict = {}
+    for p in space.params:
+        if not p.active(point):
+            continue
+        v = value(".".join(p.path))
+        if v is None:
+            return None
+        if p.kind == "categorical":
+            if _encode(v) not in [_encode(c) for c in p.choices]:
+                return None
+            point[p.name] = _encode(v)
+        else:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not p.low <= v <= p.high:
+                return None
+            if p.kind == "int" and int(v) != v:
+                return None
+            point[p.name] = int(v) if p.kind == "int" else float(v)
+    return point
+
+
+def warm_points(space: SearchSpace, uri: str, experiment: str, limit: int = WARM_MAX) -> tuple[list[dict], str]:
+    """The best configurations of every finished trial of an earlier experiment in the same
+    store that fit this space: its Pareto front under this space's objectives and constraints
+    (the best by the first objective for one objective), at most ``limit``. Returns them and a
+    line saying what was found."""
+    from mlflow.tracking import MlflowClient
+
+    from .errors import UserError
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise UserError(f"--warm-start {experiment!r}: no such experiment in {uri} (there: {', '.join(names) or 'none'})")
+    runs = client.search_runs([exp.experiment_id], "tags.`bnnsearch.kind` = 'trial' and tags.`bnnsearch.status` = 'complete'",
+                              max_results=50000)
+    cands, seen = [], set()
+    for r in runs:
+        m = r.data.metrics
+        if any(metric not in m for metric, _ in space.objectives):
+            continue
+        point = point_from_params(space, r.data.params)
+        if point is None:
+            continue
+        key = json.dumps(point, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        ok = all(v <= 0 for v in constraint_values(m, space).values())
+        cands.append({"objectives": [m[metric] for metric, _ in space.objectives], "feasible": ok,
+                      "status": "complete", "point": point})
+    best = pareto_front(cands, space.objectives)[:limit]
+    note = (f"--warm-start {experiment}: {len(best)} of its {len(runs)} complete trials enqueued first "
+            f"({len(cands)} fit this space)")
+    return [b["point"] for b in best], note
+
+
 # The study, its front, and the registered network ---------------------------------------
 
 def front_records(summary: dict, space: SearchSpace, cpus: float) -> list[dict]:
@@ -358,14 +436,17 @@ def front_records(summary: dict, space: SearchSpace, cpus: float) -> list[dict]:
     return out
 
 
-def run_automl(a, out: str | None = None, register: str | None = None, pick: int | None = None) -> dict:
+def run_automl(a, out: str | None = None, register: str | None = None, pick: int | None = None,
+               warm_start: str | None = None) -> dict:
     """Run (or resume) an AutoML study (``sweep.run_sweep`` on an AutoML space), then write its
-    Pareto front and, with ``register``, retrain the chosen point and register it."""
-    import json
+    Pareto front and, with ``register``, retrain the chosen point and register it. With
+    ``warm_start`` (an experiment of the same store) a fresh study enqueues that experiment's
+    best configurations that fit this space first."""
+    import dataclasses as dc
 
     from .errors import UserError
     from .sweep import run_sweep
-    from .tracking import Tracker
+    from .tracking import Tracker, check_store
 
     space = a.space
     if pick is not None and pick < 1:
@@ -373,6 +454,11 @@ def run_automl(a, out: str | None = None, register: str | None = None, pick: int
     outdir = Path(out or f"runs/{a.study_name()}")
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--out {outdir}: is a file, not a directory")
+    if warm_start and not a.resume:  # a resumed study's searcher already holds its enqueued points
+        points, note = warm_points(space, check_store(a.tracking_uri), warm_start)
+        if not a.quiet:
+            print(note, flush=True)
+        a = dc.replace(a, points=tuple(points))
     summary = run_sweep(a)
     front = front_records(summary, space, a.cpus_per_trial)
     hv = hypervolume([list(p["objectives"].values()) for p in front], space.objectives, space.refs) if space.multi else None

@@ -241,7 +241,7 @@ def cmd_automl(args) -> int:
     cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
     print(f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
           f"{a.budget_text()}, sampler {a.sampler}", flush=True)
-    s = run_automl(a, args.out, register, args.pick)
+    s = run_automl(a, args.out, register, args.pick, args.warm_start)
     print_summary(s)
     keys = [m for m, _ in space.objectives]
     rows = [[p["rank"], p["method"], *[p["objectives"][k] for k in keys], p["trial"], _arch_text(p["config"])]
@@ -505,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     am.add_argument("--register", nargs="?", const="", default=None, metavar="NAME",
                     help="retrain the chosen front point and register it in the MLflow Model Registry as NAME "
                          "(default name: bnnsearch-<data>)")
+    am.add_argument("--warm-start", default=None, metavar="EXPERIMENT",
+                    help="first evaluate the best configurations (the front under this study's objectives, at most 5) "
+                         "of the finished trials of this MLflow experiment of the same store that fit this space")
     am.add_argument("--pick", type=int, default=None,
                     help="the front point to register, by rank (default 1: the best first objective)")
     add_sweep_flags(am, "automl")

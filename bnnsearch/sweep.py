@@ -93,6 +93,7 @@ class SweepArgs:
     label: str | None = None  # the parent run's name in the MLflow UI (default: "<method> <sampler> s<seed>")
     checkpoint_s: float = 30.0  # hand Ray a trial checkpoint at most this often (0: every epoch)
     pack: int = 0  # members per Ray trial (packed trials); 0: the space file's ``pack:`` (default 1)
+    points: tuple = ()  # configurations (sampler parameter values) evaluated first, e.g. a warm start
     time_budget_s: float = 0.0  # stop starting trials after this many seconds (0: no limit); with
     # trials 0 the time budget alone ends the study
 
@@ -1083,7 +1084,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
             mode=[mode for _, mode in space.objectives] if space.multi else space.mode,
             sampler=make_sampler(a.sampler, a.seed, a.startup_trials, space.conditional, batch=pack > 1,
                                  objectives=len(space.objectives)),
-            points_to_evaluate=[p] if a.seed_defaults and (p := space.default_point()) else None,
+            points_to_evaluate=[*a.points, *([p] if a.seed_defaults and (p := space.default_point()) else [])] or None,
             full_epochs=epochs, journal=str(exp_dir / JOURNAL), seed=None,
             pack=pack, total=a.trials, structural=tuple(p.name for p in space.params if space.structural(p)))
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric="objective", mode=space.mode, max_t=epochs,

@@ -96,6 +96,49 @@ def test_structural_parameters_of_a_pack():
     assert not s.structural(by["latent:lr"]) and not s.structural(by["filtered:alpha"])
 
 
+def test_warm_start_takes_the_front_that_fits_this_space(tmp_path):
+    """Recorded trials (real MLflow store, resolved configs as params) -> the points a new study
+    enqueues: only complete ones whose searched values lie inside the new space, the front under
+    the new objectives and constraints, each once."""
+    from bnnsearch.automl import point_from_params, warm_points
+    from bnnsearch.tracking import Tracker
+
+    s = load_space(automl_file(tmp_path))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    t = Tracker(uri, "old")
+    parent = t.start_study("old-study", tags={}, params={})
+
+    def trial(tid, cfg_values, metrics, status="complete"):
+        cfg = s.config(cfg_values).to_dict()
+        rid = t.start_trial(parent, tid, tid, cfg, "old-study")
+        t.set_tags(rid, {"bnnsearch.status": status})
+        t.log_metrics(rid, metrics, step=1)
+        return cfg
+
+    w32 = "yaml:[32, 32]"
+    trial("a", {"method": "latent", "arch_args.widths": w32, "latent:lr": 10.0}, {"val/acc": 0.9, "cost/mem_bits": 9e4})
+    trial("b", {"method": "filtered", "arch_args.widths": "yaml:[16, 16]", "filtered:alpha": 0.01},
+          {"val/acc": 0.8, "cost/mem_bits": 4e4})
+    trial("c", {"method": "latent", "arch_args.widths": w32, "latent:lr": 10.0}, {"val/acc": 0.9, "cost/mem_bits": 9e4})  # same config
+    trial("d", {"method": "latent", "arch_args.widths": "yaml:[64, 64]", "latent:lr": 20.0},
+          {"val/acc": 0.99, "cost/mem_bits": 2e5})  # infeasible here (over 150000)
+    trial("e", {"method": "latent", "arch_args.widths": w32, "latent:lr": 20.0}, {"val/acc": 0.5, "cost/mem_bits": 9e4})  # dominated
+    trial("f", {"method": "latent", "arch_args.widths": w32, "latent:lr": 30.0}, {"val/acc": 0.95, "cost/mem_bits": 9e4},
+          status="stopped early")
+    narrow = load_space(automl_file(tmp_path, methods={"latent": {"params": {"lr": {"float": [0.1, 5.0], "log": True}}}}))
+    points, note = warm_points(s, uri, "old")
+    assert sorted(points, key=str) == sorted([{"method": "latent", "arch_args.widths": w32, "latent:lr": 10.0},
+                                              {"method": "filtered", "arch_args.widths": "yaml:[16, 16]",
+                                               "filtered:alpha": 0.01}], key=str), points
+    assert "2 of its 5 complete trials" in note
+    assert warm_points(narrow, uri, "old")[0] == []  # lr 10 and 20 lie outside [0.1, 5]
+    assert point_from_params(s, {"method": "latent"}) is None  # a value it would sample is missing
+    from bnnsearch.errors import UserError
+
+    with pytest.raises(UserError, match="--warm-start 'nope': no such experiment"):
+        warm_points(s, uri, "nope")
+
+
 # --- fronts, hypervolume, constraints ---------------------------------------------------------
 
 def _pt(acc, mem, feasible=True, status="complete"):
@@ -315,6 +358,14 @@ def test_automl_study_front_registry_and_evaluate(in_tmp, capsys):
     assert "logits identical" in capsys.readouterr().out
     assert main(["evaluate", "net.bnn"]) == 0
     assert f"recorded in MLflow run {mv.run_id}" in capsys.readouterr().out
+    # a second study warm-started from this one evaluates this front first
+    assert main(["automl", str(space), "--trials", "1", "--startup-trials", "1", "--name", "warm",
+                 "--warm-start", "bnnsearch/digits/automl", "--experiment", "warm", "--out", "out2"]) == 0
+    assert "--warm-start bnnsearch/digits/automl:" in capsys.readouterr().out
+    wexp = c.get_experiment_by_name("warm")
+    (first,) = c.search_runs([wexp.experiment_id], "tags.`bnnsearch.kind` = 'trial'")
+    top = [c.get_run(p["run_id"]).data.params for p in doc["front"] if p["objectives"] == doc["front"][0]["objectives"]]
+    assert first.data.params in top  # the same resolved config as the front's best
     # the dashboard draws the front and lists its points
     assert main(["dashboard", "--export", "d.html"]) == 0
     page = (in_tmp / "d.html").read_text()

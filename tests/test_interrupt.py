@@ -99,6 +99,41 @@ def test_ctrl_c_during_a_sweep_is_an_interrupt_and_resume_completes_it(tmp_path)
     assert_complete(c, e, parent, n)
 
 
+def test_ctrl_c_during_an_automl_study_and_resume_completes_it(tmp_path):
+    """A conditional, multi-objective, constrained study (the searcher pickled into Ray's
+    snapshot with its define-by-run space, restored, told by member of a metric list): the
+    resumed study records every trial once, its hypervolume per trial, and its front."""
+    import json
+
+    n = 5
+    p = tmp_path / "automl.yaml"
+    p.write_text(yaml.safe_dump({
+        "objectives": [{"metric": "val/acc", "mode": "max"}, {"metric": "cost/mem_bits", "mode": "min"}],
+        "constraints": {"cost/mem_bits": {"max": 2.0e5}},
+        "fixed": {**FIXED, "data_root": str(tmp_path / "data")},
+        "params": {"arch_args.widths": {"categorical": [[16, 16, 16], [64, 64, 64]]}},
+        "methods": {"filtered": {"params": SPACES["filtered"]}, "latent": {"params": SPACES["latent"]}}}))
+    proc = start_cli(["automl", str(p), "--trials", str(n), "--sampler", "tpe", "--startup-trials", "2"], tmp_path)
+    out, _ = ctrl_c_at(proc, "[1/5]")
+    assert proc.returncode == 130, out[-3000:]
+    cmd = resume_line(out)
+    assert cmd[:2] == ["bnnsearch", "automl"] and cmd[-3:] == ["--name", "automl-digits-tpe-s0", "--resume"]
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/automl")
+    assert_interrupted(c, e, parent)
+    assert not (tmp_path / "runs" / "automl-digits-tpe-s0" / "pareto.json").exists()  # no front of a partial study
+    done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *cmd[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/automl")
+    assert_complete(c, e, parent, n)
+    hv = sorted(c.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: m.step)
+    assert [m.step for m in hv] == list(range(1, n + 1)) and [m.value for m in hv] == sorted(m.value for m in hv)
+    kids = c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert all("bnnsearch.objectives" in k.data.tags and "bnnsearch.feasible" in k.data.tags for k in kids)
+    doc = json.loads((tmp_path / "runs" / "automl-digits-tpe-s0" / "pareto.json").read_text())
+    assert doc["front"] and doc["hypervolume"] == hv[-1].value
+
+
 def test_second_ctrl_c_exits_at_once(tmp_path):
     proc = start_cli(["sweep", space_file(tmp_path, "filtered"), "--trials", "6", "--sampler", "random",
                   "--concurrency", "2"], tmp_path)

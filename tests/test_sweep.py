@@ -80,6 +80,20 @@ def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler):
     assert kids[0].info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
+def test_a_conditional_space_runs_a_recorded_study(ray_local, tmp_path):
+    """The define-by-run space goes into Ray's experiment snapshot with the searcher (it was a
+    closure once: every conditional study crashed at its first snapshot)."""
+    params = {"pair": {"categorical": ["bnn", "pc"]}, "mu0": {"float": [0.5, 5.0], "when": {"pair": ["pc"]}},
+              "lr": {"float": [1e-3, 1e-1], "log": True}}
+    path = tmp_path / "cond.yaml"  # declaration order matters (a condition names a parameter above it)
+    path.write_text(yaml.safe_dump({"method": "proxconnect", "fixed": {**FIXED, "data_root": str(tmp_path / "data")},
+                                    "params": params}, sort_keys=False))
+    s = sweep(tmp_path, path, trials=4, sampler="tpe", startup_trials=2)
+    assert s["counts"]["complete"] == 4
+    _, _, kids = mlflow_runs(tmp_path, s)
+    assert len(kids) == 4 and {k.data.params["hparams.pair"] for k in kids} <= {"bnn", "pc"}
+
+
 def test_asha_stops_trials_and_tells_them_pruned(ray_local, tmp_path):
     s = sweep(tmp_path, space_file(tmp_path, ALPHA, {"epochs": 4}), trials=9, sampler="random", scheduler="asha")
     n = s["counts"]
