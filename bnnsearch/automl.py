@@ -455,7 +455,7 @@ def run_automl(a, out: str | None = None, register: str | None = None, pick: int
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--out {outdir}: is a file, not a directory")
     if warm_start and not a.resume:  # a resumed study's searcher already holds its enqueued points
-        points, note = warm_points(space, check_store(a.tracking_uri), warm_start)
+        points, note = warm_points(space, check_store(a.tracking_uri, must_exist=True), warm_start)
         if not a.quiet:
             print(note, flush=True)
         a = dc.replace(a, points=tuple(points))

@@ -166,7 +166,8 @@ def cmd_compare(args) -> int:
     base = _sweep_args(args, spaces[0])
     s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name,
                     allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False),
-                    noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None))
+                    noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None),
+                    samplers=args.samplers.split(",") if getattr(args, "samplers", None) else None)
     rows = []
     for m, st in s["methods"].items():
         hp = st["hyperparameters"]
@@ -373,8 +374,9 @@ def add_sweep_flags(w: argparse.ArgumentParser, kind: str = "sweep") -> None:
     many = kind not in ("sweep", "automl")
     w.add_argument("--trials", type=int, default=20,
                    help="trials (default 20, or none with --time-budget)" if kind == "automl" else "trials per study")
-    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "gp", "botorch", "nsga2"],
-                   help="Optuna sampler (botorch: BoTorchSampler from optuna-integration)")
+    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "tpe-flat", "gp", "botorch", "nsga2"],
+                   help="Optuna sampler (botorch: BoTorchSampler from optuna-integration; tpe-flat: independent "
+                        "univariate TPE, the baseline to tpe's multivariate/grouped model)")
     w.add_argument("--seed", type=int, default=0,
                    help="sampler seed" + (" of the first repeat; repeat r uses seed + r" if many else ""))
     w.add_argument("--startup-trials", type=int, default=5,
@@ -469,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--noise-seeds", type=int, default=0,
                     help="re-train each arm's best config with this many other seeds and report the seed-to-seed "
                          "spread (the noise floor); 0: off")
+    cp.add_argument("--samplers", default=None, metavar="S1,S2",
+                    help="run every space with each of these samplers (arms <method>@<sampler>, same seeds and "
+                         "budget), e.g. tpe,tpe-flat on search_spaces/automl.yaml")
     cp.add_argument("--allow-mixed", action="store_true",
                     help="compare spaces that train on different data (refused by default: their values differ in kind)")
     add_sweep_flags(cp, "compare")

@@ -25,9 +25,14 @@ from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
 
 
-def _study_values(tracker, parent_id: str, trials: int) -> list[float | None]:
+def _study_values(tracker, parent_id: str, trials: int, multi: bool = False) -> list[float | None]:
+    """A study's values by trial index: its trial values, or (several objectives) the
+    hypervolume of its feasible full-budget trials after each trial (a non-decreasing curve)."""
     from .tracking import study_values
 
+    if multi:
+        hv = tracker.steps(parent_id, "hypervolume")
+        return pad_budget([hv.get(k) for k in range(1, max(hv, default=0) + 1)], trials)
     return pad_budget(study_values(tracker.client, parent_id), trials)
 
 
@@ -93,19 +98,37 @@ def noise_warnings(metric: str, delta: float, best: dict[str, float], floors: di
 
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
                 name: str | None = None, allow_mixed: bool = False, random_arm: bool = False,
-                noise_seeds: int = 0, target_gap: float | None = None) -> dict:
+                noise_seeds: int = 0, target_gap: float | None = None, samplers: list[str] | None = None) -> dict:
     """``random_arm``: every method also runs its space with random search (arm ``<method>@random``,
     same seeds and budget): a method's efficiency relative to random search says how much its
     sampler's model helps, i.e. how easy the method is to tune. ``noise_seeds``: each arm's best
-    config is re-trained with that many other seeds (the noise floor)."""
+    config is re-trained with that many other seeds (the noise floor). ``samplers``: every space
+    runs with each of these samplers, arm ``<method>@<sampler>`` (e.g. an AutoML space under
+    ``tpe`` and ``tpe-flat``), and the rank test is between all arms.
+
+    Multi-objective spaces (AutoML) compare the hypervolume of each study after each trial
+    (mode max; the target defaults to ``--target-gap 0.9``, a delta in hypervolume units means
+    little); every space must have the same objectives and reference point."""
+    from .sweep import SAMPLERS
     from .tracking import Tracker
 
-    metrics = {(s.metric, s.mode) for s in spaces}
+    metrics = {(s.objectives, s.refs, s.constraints) for s in spaces}
     if len(metrics) > 1:
-        raise UserError(f"compare needs one objective for all spaces, got {sorted(metrics)}")
+        raise UserError(f"compare needs the same objectives for all spaces, got {sorted(map(str, metrics))}")
     methods = [s.method for s in spaces]
     if len(set(methods)) != len(methods):
         raise UserError("compare takes one search space per method")
+    for smp in samplers or []:
+        if smp not in SAMPLERS:
+            raise UserError(f"--samplers {','.join(samplers)}: {smp!r} is not a sampler ({', '.join(SAMPLERS)})")
+    if samplers is not None and (not samplers or len(set(samplers)) != len(samplers)):
+        raise UserError("--samplers: give distinct sampler names, comma-separated (e.g. tpe,tpe-flat)")
+    multi = spaces[0].multi
+    if multi and target_gap is None:
+        target_gap = 0.9
+    if multi and noise_seeds:
+        raise UserError(f"--noise-seeds {noise_seeds}: a noise floor of a hypervolume is not defined (it is a "
+                        "property of a whole study); use it with one objective")
     if repeats < 1:
         raise UserError(f"--repeats {repeats}: must be >= 1")
     if target_gap is not None and not 0 < target_gap <= 1:
@@ -119,8 +142,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         seen = "; ".join(f"{p}: {d} {a or ''}".rstrip() for p, (d, a) in data.items())
         raise UserError(f"the spaces train on different data ({seen}): their values are not comparable; "
                         "make data and data_args equal, or pass --allow-mixed")
-    metric, mode = spaces[0].metric, spaces[0].mode
-    cmp_name = name or "compare-" + "-".join(methods)
+    metric, mode = ("hypervolume", "max") if multi else (spaces[0].metric, spaces[0].mode)
+    cmp_name = name or "compare-" + "-".join(methods) + ("-" + "-".join(samplers) if samplers else "")
     experiment = base.experiment or f"bnnsearch-compare/{cmp_name}"
     tracker = Tracker(base.tracking_uri, experiment)
     out = Path(out or f"runs/{cmp_name}")
@@ -135,9 +158,13 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     gpu: dict[str, float] = {}
     parents: dict[str, list[str]] = {}
     best_cfg: dict[str, tuple[float, str]] = {}
-    arms = [(s.method, s, base.sampler) for s in spaces]
-    if random_arm and base.sampler != "random":
-        arms += [(s.method + RANDOM_SUFFIX, s, "random") for s in spaces]
+    if samplers:
+        arms = [(f"{s.method}@{smp}", s, smp) for s in spaces for smp in samplers]
+        methods = [arm for arm, _, _ in arms]  # the rank test is between every arm
+    else:
+        arms = [(s.method, s, base.sampler) for s in spaces]
+        if random_arm and base.sampler != "random":
+            arms += [(s.method + RANDOM_SUFFIX, s, "random") for s in spaces]
     for arm, _, _ in arms:
         per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm], seconds[arm] = [], 0.0, 0.0, [], [], []
         histories[arm] = []
@@ -147,7 +174,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         for r in range(repeats):
             for arm, space, sampler in arms:
                 interrupts.check()  # a Ctrl-C between two studies
-                study = f"{cmp_name}-{arm.replace(RANDOM_SUFFIX, '-random')}-r{r}"
+                study = f"{cmp_name}-{arm.replace('@', '-')}-r{r}"
                 parent = tracker.find_study(study)
                 if parent is None or parent.info.status != "FINISHED":
                     if parent is not None and not base.resume:
@@ -165,7 +192,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                     print(f"== {arm}: repeat {r + 1}/{repeats} already finished, skipped", flush=True)
                 pid = parent.info.run_id
                 parents[arm].append(pid)
-                per_method[arm].append(_study_values(tracker, pid, base.trials))
+                per_method[arm].append(_study_values(tracker, pid, base.trials, multi))
                 kids = tracker.child_runs(pid)  # read once: values by index, seconds, histories
                 tests[arm].append(_by_index(kids, test_key, base.trials))
                 seconds[arm].append(_by_index(kids, "time/total_s", base.trials))

@@ -34,7 +34,7 @@ from .errors import Interrupted, UserError
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
-SAMPLERS = ("random", "tpe", "gp", "botorch", "nsga2")
+SAMPLERS = ("random", "tpe", "tpe-flat", "gp", "botorch", "nsga2")
 SCHEDULERS = ("fifo", "asha")
 BIG = 1e30  # finite stand-in for inf in reports (samplers, JSON and MLflow refuse non-finite values)
 PACK_KEY = "bnnsearch_pack"  # a packed Ray trial's config: {PACK_KEY: [member params, ...]}
@@ -130,6 +130,8 @@ def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False
 
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe-flat":  # independent TPE: one univariate model per parameter (the baseline to --sampler tpe)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=False)
     if name == "tpe":
         if conditional:
             with warnings.catch_warnings():

@@ -39,19 +39,29 @@ def _colors(exp) -> dict[str, str]:
     return {m: method_color(m) for m in names}
 
 
-def _efficiency_section(exp, comp) -> str:
+def _efficiency_section(exp, comp, client=None) -> str:
     colors = _colors(exp)
     study_runs = json.loads(comp["tags"].get("study_runs", "{}"))
     params = comp["params"]
     trials = int(params.get("trials", 0) or 0)
     delta = float(params.get("target_delta", 0.5))
     studies = {s["run_id"]: s for s in exp["studies"]}
+    multi = any("objectives" in studies[p]["params"] for pids in study_runs.values() for p in pids if p in studies)
+    if multi:  # AutoML studies: the hypervolume after each trial
+        from bnnsearch.tracking import metric_history
+
+        for pids in study_runs.values():
+            for p in pids:
+                if p in studies:
+                    studies[p]["trial_values"] = [v for _, v in metric_history(client, p, "hypervolume")]
     per_method = {m: [studies[p]["trial_values"] for p in pids if p in studies] for m, pids in study_runs.items()}
     per_method = {m: [pad_budget(v, trials) for v in vs] for m, vs in per_method.items() if vs}
     if not per_method:
         return "<p class=note>no studies of this comparison in the store</p>"
     first = studies[next(iter(study_runs.values()))[0]]
     metric, mode = first["params"].get("metric", "val/acc"), first["params"].get("mode", "max")
+    if multi:
+        metric, mode = "hypervolume", "max"
     if params.get("target_gap"):  # the comparison's own rule (compare --target-gap)
         target, info = gap_target(per_method, mode, float(params["target_gap"]), int(params.get("startup_trials", 1)))
         rule = (f"{float(params['target_gap']):g} of the way from a random config's median to the best arm's "
@@ -305,7 +315,7 @@ def build_html(uri: str | None = None, ui: str = "http://127.0.0.1:5000", refres
             if "objectives" in st["params"]:
                 body.append(f"<h3>AutoML front: {html.escape(st['name'] or '')}</h3>" + _automl_section(exp, st, ui, client))
         for comp in exp["comparisons"]:
-            body.append(f"<h3>Efficiency: {html.escape(comp['name'] or '')}</h3>" + _efficiency_section(exp, comp))
+            body.append(f"<h3>Efficiency: {html.escape(comp['name'] or '')}</h3>" + _efficiency_section(exp, comp, client))
         body.append("<h3>Accuracy vs cost (all trials; dashed: Pareto front)</h3>" + _cost_section(exp, ui))
         for method in sorted({t["tags"].get("method", "?") for t in exp["trials"]}):
             trials = [t for t in exp["trials"] if t["tags"].get("method") == method]

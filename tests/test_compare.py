@@ -122,3 +122,35 @@ def test_compare_with_asha_reports_rung_correlations(tmp_path):
         rule["random_median"] + 0.9 * (rule["best_arm_median"] - rule["random_median"]))
     assert "0.9 of the way from a random config's median" in r.stdout
     assert "0.9 of the way from a random config" in (tmp_path / "out" / "dashboard.html").read_text()
+
+
+def test_compare_of_an_automl_space_under_two_samplers_compares_hypervolume(tmp_path):
+    """Multi-objective studies compare by the hypervolume after each trial (the parents' record),
+    one arm per sampler; the dashboard draws the same curves."""
+    from mlflow.tracking import MlflowClient
+
+    p = tmp_path / "automl.yaml"
+    p.write_text(yaml.safe_dump({
+        "objectives": [{"metric": "val/acc", "mode": "max"}, {"metric": "cost/mem_bits", "mode": "min"}],
+        "constraints": {"cost/mem_bits": {"max": 2.0e5}},
+        "fixed": {**FIXED, "data_root": str(tmp_path / "data")},
+        "params": {"arch_args.widths": {"categorical": [[16, 16, 16], [64, 64, 64]]}},
+        "methods": {"latent": {"params": {"lr": {"float": [1e-4, 1.0], "log": True}}},
+                    "filtered": {"params": {"alpha": {"float": [1e-7, 1e-1], "log": True}}}}}))
+    cmd = [sys.executable, "-m", "bnnsearch.cli", "compare", str(p), "--samplers", "tpe,tpe-flat", "--repeats", "2",
+           "--trials", "3", "--startup-trials", "2", "--out", str(tmp_path / "out"), "--name", "cmpmo"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["metric"] == "hypervolume" and s["mode"] == "max" and set(s["methods"]) == {"automl@tpe", "automl@tpe-flat"}
+    assert s["target_rule"]["rule"] == "gap" and s["rank_test"]["test"] in ("Mann-Whitney U", "identical")
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    rows = list(csv.DictReader((tmp_path / "out" / "curves.csv").open()))
+    for arm, st in s["methods"].items():
+        for rep, pid in enumerate(st["study_runs"]):
+            assert c.get_run(pid).data.params["sampler"] == arm.split("@")[1]
+            hv = [m.value for m in sorted(c.get_metric_history(pid, "hypervolume"), key=lambda m: m.step)]
+            got = [float(x["value"]) for x in rows if x["method"] == arm and x["repeat"] == str(rep)]
+            assert got == hv and len(hv) == 3
+    page = (tmp_path / "out" / "dashboard.html").read_text()
+    assert "best-so-far hypervolume" in page and "AutoML front" in page
