@@ -150,6 +150,9 @@ def cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
     space = load_space(args.space)
+    if space.method == "automl":
+        raise UserError(f"{args.space}: an AutoML space (methods:); run it with  bnnsearch automl {args.space}  "
+                        "(it prints and records the Pareto front and can register the network)")
     a = _sweep_args(args, space)
     print(f"study {a.study_name()}: {space.method}, {a.trials} trials, sampler {a.sampler}, "
           f"scheduler {a.scheduler}, objective {space.mode} {space.metric}", flush=True)

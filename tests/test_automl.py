@@ -359,9 +359,13 @@ def test_automl_study_front_registry_and_evaluate(in_tmp, capsys):
     assert main(["evaluate", "net.bnn"]) == 0
     assert f"recorded in MLflow run {mv.run_id}" in capsys.readouterr().out
     # a second study warm-started from this one evaluates this front first
+    # (and asks for a front point it does not have: the study stays recorded, the error says why)
     assert main(["automl", str(space), "--trials", "1", "--startup-trials", "1", "--name", "warm",
-                 "--warm-start", "bnnsearch/digits/automl", "--experiment", "warm", "--out", "out2"]) == 0
-    assert "--warm-start bnnsearch/digits/automl:" in capsys.readouterr().out
+                 "--warm-start", "bnnsearch/digits/automl", "--experiment", "warm", "--out", "out2",
+                 "--register", "other", "--pick", "2"]) == 2
+    cap = capsys.readouterr()
+    assert "--warm-start bnnsearch/digits/automl:" in cap.out and "--pick 2: the front has 1 point(s)" in cap.err
+    assert (in_tmp / "out2" / "pareto.json").exists()
     wexp = c.get_experiment_by_name("warm")
     (first,) = c.search_runs([wexp.experiment_id], "tags.`bnnsearch.kind` = 'trial'")
     top = [c.get_run(p["run_id"]).data.params for p in doc["front"] if p["objectives"] == doc["front"][0]["objectives"]]
