@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -175,7 +176,9 @@ def cmd_compare(args) -> int:
     for m, st in s["methods"].items():
         hp = st["hyperparameters"]
         n_hp = f"{hp['active_min']}" if hp["active_min"] == hp["active_max"] else f"{hp['active_min']}-{hp['active_max']}"
-        rows.append([m, n_hp, f"{st['repeats']}x{st['budget']}", st["best_value"], st["incumbent_test"]["final_mean"],
+        inc = st["incumbent_test"]["final_mean"]
+        rows.append([m, n_hp, f"{st['repeats']}x{st['budget']}", st["best_value"],
+                     "-" if inc is None or (isinstance(inc, float) and math.isnan(inc)) else inc,
                      f"{st['auc_mean']:.4g} [{st['auc_ci'][0]:.3g}, {st['auc_ci'][1]:.3g}]",
                      f"{st['ttt_median']:g} [{st['ttt_q1']:g}, {st['ttt_q3']:g}]", f"{st['reached']}/{st['repeats']}",
                      "-" if st["cpu_seconds_to_target_median"] is None else f"{st['cpu_seconds_to_target_median']:.3g}",
@@ -205,6 +208,12 @@ def cmd_compare(args) -> int:
     t = s["rank_test"]
     print(f"\ntarget: {s['target']:.4g} ({s['target_rule']['description']}); "
           f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}")
+    pt = s["paired_test"]
+    if pt["test"]:
+        diff = f", mean AUC difference {pt['mean_difference']:+.4g} ({pt['arms'][0]} - {pt['arms'][1]})" \
+            if "mean_difference" in pt else ""
+        print(f"paired by repeat (same seeds and data), AUC: {pt['test']} over {pt['n_pairs']} repeats: "
+              f"p = {format(pt['p_value'], '.3g')} -> {pt['verdict']}{diff}")
     print(f"\nwrote {s['out']}/summary.json, curves.csv, " + ", ".join(Path(p).name for p in s["plots"])
           + ", dashboard.html")
     print(f"MLflow comparison run {s['comparison_run_id']} in experiment {s['experiment']!r}\n"

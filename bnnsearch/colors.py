@@ -14,3 +14,24 @@ def method_color(name: str) -> str:
     if name in METHOD_ORDER:
         return PALETTE[METHOD_ORDER.index(name)]
     return PALETTE[len(METHOD_ORDER) + zlib.crc32(name.encode()) % (len(PALETTE) - len(METHOD_ORDER))]
+
+
+SAMPLER_ORDER = ("tpe", "tpe-flat", "gp", "botorch", "nsga2", "random")
+
+
+def arm_styles(arms) -> dict[str, tuple[str, bool]]:
+    """(colour, dashed) per comparison arm. ``<method>`` and ``<method>@random`` share the
+    method's colour, the random arm dashed. Sampler arms (``<method>@<sampler>``, compare
+    --samplers) of a single method get a colour per sampler, all solid; of several methods,
+    the method's colour, dashed for every sampler after the first."""
+    arms = list(arms)
+    methods = {a.split("@")[0] for a in arms}
+    samplers = [a.partition("@")[2] for a in arms if "@" in a and not a.endswith("@random")]
+    out = {}
+    for a in arms:
+        m, _, s = a.partition("@")
+        if s and s != "random" and len(methods) == 1:
+            out[a] = (PALETTE[SAMPLER_ORDER.index(s) % len(PALETTE)] if s in SAMPLER_ORDER else method_color(a), False)
+        else:
+            out[a] = (method_color(m), s == "random" or (bool(s) and samplers and s != samplers[0]))
+    return out

@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .efficiency import (asha_rungs, cost_to_target, gap_target, incumbent_test, mean_band, method_stats, pad_budget,
-                         rank_test, rung_correlations, target_value, test_metric)
+                         paired_test, rank_test, rung_correlations, target_value, test_metric)
 from . import interrupts
 from .errors import Interrupted, UserError
 from .spaces import SearchSpace
@@ -229,8 +229,11 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     # The rank test is between the methods; each method's random-search arm is tested against it.
     test = rank_test({m: stats[m].ttt for m in methods}, base.trials)
     vs_random = {m: {**rank_test({m: stats[m].ttt, m + RANDOM_SUFFIX: stats[m + RANDOM_SUFFIX].ttt}, base.trials),
-                     "auc_minus_random": stats[m].auc_mean - stats[m + RANDOM_SUFFIX].auc_mean}
+                     "auc_minus_random": stats[m].auc_mean - stats[m + RANDOM_SUFFIX].auc_mean,
+                     "paired": paired_test({m: stats[m].aucs, m + RANDOM_SUFFIX: stats[m + RANDOM_SUFFIX].aucs})}
                  for m in methods if m + RANDOM_SUFFIX in stats}
+    # Repeat r of every arm shares its sampler seed and data: the per-repeat AUCs are paired.
+    paired = paired_test({m: stats[m].aucs for m in methods})
     # What a study would deliver: the held-out value of its pick after t trials (mean and band).
     incumbent = {m: [incumbent_test(v, t, mode) for v, t in zip(per_method[m], tests[m])] for m in per_method}
     inc_band = {m: mean_band(c) for m, c in incumbent.items()}
@@ -249,9 +252,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
              for arm, sp, _ in arms} if base.scheduler == "asha" else {}
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
-        "sampler": base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
+        "sampler": ",".join(samplers) if samplers else base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
         "target_rule": target_rule,
-        "rank_test": test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
+        "rank_test": test, "paired_test": paired, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
                         "hyperparameters": {"active_min": active[m][0], "active_max": active[m][1]},
                         "incumbent_test": {"metric": test_key, "mean": inc_band[m][0], "low": inc_band[m][1],
@@ -269,14 +272,15 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "repeat", "trial", "value", "best_so_far", "mean", "band_low", "band_high",
-                    "test_value", "incumbent_test", "incumbent_test_mean", "trial_seconds"])
+                    "boot_low", "boot_high", "test_value", "incumbent_test", "incumbent_test_mean", "trial_seconds"])
         from .efficiency import best_so_far
 
         for m, studies in per_method.items():
             st = stats[m]
             for r, s in enumerate(studies):
                 for i, (v, b) in enumerate(zip(s, best_so_far(s, mode)), 1):
-                    w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1], tests[m][r][i - 1],
+                    w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1], st.boot_low[i - 1],
+                                st.boot_high[i - 1], tests[m][r][i - 1],
                                 incumbent[m][r][i - 1], inc_band[m][0][i - 1], seconds[m][r][i - 1]])
     plots = _plots(stats, per_method, target, summary, out)
     cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
@@ -319,15 +323,16 @@ def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
     from .efficiency import best_so_far
 
     mode, metric = summary["mode"], summary["metric"]
-    from .colors import method_color
+    from .colors import arm_styles
 
+    styles = arm_styles(stats)  # the dashboard's colours
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m, st in stats.items():
-        c = method_color(m)  # the dashboard's colours
+        c, dashed = styles[m]
         xs = list(range(1, st.budget + 1))
         for s in per_method[m]:
             ax.plot(xs, best_so_far(s, mode), color=c, alpha=0.15, lw=0.8)
-        ax.plot(xs, st.mean, color=c, lw=2, ls="--" if "@" in m else "-",
+        ax.plot(xs, st.mean, color=c, lw=2, ls="--" if dashed else "-",
                 label=f"{m} (median trials-to-target {st.ttt_median:g})")
         ax.fill_between(xs, st.low, st.high, color=c, alpha=0.2)
         inc = summary["methods"][m]["incumbent_test"]
@@ -356,7 +361,7 @@ def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
     data = [[t if t is not None else st.budget + 1 for t in st.ttt] for st in stats.values()]
     ax.boxplot(data, tick_labels=names)
     for i, (m, d) in enumerate(zip(names, data), 1):
-        ax.scatter([i] * len(d), d, alpha=0.5, s=12, color=method_color(m))
+        ax.scatter([i] * len(d), d, alpha=0.5, s=12, color=styles[m][0])
     budget = max(st.budget for st in stats.values())
     ax.axhline(budget + 1, color="grey", ls=":", lw=1, label="did not reach the target")
     ax.set_ylabel("trials to target")

@@ -17,7 +17,7 @@ that produced no full-budget value — pruned or failed — which improves nothi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def pad_budget(values: list[float | None], trials: int) -> list[float | None]:
@@ -192,6 +192,9 @@ class MethodStats:
     best_value: float
     auc_ci: tuple[float, float] = (math.nan, math.nan)  # 95 % bootstrap interval of the mean AUC
     ttt_median_ci: tuple[float, float] = (math.nan, math.nan)  # ... of the median trials-to-target
+    aucs: list = field(default_factory=list)  # per study, in repeat order (paired across arms by seed)
+    boot_low: list = field(default_factory=list)  # 95 % percentile-bootstrap band of the mean curve
+    boot_high: list = field(default_factory=list)
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -212,11 +215,64 @@ def method_stats(method: str, studies: list[list[float | None]], target: float, 
     aucs = [auc(c, floor) for c in curves]
     import numpy as np
 
+    blo, bhi = bootstrap_band(curves)
     return MethodStats(method, len(studies), budget, mean, low, high, ttt, _quantile(ranked, 0.5),
                        _quantile(ranked, 0.25), _quantile(ranked, 0.75), sum(t is not None for t in ttt),
                        sum(aucs) / len(curves),
                        (max(finals) if mode == "max" else min(finals)) if finals else math.nan,
-                       bootstrap_ci(aucs, np.mean), bootstrap_ci([float(t) for t in ranked], np.median))
+                       bootstrap_ci(aucs, np.mean), bootstrap_ci([float(t) for t in ranked], np.median),
+                       aucs, blo, bhi)
+
+
+def bootstrap_band(curves: list[list[float]], level: float = 0.95, n: int = 2000,
+                   seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per trial index, the percentile-bootstrap interval of the mean curve over studies
+    (studies resampled with replacement, whole curves at once; NaN — no value yet — ignored;
+    seeded). Unlike the t-band it assumes no normality and never leaves the values' range."""
+    import warnings
+
+    import numpy as np
+
+    if not curves:
+        return [], []
+    width = max(len(c) for c in curves)
+    a = np.full((len(curves), width), np.nan)
+    for i, c in enumerate(curves):
+        a[i, : len(c)] = c
+    idx = np.random.default_rng(seed).integers(0, len(curves), size=(n, len(curves)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an index where a resample has no value yet
+        means = np.nanmean(a[idx], axis=1)  # [n, width]
+        lo, hi = np.nanquantile(means, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return [float(x) for x in lo], [float(x) for x in hi]
+
+
+def paired_test(aucs: dict[str, list[float]], alpha: float = 0.05) -> dict:
+    """Arms compared repeat by repeat: repeat r of every arm used the same sampler seed and the
+    same data, so per-repeat AUCs are paired. Two arms: Wilcoxon signed-rank on the differences
+    (exact for small n; with n pairs the smallest two-sided p is 2/2^n, so 5 repeats can never
+    reach 0.05); three or more: Friedman. Repeats where an arm has no AUC are dropped."""
+    from scipy import stats
+
+    arms = list(aucs)
+    n = min((len(v) for v in aucs.values()), default=0)
+    rows = [[aucs[a][r] for a in arms] for r in range(n)]
+    rows = [row for row in rows if all(x is not None and math.isfinite(x) for x in row)]
+    out = {"arms": arms, "n_pairs": len(rows)}
+    if len(arms) < 2 or len(rows) < 2:
+        return {**out, "test": None, "p_value": None, "verdict": "needs two arms and two paired repeats"}
+    if len(arms) == 2:
+        diffs = [a - b for a, b in rows]
+        out["mean_difference"] = sum(diffs) / len(diffs)  # first arm minus second
+        if all(d == 0 for d in diffs):
+            return {**out, "test": "identical", "p_value": 1.0, "verdict": "not significant"}
+        res, name = stats.wilcoxon([a for a, _ in rows], [b for _, b in rows]), "Wilcoxon signed-rank"
+    else:
+        if len(rows) < 2 or all(len(set(row)) == 1 for row in rows):
+            return {**out, "test": "identical", "p_value": 1.0, "verdict": "not significant"}
+        res, name = stats.friedmanchisquare(*zip(*rows)), "Friedman"
+    p = float(res.pvalue)
+    return {**out, "test": name, "p_value": p, "verdict": "significant" if p < alpha else "not significant"}
 
 
 def rank_test(ttts: dict[str, list[int | None]], budget: int, alpha: float = 0.05) -> dict:

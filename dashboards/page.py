@@ -40,7 +40,6 @@ def _colors(exp) -> dict[str, str]:
 
 
 def _efficiency_section(exp, comp, client=None) -> str:
-    colors = _colors(exp)
     study_runs = json.loads(comp["tags"].get("study_runs", "{}"))
     params = comp["params"]
     trials = int(params.get("trials", 0) or 0)
@@ -75,13 +74,17 @@ def _efficiency_section(exp, comp, client=None) -> str:
              if y is not None and not math.isnan(y)]
     fr = Frame(list(range(1, trials + 1)), all_y + [target], title=f"best-so-far {metric}: mean and 95% band",
                xlabel="trial", ylabel=metric, legend=True)
+    from bnnsearch.colors import arm_styles
+
+    styles = arm_styles(stats)  # a random-search arm: the method's colour, dashed; sampler arms: see arm_styles
     for m, st in stats.items():
         xs = list(range(1, st.budget + 1))
-        dash = "7,3" if "@" in m else ""  # a random-search arm: the method's colour, dashed
-        fr.band(xs, st.low, st.high, colors[m])
-        fr.line(xs, st.mean, colors[m], dash=dash)
+        color, dashed = styles[m]
+        fr.band(xs, st.low, st.high, color)
+        fr.line(xs, st.mean, color, dash="7,3" if dashed else "")
     fr.line([1, trials], [target, target], "#000", width=1, dash="4,3")
-    fr.legend([(m, colors[m], "7,3") if "@" in m else (m, colors[m]) for m in stats] + [("target", "#000", "4,3")])
+    fr.legend([(m, styles[m][0], "7,3") if styles[m][1] else (m, styles[m][0]) for m in stats]
+              + [("target", "#000", "4,3")])
     rows = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{st.repeats}x{st.budget}</td><td>{st.best_value:.4g}</td>"
         f"<td>{st.auc_mean:.4g}</td><td>{st.ttt_median:g} [{st.ttt_q1:g}, {st.ttt_q3:g}]</td>"

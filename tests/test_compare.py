@@ -144,6 +144,8 @@ def test_compare_of_an_automl_space_under_two_samplers_compares_hypervolume(tmp_
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["metric"] == "hypervolume" and s["mode"] == "max" and set(s["methods"]) == {"automl@tpe", "automl@tpe-flat"}
     assert s["target_rule"]["rule"] == "gap" and s["rank_test"]["test"] in ("Mann-Whitney U", "identical")
+    assert s["paired_test"]["arms"] == ["automl@tpe", "automl@tpe-flat"] and s["paired_test"]["n_pairs"] == 2
+    assert "paired by repeat (same seeds and data), AUC:" in r.stdout
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     rows = list(csv.DictReader((tmp_path / "out" / "curves.csv").open()))
     for arm, st in s["methods"].items():

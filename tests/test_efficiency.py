@@ -141,3 +141,48 @@ def test_gap_target_closes_a_fraction_of_the_gap_from_random_to_the_best_arm():
     assert info2["random_median"] == 0.2
     _, info3 = gap_target({"a": [[None, 0.2, 0.9], [None, None, 0.8]]}, "max", 0.5, startup=1)
     assert info3["random_median"] == pytest.approx(0.5)  # no valued startup trial: first values 0.2, 0.8
+
+
+def test_bootstrap_band_of_the_mean_curve():
+    import numpy as np
+
+    from bnnsearch.efficiency import bootstrap_band
+
+    lo, hi = bootstrap_band([[0.5, 0.6, 0.7]] * 4)  # identical studies: no spread
+    assert lo == hi == [0.5, 0.6, 0.7]
+    curves = [[0.1, 0.5], [0.3, 0.5], [0.2, float("nan")], [0.6, 0.9]]
+    lo, hi = bootstrap_band(curves, n=4000, seed=1)
+    # against a direct resampling of the same seed, and inside the values' range
+    a = np.array(curves)
+    idx = np.random.default_rng(1).integers(0, 4, size=(4000, 4))
+    means = np.nanmean(a[idx], axis=1)
+    want = np.nanquantile(means, [0.025, 0.975], axis=0)
+    assert lo == pytest.approx(list(want[0])) and hi == pytest.approx(list(want[1]))
+    assert 0.1 <= lo[0] <= hi[0] <= 0.6 and 0.5 <= lo[1] <= hi[1] <= 0.9
+
+
+def test_paired_test_by_repeat():
+    from bnnsearch.efficiency import paired_test
+
+    # six repeats, arm a better in every one: exact Wilcoxon two-sided p = 2 / 2^6
+    r = paired_test({"a": [0.9, 0.8, 0.85, 0.7, 0.95, 0.6], "b": [0.8, 0.75, 0.8, 0.6, 0.9, 0.55]})
+    assert r["test"] == "Wilcoxon signed-rank" and r["p_value"] == pytest.approx(2 / 64) and r["verdict"] == "significant"
+    assert r["mean_difference"] == pytest.approx(0.4 / 6) and r["n_pairs"] == 6
+    # four repeats can never reach 0.05 (smallest p = 2/16), and the test says so by its p
+    assert paired_test({"a": [1, 2, 3, 4], "b": [0, 1, 2, 3]})["p_value"] == pytest.approx(0.125)
+    assert paired_test({"a": [1, 2], "b": [1, 2]})["test"] == "identical"
+    # a repeat without a value is dropped from every arm; three arms: Friedman
+    r3 = paired_test({"a": [3, 3, 3, None], "b": [2, 2, 2, 1], "c": [1, 1, 1, 1]})
+    assert r3["test"] == "Friedman" and r3["n_pairs"] == 3
+    assert paired_test({"a": [1.0]})["test"] is None
+
+
+def test_arm_styles_tell_arms_apart():
+    from bnnsearch.colors import arm_styles, method_color
+
+    s = arm_styles(["latent", "filtered", "latent@random", "filtered@random"])
+    assert s["latent"] == (method_color("latent"), False) and s["latent@random"] == (method_color("latent"), True)
+    one = arm_styles(["automl@tpe", "automl@tpe-flat"])  # one method, two samplers: two colours, solid
+    assert one["automl@tpe"][0] != one["automl@tpe-flat"][0] and not any(d for _, d in one.values())
+    two = arm_styles(["latent@tpe", "latent@gp", "filtered@tpe", "filtered@gp"])  # by method, then dash
+    assert two["latent@tpe"] == (method_color("latent"), False) and two["latent@gp"] == (method_color("latent"), True)
