@@ -34,7 +34,7 @@ from .errors import Interrupted, UserError
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
-SAMPLERS = ("random", "tpe", "tpe-flat", "gp", "botorch", "nsga2")
+SAMPLERS = ("random", "tpe", "tpe-flat", "gp", "botorch", "nsga2", "bandit")
 SCHEDULERS = ("fifo", "asha")
 BIG = 1e30  # finite stand-in for inf in reports (samplers, JSON and MLflow refuse non-finite values)
 PACK_KEY = "bnnsearch_pack"  # a packed Ray trial's config: {PACK_KEY: [member params, ...]}
@@ -115,7 +115,7 @@ class SweepArgs:
 
 
 def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False, batch: bool = False,
-                 objectives: int = 1):
+                 objectives: int = 1, methods: list[str] | None = None):
     """An Optuna sampler. For a conditional space TPE models the parameters jointly where they
     co-occur (``multivariate`` + ``group``); GP, BoTorch and NSGA-II model only parameters
     present in every trial and sample the rest at random (optuna#6164): ``run_sweep`` says so.
@@ -140,6 +140,11 @@ def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup, warn_independent_sampling=False)
+    if name == "bandit":  # AutoML spaces: UCB over methods, a GP per method beneath (bnnsearch/hierarchy.py)
+        from .hierarchy import MethodBandit
+
+        return MethodBandit(methods or [], seed=seed, n_startup=max(1, n_startup // max(1, len(methods or [1]))),
+                            objectives=objectives)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
     if name == "botorch":
@@ -825,6 +830,9 @@ def _check_args(a: SweepArgs) -> None:
         raise UserError(f"--sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if a.scheduler not in SCHEDULERS:
         raise UserError(f"--scheduler {a.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if a.sampler == "bandit" and a.space.method != "automl":
+        raise UserError("--sampler bandit chooses among methods: it needs an AutoML space (methods:), "
+                        f"and {a.space.path} has one method")
     if a.scheduler == "asha" and a.space.multi:
         raise UserError("--scheduler asha: early stopping judges one objective, and this study has "
                         f"{len(a.space.objectives)} (Optuna cannot prune multi-objective trials, optuna#3450); "
@@ -1085,7 +1093,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
             space=space.sampler_space(), metric=keys if space.multi else keys[0],
             mode=[mode for _, mode in space.objectives] if space.multi else space.mode,
             sampler=make_sampler(a.sampler, a.seed, a.startup_trials, space.conditional, batch=pack > 1,
-                                 objectives=len(space.objectives)),
+                                 objectives=len(space.objectives), methods=getattr(space, "methods", None)),
             points_to_evaluate=[*a.points, *([p] if a.seed_defaults and (p := space.default_point()) else [])] or None,
             full_epochs=epochs, journal=str(exp_dir / JOURNAL), seed=None,
             pack=pack, total=a.trials, structural=tuple(p.name for p in space.params if space.structural(p)))

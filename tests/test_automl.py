@@ -211,6 +211,55 @@ def test_multi_objective_samplers_respect_constraints(sampler):
     assert all(max(t.constraints.values()) <= 0 for t in study.best_trials)
 
 
+def _synthetic_study(sampler, space, n=24, seed=0):
+    """A real Optuna study of the shipped hierarchy on a synthetic objective: latent is the best
+    method, and its accuracy peaks at lr = 1e-2 (falls 0.1 per decade away from it)."""
+    import optuna
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    fn = space.sampler_space()
+    for i in range(n):
+        t = study.ask()
+        fn(t)
+        m = t.params["method"]
+        acc = {"latent": 0.9, "filtered": 0.7}.get(m, 0.5) + 0.01 * (i % 3)
+        if m == "latent":
+            import math
+
+            acc -= 0.1 * abs(math.log10(t.params["latent:lr"]) + 2)
+        cfg = space.config(t.params)
+        t.set_constraint("cost/mem_bits:max", -1.0)
+        study.tell(t, [acc, float(sum(cfg.arch_args["widths"]))])
+    return study
+
+
+@pytest.mark.slow  # two 24-trial GP studies: about 40 s on 2 cores
+def test_the_bandit_models_each_methods_own_parameters():
+    """Plain GP draws latent:lr at random (it is not in every trial); the bandit's per-method GP
+    models it: its latent trials after the start-up close in on the optimum, and it tries every
+    method before it exploits."""
+    import math
+
+    from bnnsearch.hierarchy import MethodBandit
+    from bnnsearch.sweep import make_sampler
+
+    s = load_space(ROOT / "search_spaces" / "automl.yaml")
+    bandit = _synthetic_study(make_sampler("bandit", 0, 6, True, objectives=2, methods=s.methods), s)
+    assert isinstance(bandit.sampler, MethodBandit)
+    order = [t.params["method"] for t in bandit.trials]
+    assert set(order[:6]) == set(s.methods)  # every method once before UCB
+    gp = _synthetic_study(make_sampler("gp", 0, 6, True, objectives=2), s)
+
+    def late_error(study):
+        lrs = [t.params["latent:lr"] for t in study.trials[12:] if t.params["method"] == "latent"]
+        return lrs, sum(abs(math.log10(x) + 2) for x in lrs) / max(1, len(lrs))
+
+    b_lrs, b_err = late_error(bandit)
+    g_lrs, g_err = late_error(gp)
+    assert len(b_lrs) >= 5 and b_err < 0.5, b_lrs  # within half a decade of the optimum on average
+    assert b_err < g_err or not g_lrs, (b_lrs, g_lrs)
+
+
 # --- the registered network --------------------------------------------------------------
 
 CASES = {"latent": {}, "filtered": {}, "proxconnect": {"pair": "pc", "hard_phase": 0.3},
@@ -402,6 +451,15 @@ def test_time_budget_ends_a_study_that_is_not_an_interrupt(in_tmp, capsys):
     states = {m.step: m.value for m in c.get_metric_history(parent.info.run_id, "trial_state")}
     assert sorted(states) == list(range(1, len(kids) + 1))
     assert sorted(int(k.data.tags["bnnsearch.trial_index"]) for k in kids) == list(range(1, len(kids) + 1))
+
+
+@pytest.mark.slow
+def test_the_bandit_runs_an_automl_study(in_tmp, capsys):
+    from bnnsearch.cli import main
+
+    assert main(["automl", str(automl_file(in_tmp)), "--trials", "4", "--sampler", "bandit", "--startup-trials", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "study automl-digits-bandit-s0: 4 complete" in out and "warning:" not in out
 
 
 def test_a_one_method_file_is_refused_by_automl(tmp_path, capsys):

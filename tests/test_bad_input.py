@@ -97,6 +97,7 @@ CASES = [  # (argv, what the one line must say)
     (["automl", "am_shared.yaml"], "am_shared.yaml: params.lr: a shared parameter is a run-config key"),
     (["automl", "am_group.yaml"], "am_group.yaml: methods.local_binary.params.group_size: value 5 is invalid"),
     (["automl", "am_key.yaml"], "am_key.yaml: method: unknown key 'method'"),
+    ([*SWEEP, "--sampler", "bandit"], "--sampler bandit chooses among methods: it needs an AutoML space"),
     (["sweep", "am.yaml"], "am.yaml: an AutoML space (methods:); run it with  bnnsearch automl am.yaml"),
     (["automl", "am.yaml", "--scheduler", "asha"], "--scheduler asha: early stopping judges one objective"),
     (["automl", "am.yaml", "--pick", "0"], "--pick 0: a rank on the front"),

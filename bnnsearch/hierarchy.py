@@ -1,0 +1,152 @@
+"""``--sampler bandit``: a bandit over methods on top, one Gaussian-process sampler per method
+beneath — the hierarchy of an AutoML space modelled so that every method's own parameters are
+modelled (Optuna's GPSampler alone models only the parameters every trial has and draws the
+methods' own at random, optuna#6164).
+
+bnnsearch's rule [RECON: the issue names "a bandit over methods on top, one sampler per method
+beneath"; the scores below are this project's choice, kept in one function]:
+
+* Top: until every method has a trial (finished or running), the least-tried method (ties at
+  random). Then UCB: ``score(m) = best(m) + c * sqrt(ln N / n(m))`` with ``n(m)`` the trials of m
+  (running ones included, so parallel asks spread), N all trials, c = 0.5. ``best(m)`` is the best
+  reward of m's feasible full-budget trials in [0, 1]: one objective, its value min-max scaled over
+  all such trials of the study; several, ``1 / (1 + the number of trials that dominate it)`` (1 on
+  the front). A method with none scores 0 + its bonus.
+* Beneath: each method has its own ``GPSampler`` that sees only that method's trials (a view of
+  the study), so it models the method's own parameters and the shared ones (the method itself is
+  left out of its model: it is constant there). Its first ``n_startup`` trials per method are
+  random (the GP's own start-up).
+"""
+from __future__ import annotations
+
+import math
+import random
+
+from optuna.samplers import BaseSampler
+
+from .spaces import _encode
+
+METHOD = "method"
+UCB_C = 0.5
+
+
+class _MethodView:
+    """A study seen through one method: only the trials whose ``method`` is ``m``."""
+
+    def __init__(self, study, method: str):
+        self._study, self._method = study, method
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def _keep(self, trials):
+        return [t for t in trials if t.params.get(METHOD) == self._method]
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False):
+        return self._keep(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        return self._keep(self._study.get_trials(deepcopy=deepcopy, states=states))
+
+    @property
+    def trials(self):
+        return self.get_trials()
+
+
+def rewards(trials, directions) -> list[float]:
+    """Per finished feasible trial, its reward in [0, 1] (see the module docstring)."""
+    from optuna.study import StudyDirection
+
+    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
+    vals = [[s * v for s, v in zip(signs, t.values)] for t in trials]  # all maximised
+    if len(signs) == 1:
+        lo, hi = min(v[0] for v in vals), max(v[0] for v in vals)
+        return [1.0 if hi == lo else (v[0] - lo) / (hi - lo) for v in vals]
+    out = []
+    for v in vals:
+        dominated_by = sum(all(a >= b for a, b in zip(w, v)) and any(a > b for a, b in zip(w, v)) for w in vals)
+        out.append(1.0 / (1.0 + dominated_by))
+    return out
+
+
+class MethodBandit(BaseSampler):
+    """An Optuna sampler for AutoML spaces; see the module docstring."""
+
+    def __init__(self, methods: list[str], seed: int = 0, n_startup: int = 2, objectives: int = 1):
+        import optuna
+
+        self.methods = list(methods)
+        self._rng = random.Random(seed)
+        self._inner = {m: optuna.samplers.GPSampler(seed=seed + 17 * i, n_startup_trials=n_startup,
+                                                    warn_independent_sampling=False)
+                       for i, m in enumerate(self.methods)}
+        self._fallback = optuna.samplers.RandomSampler(seed=seed + 1)
+        self._relative: dict[int, dict] = {}  # trial number -> the method model's joint proposal
+        self.objectives = objectives
+
+    # Optuna's sampler protocol ---------------------------------------------------------
+    def infer_relative_search_space(self, study, trial):
+        return {}  # the method is not known before the trial samples it: everything is lazy
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def before_trial(self, study, trial):
+        pass
+
+    def after_trial(self, study, trial, state, values):
+        self._relative.pop(trial.number, None)
+
+    def reseed_rng(self):
+        self._rng.seed()
+        for s in self._inner.values():
+            s.reseed_rng()
+
+    def sample_independent(self, study, trial, name, dist):
+        if name == METHOD:
+            return _encode(self.choose(study, dist))
+        m = trial.params.get(METHOD)
+        if m not in self._inner:
+            return self._fallback.sample_independent(study, trial, name, dist)
+        view = _MethodView(study, m)
+        inner = self._inner[m]
+        if trial.number not in self._relative:
+            space = dict(inner.infer_relative_search_space(view, trial))
+            space.pop(METHOD, None)  # constant for this method: not a dimension of its model
+            self._relative[trial.number] = inner.sample_relative(view, trial, space) if space else {}
+        rel = self._relative[trial.number]
+        if name in rel:
+            try:
+                if dist._contains(dist.to_internal_repr(rel[name])):
+                    return rel[name]
+            except ValueError:  # not a value of this distribution
+                pass
+        return inner.sample_independent(view, trial, name, dist)
+
+    # The top level ----------------------------------------------------------------------
+    def choose(self, study, dist) -> str:
+        from optuna.trial import TrialState
+
+        choices = [c for c in dist.choices if c in self._inner]
+        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
+                                                           TrialState.PRUNED, TrialState.FAIL), use_cache=False)
+        count = {m: 0 for m in choices}
+        for t in trials:
+            if t.params.get(METHOD) in count:
+                count[t.params[METHOD]] += 1
+        untried = [m for m in choices if count[m] == 0]
+        if untried:
+            least = min(count[m] for m in choices)
+            return self._rng.choice([m for m in choices if count[m] == least])
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
+                and all(v <= 0 for v in t.constraints.values())]
+        best = {m: 0.0 for m in choices}
+        if done:
+            for t, r in zip(done, rewards(done, study.directions)):
+                m = t.params.get(METHOD)
+                if m in best:
+                    best[m] = max(best[m], r)
+        total = sum(count.values())
+        score = {m: best[m] + UCB_C * math.sqrt(math.log(total) / count[m]) for m in choices}
+        top = max(score.values())
+        return self._rng.choice([m for m in choices if score[m] == top])
