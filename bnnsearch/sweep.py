@@ -1063,6 +1063,11 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
 
     from .config import dump
 
+    import warnings
+
+    # Ray warns when the define-by-run space takes over 1 s; ours only suggests, and the time is
+    # the sampler's own model fitting (the bandit's per-method GP asks inside it).
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
     epochs = space.config({}, where="fixed").epochs
     pack = a.pack_size()
     if pack > 1:
@@ -1089,11 +1094,6 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                   f"--sampler tpe models them.", flush=True)
         exp_dir.mkdir(parents=True, exist_ok=True)
         keys = objective_keys(space)
-        import warnings
-
-        # Ray warns when the define-by-run space takes over 1 s; ours only suggests, and the time is
-        # the sampler's own model fitting (the bandit's per-method GP asks inside it).
-        warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
         searcher = _searcher_cls()(
             space=space.sampler_space(), metric=keys if space.multi else keys[0],
             mode=[mode for _, mode in space.objectives] if space.multi else space.mode,
