@@ -436,10 +436,9 @@ def front_records(summary: dict, space: SearchSpace, cpus: float) -> list[dict]:
     return out
 
 
-def run_automl(a, out: str | None = None, register: str | None = None, pick: int | None = None,
-               warm_start: str | None = None) -> dict:
+def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: str | None = None) -> dict:
     """Run (or resume) an AutoML study (``sweep.run_sweep`` on an AutoML space), then write its
-    Pareto front and, with ``register``, retrain the chosen point and register it. With
+    Pareto front (``register_pick`` registers a point of it). With
     ``warm_start`` (an experiment of the same store) a fresh study enqueues that experiment's
     best configurations that fit this space first."""
     import dataclasses as dc
@@ -470,14 +469,21 @@ def run_automl(a, out: str | None = None, register: str | None = None, pick: int
     tracker = Tracker(summary["tracking_uri"], summary["experiment"])
     tracker.log_json(summary["parent_run_id"], doc, "pareto.json")
     summary.update(front=front, hypervolume=hv, out=str(outdir))
-    if register:
-        if not front:
-            raise UserError(f"--register {register}: the study has no feasible complete trial to register")
-        if pick is not None and pick > len(front):
-            raise UserError(f"--pick {pick}: the front has {len(front)} point(s)")
-        point = front[(pick or 1) - 1]
-        summary["registered"] = register_model(point, register, summary, tracker)
     return summary
+
+
+def register_pick(summary: dict, name: str, pick: int | None = None) -> dict:
+    """``--register``: the chosen front point (rank ``pick``, default 1) retrained and registered."""
+    from .errors import UserError
+    from .tracking import Tracker
+
+    front = summary["front"]
+    if not front:
+        raise UserError(f"--register {name}: the study has no feasible complete trial to register")
+    if pick is not None and pick > len(front):
+        raise UserError(f"--pick {pick}: the front has {len(front)} point(s)")
+    tracker = Tracker(summary["tracking_uri"], summary["experiment"])
+    return register_model(front[(pick or 1) - 1], name, summary, tracker)
 
 
 def register_model(point: dict, name: str, summary: dict, tracker) -> dict:

@@ -254,7 +254,7 @@ def cmd_automl(args) -> int:
     cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
     print(f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
           f"{a.budget_text()}, sampler {a.sampler}", flush=True)
-    s = run_automl(a, args.out, register, args.pick, args.warm_start)
+    s = run_automl(a, args.out, args.pick, args.warm_start)
     print_summary(s)
     keys = [m for m, _ in space.objectives]
     rows = [[p["rank"], p["method"], *[p["objectives"][k] for k in keys], p["trial"], _arch_text(p["config"])]
@@ -263,9 +263,12 @@ def cmd_automl(args) -> int:
           + (f", hypervolume {s['hypervolume']:.6g} (reference {list(space.refs)})" if s["hypervolume"] is not None else ""))
     if rows:
         print(table(rows, ["rank", "method", *keys, "trial", "network"], align_right=set(range(2, 2 + len(keys)))))
-    print(f"wrote {s['out']}/pareto.json (also on the study's MLflow run)")
-    reg = s.get("registered")
-    if reg:
+    print(f"wrote {s['out']}/pareto.json (also on the study's MLflow run)", flush=True)
+    if register is not None:
+        from .automl import register_pick
+
+        print(f"\nretraining front point {args.pick or 1} to register it as {register!r} ...", flush=True)
+        reg = register_pick(s, register, args.pick)
         print(f"\nregistered {reg['model_uri']} (MLflow run {reg['run_id']}): retrained test/acc {reg['test/acc']:.4f}"
               f" (the trial recorded {_fmt(reg['trial_test_acc'])}), modelled memory {_fmt(reg['mem_bits'])} bits\n"
               f"  check it with:  bnnsearch evaluate {reg['model_uri']}" +
