@@ -347,8 +347,19 @@ def test_the_mlflow_model_of_every_method_scores_exactly(method, tmp_path):
 
 # --- end to end ----------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """The in-process studies below share one local Ray, shut down after them (a Ray left
+    initialized would make the next module's ray.init fail)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
+def in_tmp(tmp_path, monkeypatch, ray_local):
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
