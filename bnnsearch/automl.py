@@ -103,10 +103,6 @@ class AutoSpace(SearchSpace):
     def default_point(self) -> dict | None:
         return None  # no method's paper defaults are a neutral first trial of a study across methods
 
-    def model_based_params(self) -> list[str]:
-        """The parameters every trial samples (what GP, BoTorch and NSGA-II model)."""
-        return [p.name for p in self.params if not p.when]
-
 
 def _objectives(raw, where: str) -> list[dict]:
     if raw is None:

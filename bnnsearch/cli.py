@@ -307,12 +307,7 @@ def cmd_export(args) -> int:
     out = Path(args.out)
     _writable(out, "--out")
     r = export_uri(args.model, out, args.tracking_uri)
-    c = r["config"]
-    from .config import resolve
-    from .engine import build
-
-    data, method, _, model = build(resolve(dict(c), "model config"), "cpu")
-    modelled = method.inference_cost(model, data.in_shape)[1]["cost/mem_bits"] / 8
+    modelled = r["modelled_mem_bits"] / 8
     print(f"wrote {out}: {fmt(r['bytes'])} bytes ({r['binary_tensors']} tensors as packed bits, "
           f"{fmt(r['binary_weights'])} binary values; modelled memory {fmt(modelled)} bytes — the file adds the "
           "container, the config and the network's buffers)")

@@ -57,22 +57,21 @@ def rewards(trials, directions) -> list[float]:
     """Per finished feasible trial, its reward in [0, 1] (see the module docstring)."""
     from optuna.study import StudyDirection
 
-    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
-    vals = [[s * v for s, v in zip(signs, t.values)] for t in trials]  # all maximised
-    if len(signs) == 1:
-        lo, hi = min(v[0] for v in vals), max(v[0] for v in vals)
-        return [1.0 if hi == lo else (v[0] - lo) / (hi - lo) for v in vals]
-    out = []
-    for v in vals:
-        dominated_by = sum(all(a >= b for a, b in zip(w, v)) and any(a > b for a, b in zip(w, v)) for w in vals)
-        out.append(1.0 / (1.0 + dominated_by))
-    return out
+    from .automl import dominates
+
+    objectives = [("", "max" if d == StudyDirection.MAXIMIZE else "min") for d in directions]
+    vals = [list(t.values) for t in trials]
+    if len(objectives) == 1:
+        sign = 1.0 if objectives[0][1] == "max" else -1.0
+        lo, hi = min(sign * v[0] for v in vals), max(sign * v[0] for v in vals)
+        return [1.0 if hi == lo else (sign * v[0] - lo) / (hi - lo) for v in vals]
+    return [1.0 / (1.0 + sum(dominates(w, v, objectives) for w in vals)) for v in vals]
 
 
 class MethodBandit(BaseSampler):
     """An Optuna sampler for AutoML spaces; see the module docstring."""
 
-    def __init__(self, methods: list[str], seed: int = 0, n_startup: int = 2, objectives: int = 1):
+    def __init__(self, methods: list[str], seed: int = 0, n_startup: int = 2):
         import optuna
 
         self.methods = list(methods)
@@ -82,7 +81,6 @@ class MethodBandit(BaseSampler):
                        for i, m in enumerate(self.methods)}
         self._fallback = optuna.samplers.RandomSampler(seed=seed + 1)
         self._relative: dict[int, dict] = {}  # trial number -> the method model's joint proposal
-        self.objectives = objectives
 
     # Optuna's sampler protocol ---------------------------------------------------------
     def infer_relative_search_space(self, study, trial):

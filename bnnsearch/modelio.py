@@ -10,6 +10,7 @@ installed (the model's code); MLflow's pyfunc serving works in an environment th
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -126,10 +127,10 @@ def load_model(uri: str, tracking_uri: str | None = None):
     return model, config, {"run_id": info.run_id, "recorded": recorded, "metadata": meta}
 
 
-def as_binary_net(model, config: dict, prov: dict) -> BinaryNet:
+def as_binary_net(model, config: dict, prov: dict, x: torch.Tensor) -> BinaryNet:
     """A BinaryNet from what ``load_model`` returned: an exported graph is rebuilt through the
     method from its parameters (named as in the network) and the metadata's shape and scalar
-    settings, and must give the graph's logits bit for bit on the test split."""
+    settings, and must give the graph's logits bit for bit on ``x`` (the test inputs)."""
     from .errors import UserError
 
     if isinstance(model, BinaryNet):
@@ -140,7 +141,6 @@ def as_binary_net(model, config: dict, prov: dict) -> BinaryNet:
     state = {k[4:]: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith("net.")}
     net = _rebuild(config, tuple(meta["bnnsearch_in_shape"]), int(meta["bnnsearch_num_classes"]), state,
                    meta.get("bnnsearch_scalars", {}))
-    x = _test_inputs(config)
     with torch.no_grad():
         if not torch.equal(net(x), model(x)):
             raise UserError("the network rebuilt from this model's parameters does not reproduce its graph's logits")
@@ -221,17 +221,10 @@ def export_bnn(net: BinaryNet, path, x: torch.Tensor, provenance: dict | None = 
                 "num_classes": net.num_classes, "scalars": scalars, "binary": binary, "full": full,
                 "provenance": {k: v for k, v in (provenance or {}).items() if k in ("run_id", "recorded_test_acc", "source")}},
                path)
-    n_bin = sum(math_prod(b["shape"]) for b in binary.values())
+    n_bin = sum(math.prod(b["shape"]) for b in binary.values())
     return {"path": str(path), "bytes": Path(path).stat().st_size, "binary_tensors": len(binary),
             "binary_weights": n_bin, "full_precision_storage": kept,
             "scaled": sorted(k for k, b in binary.items() if b["scale"] is not None)}
-
-
-def math_prod(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
 
 
 def load_bnn(path) -> BinaryNet:
@@ -252,7 +245,7 @@ def load_bnn(path) -> BinaryNet:
     state = dict(d["full"])
     dtypes = {"torch.float32": torch.float32, "torch.float64": torch.float64}
     for name, b in d["binary"].items():
-        n = math_prod(b["shape"])
+        n = math.prod(b["shape"])
         bits = np.unpackbits(b["bits"].numpy())[:n].astype(np.float64)
         w = torch.from_numpy(bits * 2 - 1).to(dtypes.get(b["dtype"], torch.float32)).view(b["shape"])
         if b["scale"] is not None:
@@ -267,12 +260,16 @@ def export_uri(uri: str, out, tracking_uri: str | None = None) -> dict:
     """``bnnsearch export``: a registered model (or a .bnn file) written as a .bnn file; the
     file is read back and must score exactly as the model does."""
     model, config, prov = load_model(uri, tracking_uri)
-    net = as_binary_net(model, config, prov)
-    x = _test_inputs(config)
+    x = _test_inputs(config)  # loaded once: the rebuild check, the export's checks, the read-back
+    net = as_binary_net(model, config, prov, x)
     rep = export_bnn(net, out, x, {"run_id": prov.get("run_id"), "recorded_test_acc": prov.get("recorded"),
                                    "source": uri})
     back = load_bnn(out)
     with torch.no_grad():
         rep["exact"] = bool(torch.equal(back(x), net(x)))
     rep["config"] = config
+    from .methods import get_method
+
+    # modelled memory of the same network, for the file size beside it
+    rep["modelled_mem_bits"] = get_method(config["method"]).inference_cost(net.net, net.in_shape)[1]["cost/mem_bits"]
     return rep

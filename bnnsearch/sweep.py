@@ -143,8 +143,7 @@ def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False
     if name == "bandit":  # AutoML spaces: UCB over methods, a GP per method beneath (bnnsearch/hierarchy.py)
         from .hierarchy import MethodBandit
 
-        return MethodBandit(methods or [], seed=seed, n_startup=max(1, n_startup // max(1, len(methods or [1]))),
-                            objectives=objectives)
+        return MethodBandit(methods or [], seed=seed, n_startup=max(1, n_startup // max(1, len(methods or [1]))))
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
     if name == "botorch":
