@@ -237,6 +237,7 @@ def parse_duration(text: str) -> float:
 def cmd_automl(args) -> int:
     from .automl import AutoSpace, run_automl
     from .spaces import load_space
+    from .sweep import _check_args
     from .textui import table
 
     space = load_space(args.space)
@@ -250,6 +251,7 @@ def cmd_automl(args) -> int:
     a.experiment = a.experiment or f"bnnsearch/{data}/automl"
     a.name = a.name or f"automl-{data}-{a.sampler}-s{a.seed}"
     register = None if args.register is None else (args.register or f"bnnsearch-{data}")
+    _check_args(a)  # a bad flag is one clear line before the study's header, not after it
     objs = ", ".join(f"{mode} {metric}" for metric, mode in space.objectives)
     cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
     print(f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
