@@ -3,7 +3,7 @@ import torch
 
 from bnnsearch.errors import ConfigError
 from bnnsearch.methods import RunInfo, get_method
-from bnnsearch.methods.local_binary import LocalBinaryNet, LocalHparams, local_update
+from bnnsearch.methods.local_binary import LocalBinaryNet, LocalHparams, imatmul, local_update
 
 
 def test_one_layer_update_hand_computed():
@@ -22,6 +22,20 @@ def test_one_layer_update_hand_computed():
     dH1, _, _ = local_update(a, z, scores, y, P, group=1, margin=0)
     assert dH1.tolist() == [[-2, 2], [2, -2], [-2, 2]]
     assert dH.dtype == torch.int32
+
+
+def test_imatmul_is_the_exact_int32_product():
+    """The float32 BLAS product equals int32 matmul bit for bit on {-1, 0, +1} matrices, also
+    where every sum reaches the inner dimension (all-ones) and with inner dimensions at the
+    sizes training uses (784 pixels, 525 units, batches up to 500)."""
+    g = torch.Generator().manual_seed(0)
+    for m, k, n in [(500, 784, 525), (10, 525, 105), (525, 500, 10), (3, 20000, 4)]:
+        a = torch.randint(-1, 2, (m, k), generator=g, dtype=torch.int32)
+        b = torch.randint(-1, 2, (k, n), generator=g, dtype=torch.int32)
+        out = imatmul(a, b)
+        assert out.dtype == torch.int32 and torch.equal(out, a @ b)
+        ones = torch.ones(m, k, dtype=torch.int32)
+        assert torch.equal(imatmul(ones, -torch.ones(k, n, dtype=torch.int32)), torch.full((m, n), -k, dtype=torch.int32))
 
 
 def test_two_layer_step_hand_computed():
