@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -767,6 +768,9 @@ class MlflowCallback(tune.Callback):
         self._progress(trials, trial, status, mid, last)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.exp_dir:  # Ray does not copy its snapshot atomically: keep a whole copy
+            self._state_seen = _backup_snapshot(Path(trial.local_experiment_path), Path(self.exp_dir),
+                                                getattr(self, "_state_seen", None))
         last = trial.last_result or {}
         members = member_results(last)
         for mid, params, k in members_of(trial.trial_id, trial.config):
@@ -990,6 +994,81 @@ def _repair_tuner_pkl(exp_dir: Path) -> None:
         tmp.replace(src)
 
 
+_STATE_BAK = "bnnsearch_state"  # the last whole set of Ray's snapshot files (one session's)
+_STATE_FILES = ("experiment_state-{}.json", "search_gen_state-{}.json", "searcher-state-{}.pkl")
+
+
+def _snapshot_files(folder: Path) -> list[Path]:
+    """Ray's newest snapshot set in a folder: experiment_state-<session>.json with the greatest
+    name (the one Tuner.restore reads) and the searcher files of the same session."""
+    states = sorted(Path(folder).glob("experiment_state-*.json"), key=lambda p: p.name)
+    if not states:
+        return []
+    session = states[-1].name[len("experiment_state-"):-len(".json")]
+    return [f for t in _STATE_FILES if (f := Path(folder) / t.format(session)).exists()]
+
+
+def _consistent(files: list[Path]) -> bool:
+    """Whether Ray's snapshot set reads back whole (experiment_state is JSON, the searcher files
+    are pickles) and its searcher has generated exactly the trials its trial list holds (a set
+    Ray wrote in one go always has; a copy cut by a kill may pair a newer searcher with an older
+    trial list)."""
+    try:
+        trials = json.loads(files[0].read_bytes())["trial_data"]
+        gen = [pickle.loads(f.read_bytes()) for f in files[1:]]
+    except Exception:  # noqa: BLE001 - any failure to read back means the set is cut short
+        return False
+    counter = gen[0].get("counter") if gen and isinstance(gen[0], dict) else None
+    return counter is None or counter == len(trials)
+
+
+def _backup_snapshot(staging: Path, exp_dir: Path, seen: tuple | None) -> tuple | None:
+    """Keep a whole, consistent copy of Ray's snapshot set. Ray writes it into the driver's
+    staging folder and copies that into the experiment folder in a background thread, file by
+    file and in place: a SIGKILL during the copy leaves a file cut short (Tuner.restore then
+    logs a JSONDecodeError and resumes with no trials) or a searcher newer than the trial list
+    (the resumed study then believes every trial was started and runs none). Called from the
+    driver's callback, i.e. between two of Ray's synchronous writes to staging, so staging holds
+    one consistent set; copied when it changed since ``seen``. Returns what was seen."""
+    files = _snapshot_files(staging)
+    try:
+        key = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:
+        return seen
+    if not files or key == seen:
+        return seen
+    tmp, bak, old = (Path(exp_dir) / (_STATE_BAK + x) for x in (".tmp", "", ".old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for f in files:
+        shutil.copyfile(f, tmp / f.name)
+    if bak.exists():  # swap in; a kill between the renames leaves .old, which a repair reads
+        shutil.rmtree(old, ignore_errors=True)
+        bak.rename(old)
+    tmp.rename(bak)
+    shutil.rmtree(old, ignore_errors=True)
+    return key
+
+
+def _repair_snapshot(exp_dir: Path) -> bool:
+    """Before a resume: if Ray's newest snapshot set is not consistent (a file cut short, or a
+    searcher newer than the trial list), the set is replaced by the last whole copy (an older snapshot: trials recorded after it are replayed
+    and reconciled as after any kill), or removed when there is none (Ray then reads the
+    previous session's set, if any). True if repaired."""
+    exp_dir = Path(exp_dir)
+    newest = _snapshot_files(exp_dir)
+    if not newest or _consistent(newest):
+        return False
+    for f in newest:
+        f.unlink()
+    bak = next((b for b in (exp_dir / _STATE_BAK, exp_dir / (_STATE_BAK + ".old")) if b.is_dir()), None)
+    for f in sorted(bak.iterdir()) if bak else []:
+        tmp = exp_dir / (f.name + ".tmp")
+        shutil.copyfile(f, tmp)
+        tmp.replace(exp_dir / f.name)
+    return True
+
+
 def _check_pack(a: SweepArgs, space, pack: int) -> int:
     """Whether this study's configurations can be packed; the pack size to use (1 with a
     one-line notice when they cannot: never silently)."""
@@ -1081,6 +1160,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     t0 = time.time()
     if a.resume:
         _repair_tuner_pkl(exp_dir)
+        _repair_snapshot(exp_dir)
     if a.resume and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=train_fn, resume_unfinished=True, resume_errored=True)
     else:

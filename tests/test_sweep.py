@@ -1,5 +1,6 @@
 """End-to-end studies with the real components: Ray Tune (local, 2 CPUs), Optuna and BoTorch
 samplers, MLflow (SQLite). Small trainables: a tiny MLP on sklearn digits."""
+import json
 import os
 import signal
 import subprocess
@@ -167,17 +168,10 @@ def _kill_at(args, cwd, marker, timeout=240):
     return "".join(seen)
 
 
-def test_resume_after_two_sigkills_keeps_the_record_whole(tmp_path):
-    """Kill the driver twice while trials run, resume: the parent's per-trial record holds steps
-    1..N exactly once with a non-decreasing best-so-far, no trial is lost or re-sampled (N child
-    runs, each config sampled once, every epoch recorded once), and with --checkpoint-s 0 a
-    killed trial continues from its last checkpointed epoch."""
-    sp = space_file(tmp_path, ALPHA, {"epochs": 6, "batch_size": 16})
-    n = 6
-    args = ["sweep", str(sp), "--trials", str(n), "--sampler", "tpe", "--startup-trials", "2", "--name", "killme",
-            "--concurrency", "2", "--checkpoint-s", "0"]
-    _kill_at(args, tmp_path, "[1/6]")
-    _kill_at([*args, "--resume"], tmp_path, "[3/6]")
+def _resume_and_check_the_record(tmp_path, args, n, epochs=6):
+    """Resume to the end; the record is whole: N child runs, each config sampled once, every epoch
+    recorded once, the parent's steps 1..N exactly once with a non-decreasing best-so-far, and
+    what compare/dashboard read equals the trials' values. Returns the child runs and the output."""
     done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *args, "--resume"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -195,7 +189,7 @@ def test_resume_after_two_sigkills_keeps_the_record_whole(tmp_path):
     assert all(k.info.status == "FINISHED" for k in kids)
     for k in kids:  # every epoch recorded once
         steps = [m.step for m in c.get_metric_history(k.info.run_id, "epoch")]
-        assert sorted(steps) == list(range(1, 7)), (k.data.tags["bnnsearch.trial_id"], steps)
+        assert sorted(steps) == list(range(1, epochs + 1)), (k.data.tags["bnnsearch.trial_id"], steps)
     (parent,) = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'study'")
     pid = parent.info.run_id
     states = sorted(m.step for m in c.get_metric_history(pid, "trial_state"))
@@ -205,8 +199,73 @@ def test_resume_after_two_sigkills_keeps_the_record_whole(tmp_path):
     by_index = {int(k.data.tags["bnnsearch.trial_index"]): float(k.data.tags["bnnsearch.trial_value"]) for k in kids}
     assert sorted(by_index) == list(range(1, n + 1))
     assert study_values(c, pid) == [by_index[i] for i in range(1, n + 1)]  # what compare/dashboard read
+    return kids, done.stdout + done.stderr
+
+
+def test_resume_after_two_sigkills_keeps_the_record_whole(tmp_path):
+    """Kill the driver twice while trials run, resume: the parent's per-trial record holds steps
+    1..N exactly once with a non-decreasing best-so-far, no trial is lost or re-sampled (N child
+    runs, each config sampled once, every epoch recorded once), and with --checkpoint-s 0 a
+    killed trial continues from its last checkpointed epoch."""
+    sp = space_file(tmp_path, ALPHA, {"epochs": 6, "batch_size": 16})
+    n = 6
+    args = ["sweep", str(sp), "--trials", str(n), "--sampler", "tpe", "--startup-trials", "2", "--name", "killme",
+            "--concurrency", "2", "--checkpoint-s", "0"]
+    _kill_at(args, tmp_path, "[1/6]")
+    _kill_at([*args, "--resume"], tmp_path, "[3/6]")
+    kids, _ = _resume_and_check_the_record(tmp_path, args, n)
     resumed = [int(k.data.tags["bnnsearch.resumed_from_epoch"]) for k in kids if "bnnsearch.resumed_from_epoch" in k.data.tags]
     assert resumed and all(0 < r < 6 for r in resumed), "no killed trial continued from its checkpoint"
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path)], check=False)
+
+
+def test_a_snapshot_set_that_does_not_read_back_or_disagrees_is_replaced_by_the_kept_copy(tmp_path):
+    """Unit: Ray's newest snapshot set (experiment_state JSON, searcher pickles of the same
+    session) is kept when it reads back and its searcher generated as many trials as its trial
+    list holds; otherwise it is replaced by the whole copy (or removed when there is none)."""
+    import pickle
+
+    from bnnsearch.sweep import _repair_snapshot
+
+    def write_set(folder, session, n_trials, counter):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"experiment_state-{session}.json").write_text(json.dumps({"trial_data": [["{}", "{}"]] * n_trials}))
+        (folder / f"search_gen_state-{session}.json").write_bytes(pickle.dumps({"counter": counter}))
+        (folder / f"searcher-state-{session}.pkl").write_bytes(pickle.dumps({"study": n_trials}))
+
+    exp = tmp_path / "exp"
+    write_set(exp, "2026-01-01_00-00-02", 3, 3)
+    write_set(exp / "bnnsearch_state", "2026-01-01_00-00-01", 2, 2)
+    assert not _repair_snapshot(exp)  # whole and consistent: left alone
+    write_set(exp, "2026-01-01_00-00-02", 3, 5)  # a searcher newer than the trial list
+    assert _repair_snapshot(exp)
+    assert sorted(p.name for p in exp.glob("*-*")) == ["experiment_state-2026-01-01_00-00-01.json",
+                                                       "search_gen_state-2026-01-01_00-00-01.json",
+                                                       "searcher-state-2026-01-01_00-00-01.pkl"]
+    assert pickle.loads((exp / "search_gen_state-2026-01-01_00-00-01.json").read_bytes()) == {"counter": 2}
+    snap = exp / "experiment_state-2026-01-01_00-00-01.json"
+    snap.write_bytes(snap.read_bytes()[:10])  # cut short, and no copy left: the set is removed
+    (exp / "bnnsearch_state").rename(exp / "elsewhere")
+    assert _repair_snapshot(exp) and not list(exp.glob("*state-*"))
+
+
+def test_resume_after_a_kill_that_cut_rays_snapshot_short(tmp_path):
+    """Ray writes experiment_state-*.json in place: a SIGKILL mid-write leaves it truncated, and
+    Tuner.restore then resumed with no trials (one more trial, then an incomplete stop, on every
+    resume). Cut the newest snapshot in half after a kill: the resume restores the last whole
+    copy and the record ends whole."""
+    sp = space_file(tmp_path, ALPHA, {"epochs": 3, "batch_size": 16})
+    n = 6
+    args = ["sweep", str(sp), "--trials", str(n), "--sampler", "tpe", "--startup-trials", "2", "--name", "cut",
+            "--concurrency", "2"]
+    _kill_at(args, tmp_path, "[3/6]")
+    exp = tmp_path / "bnnsearch_runs" / "cut"
+    (snap,) = sorted(exp.glob("experiment_state-*.json"))[-1:]
+    assert len(list((exp / "bnnsearch_state").iterdir())) == 3  # the whole set the callback keeps
+    text = snap.read_bytes()
+    snap.write_bytes(text[: len(text) // 2])
+    _, out = _resume_and_check_the_record(tmp_path, args, n, epochs=3)
+    assert "Failed to restore" not in out and "JSONDecodeError" not in out, out[-3000:]
     subprocess.run(["pkill", "-9", "-f", str(tmp_path)], check=False)
 
 
