@@ -1146,6 +1146,9 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     # Ray warns when the define-by-run space takes over 1 s; ours only suggests, and the time is
     # the sampler's own model fitting (the bandit's per-method GP asks inside it).
     warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+    # A trial resumed from its checkpoint re-runs (deterministically) the epochs after it and
+    # reports them again; Optuna keeps the first report of a step and warns about the second.
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=")
     epochs = space.config({}, where="fixed").epochs
     pack = a.pack_size()
     if pack > 1:

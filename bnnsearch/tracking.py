@@ -80,12 +80,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# Every command that reads the store (best, dashboard, evaluate, ...) prints its own progress:
+# no MLflow download bars or run URLs in between (read when MLflow downloads or logs).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 class Tracker:
     """Thin wrapper over MlflowClient for studies and trials."""
 
     def __init__(self, uri: str | None, experiment: str):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print our own progress
         import logging
 
         import mlflow
