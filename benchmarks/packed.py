@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from _common import cifar_shaped_npz, median_tail
 
 from bnnsearch.config import resolve
 from bnnsearch.engine import fit, fit_pack
@@ -40,9 +40,6 @@ def member_cfgs(base: dict, method: str, k: int):
     vals = [lo * (hi / lo) ** (i / max(k - 1, 1)) for i in range(k)]
     return [resolve({**base, "method": method, "hparams": {key: v}}) for v in vals]
 
-
-def median_tail(ts):
-    return statistics.median(ts[1:] if len(ts) > 1 else ts)
 
 
 def bench(label: str, base: dict, method: str, k: int) -> float:
@@ -114,10 +111,7 @@ def main():
                     headline = r
     if args.gpu:
         with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "cifar_shaped.npz"
-            g = np.random.default_rng(0)
-            np.savez(p, x=g.normal(size=(10000, 3, 32, 32)).astype(np.float32), y=g.integers(0, 10, 10000),
-                     x_test=g.normal(size=(2000, 3, 32, 32)).astype(np.float32), y_test=g.integers(0, 10, 2000))
+            p = cifar_shaped_npz(tmp, 10000)
             for arch in ("vgg_small", "resnet20"):
                 base = dict(common, arch=arch, data="npz", data_root=str(p), device="cuda", amp="bf16",
                             channels_last=True, batch_size=256)

@@ -13,14 +13,13 @@ and the ratio reference / engine (> 1 means the engine is faster).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from _common import cifar_shaped_npz, median_tail
 
 from bnnsearch.config import resolve
 from bnnsearch.engine import build, fit, resolve_device
@@ -65,9 +64,6 @@ def engine_epochs(cfg) -> list[float]:
     return [m["time/epoch_s"] for m in res.history]
 
 
-def median_tail(ts):
-    return statistics.median(ts[1:] if len(ts) > 1 else ts)
-
 
 def bench(name, cfg, epochs):
     ref = median_tail(reference_epochs(cfg, epochs))
@@ -93,10 +89,7 @@ def main():
         bench(f"{method} mlp mnist1d bs128", cfg, args.epochs)
     if args.gpu:
         with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "cifar_shaped.npz"
-            rng = np.random.default_rng(0)
-            np.savez(p, x=rng.normal(size=(20000, 3, 32, 32)).astype(np.float32), y=rng.integers(0, 10, 20000),
-                     x_test=rng.normal(size=(2000, 3, 32, 32)).astype(np.float32), y_test=rng.integers(0, 10, 2000))
+            p = cifar_shaped_npz(tmp, 20000)
             for arch in ("vgg_small", "resnet20"):
                 for amp, cl in (("none", False), ("bf16", True)):
                     cfg = resolve(dict(method="latent", arch=arch, data="npz", data_root=str(p), epochs=args.epochs,
