@@ -3,7 +3,7 @@ import torch
 
 from bnnsearch.errors import ConfigError
 from bnnsearch.methods import RunInfo, get_method
-from bnnsearch.methods.local_binary import LocalBinaryNet, LocalHparams, imatmul, local_update
+from bnnsearch.methods.local_binary import LocalBinaryNet, LocalHparams, imatmul, local_update, reinforce
 
 
 def test_one_layer_update_hand_computed():
@@ -36,6 +36,19 @@ def test_imatmul_is_the_exact_int32_product():
         assert out.dtype == torch.int32 and torch.equal(out, a @ b)
         ones = torch.ones(m, k, dtype=torch.int32)
         assert torch.equal(imatmul(ones, -torch.ones(k, n, dtype=torch.int32)), torch.full((m, n), -k, dtype=torch.int32))
+
+
+def test_reinforcement_touches_exactly_the_masked_weights():
+    """h += 2 sign(h) (sign(0) = +1) where the mask is set, nothing elsewhere: the CPU's sparse
+    update equals the dense formula."""
+    g = torch.Generator().manual_seed(1)
+    H = torch.randint(-5, 6, (300, 40), generator=g, dtype=torch.int32)
+    H[0, :3] = 0
+    mask = torch.rand(H.shape, generator=g) < 0.05
+    mask[0, :3] = True
+    want = H + 2 * torch.where(H >= 0, 1, -1).to(torch.int32) * mask
+    reinforce(H, mask)
+    assert H.dtype == torch.int32 and torch.equal(H, want) and H[0, :3].tolist() == [2, 2, 2]
 
 
 def test_two_layer_step_hand_computed():
