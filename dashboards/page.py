@@ -311,8 +311,10 @@ def build_html(uri: str | None = None, ui: str = "http://127.0.0.1:5000", refres
     for exp in snap["experiments"]:
         body.append(f"<h2>{html.escape(exp['name'])}</h2>")
         unfinished = sum(st["status"] != "FINISHED" for st in exp["studies"])
-        body.append(f"<p class=note>{len(exp['studies'])} studies, {len(exp['trials'])} trials"
-                    + (f"; {unfinished} studies interrupted or running (their complete trials are shown; efficiency "
+        n_st = len(exp["studies"])
+        body.append(f"<p class=note>{n_st} stud{'y' if n_st == 1 else 'ies'}, {len(exp['trials'])} trials"
+                    + (f"; {unfinished} stud{'y' if unfinished == 1 else 'ies'} interrupted or running (their "
+                       "complete trials are shown; efficiency "
                        "curves come only from finished comparisons)" if unfinished else "") + "</p>")
         for st in exp["studies"]:
             if "objectives" in st["params"]:
