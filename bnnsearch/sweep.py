@@ -1038,15 +1038,18 @@ def _backup_snapshot(staging: Path, exp_dir: Path, seen: tuple | None) -> tuple 
     if not files or key == seen:
         return seen
     tmp, bak, old = (Path(exp_dir) / (_STATE_BAK + x) for x in (".tmp", "", ".old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for f in files:
-        shutil.copyfile(f, tmp / f.name)
-    if bak.exists():  # swap in; a kill between the renames leaves .old, which a repair reads
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        if bak.exists():  # swap in; a kill between the renames leaves .old, which a repair reads
+            shutil.rmtree(old, ignore_errors=True)
+            bak.rename(old)
+        tmp.rename(bak)
         shutil.rmtree(old, ignore_errors=True)
-        bak.rename(old)
-    tmp.rename(bak)
-    shutil.rmtree(old, ignore_errors=True)
+    except OSError:  # a safety net only (e.g. a full disk): the study goes on without a new copy
+        return seen
     return key
 
 
