@@ -161,17 +161,12 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
-    from .compare import run_compare
-    from .spaces import load_space
+def compare_report(s: dict, markdown: bool = False) -> str:
+    """What a comparison found: the per-arm table, each arm against random search, ASHA rung
+    correlations, the noise floor and its warnings, the target and the tests. Plain text for the
+    terminal, or Markdown (``summary.md``, for write-ups: the findings as a list)."""
     from .textui import table
 
-    spaces = [load_space(p) for p in args.spaces]
-    base = _sweep_args(args, spaces[0])
-    s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name,
-                    allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False),
-                    noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None),
-                    samplers=args.samplers.split(",") if getattr(args, "samplers", None) else None)
     rows = []
     for m, st in s["methods"].items():
         hp = st["hyperparameters"]
@@ -183,38 +178,54 @@ def cmd_compare(args) -> int:
                      f"{st['ttt_median']:g} [{st['ttt_q1']:g}, {st['ttt_q3']:g}]", f"{st['reached']}/{st['repeats']}",
                      "-" if st["cpu_seconds_to_target_median"] is None else f"{st['cpu_seconds_to_target_median']:.3g}",
                      st["cpu_seconds"]])
-    print()
     test_key = next(iter(s["methods"].values()))["incumbent_test"]["metric"] or "held-out"
-    print(table(rows, ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
-                       "trials-to-target median [IQR]", "reached", "CPU s to target", "CPU s"],
-                align_right={3, 4, 8, 9}))
+    head = table(rows, ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
+                        "trials-to-target median [IQR]", "reached", "CPU s to target", "CPU s"],
+                 align_right={3, 4, 8, 9}, markdown=markdown)
+    notes: list[str] = []  # the findings below the table
     for m, st in s["methods"].items():
         vr = st.get("vs_random")
         if vr:
             p = vr["p_value"]
-            print(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
-                  f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}")
+            notes.append(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
+                         f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}")
     for m, st in s["methods"].items():
         if st.get("asha_rung_spearman"):
-            print(f"{m}: rank correlation of each ASHA rung with the final value: " + "; ".join(
+            notes.append(f"{m}: rank correlation of each ASHA rung with the final value: " + "; ".join(
                 f"epoch {r}: {'n/a' if c['spearman'] is None else format(c['spearman'], '.2f')} (n={c['n']})"
                 for r, c in st["asha_rung_spearman"].items()))
     floors = {m: st["noise_floor"] for m, st in s["methods"].items() if st.get("noise_floor")}
     if floors:
-        print("noise floor (best config, other seeds): " + "; ".join(
+        notes.append("noise floor (best config, other seeds): " + "; ".join(
             f"{m} {f['mean']:.4g} +- {f['std']:.2g} (n={len(f['values'])})" for m, f in floors.items()))
-    for w in s.get("noise_warnings", []):
-        print(f"warning: {w}")
+    notes += [f"warning: {w}" for w in s.get("noise_warnings", [])]
     t = s["rank_test"]
-    print(f"\ntarget: {s['target']:.4g} ({s['target_rule']['description']}); "
-          f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}")
+    tests = [f"target: {s['target']:.4g} ({s['target_rule']['description']}); "
+             f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}"]
     pt = s["paired_test"]
     if pt["test"]:
         diff = f", mean AUC difference {pt['mean_difference']:+.4g} ({pt['arms'][0]} - {pt['arms'][1]})" \
             if "mean_difference" in pt else ""
-        print(f"paired by repeat (same seeds and data), AUC: {pt['test']} over {pt['n_pairs']} repeats: "
-              f"p = {format(pt['p_value'], '.3g')} -> {pt['verdict']}{diff}")
-    print(f"\nwrote {s['out']}/summary.json, curves.csv, " + ", ".join(Path(p).name for p in s["plots"])
+        tests.append(f"paired by repeat (same seeds and data), AUC: {pt['test']} over {pt['n_pairs']} repeats: "
+                     f"p = {format(pt['p_value'], '.3g')} -> {pt['verdict']}{diff}")
+    if markdown:
+        return "\n".join([head, "", *(f"- {x}" for x in notes + tests)])
+    return "\n".join(["", head, *notes, "", *tests])
+
+
+def cmd_compare(args) -> int:
+    from .compare import run_compare
+    from .spaces import load_space
+
+    spaces = [load_space(p) for p in args.spaces]
+    base = _sweep_args(args, spaces[0])
+    s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name,
+                    allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False),
+                    noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None),
+                    samplers=args.samplers.split(",") if getattr(args, "samplers", None) else None)
+    print(compare_report(s), flush=True)
+    Path(s["out"], "summary.md").write_text(compare_report(s, markdown=True) + "\n")
+    print(f"\nwrote {s['out']}/summary.json, summary.md, curves.csv, " + ", ".join(Path(p).name for p in s["plots"])
           + ", dashboard.html")
     print(f"MLflow comparison run {s['comparison_run_id']} in experiment {s['experiment']!r}\n"
           f"  open the UI with:  mlflow ui --backend-store-uri {s['tracking_uri']}")

@@ -124,3 +124,10 @@ def test_resume_command_pins_the_name_and_adds_resume():
     assert resume_command(["demo", "--trials", "4"], "demo-1") == "bnnsearch demo --trials 4 --name demo-1 --resume"
     assert (resume_command(["sweep", "a b.yaml", "--name", "x", "--resume"], "x")
             == "bnnsearch sweep 'a b.yaml' --name x --resume")
+
+
+def test_markdown_table_escapes_pipes_and_aligns_numbers():
+    from bnnsearch.textui import table
+
+    md = table([["a|b", 1.5, 2]], ["name", "x", "n"], align_right={1, 2}, markdown=True).splitlines()
+    assert md == ["| name | x | n |", "| --- | ---: | ---: |", "| a\\|b | 1.5 | 2 |"]

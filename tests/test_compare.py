@@ -75,6 +75,9 @@ def test_compare_end_to_end_and_resume(tmp_path):
             secs = [float(x["trial_seconds"] or 0) for x in rows if x["method"] == m and x["repeat"] == str(rep)]
             assert (c is None) == (t is None) and (t is None or c == pytest.approx(sum(secs[:t])))
     assert "CPU s to target" in r.stdout
+    md = (out / "summary.md").read_text()  # the same findings as Markdown, for a write-up
+    assert md.startswith("| method | HPs | studies | best val/acc |") and "\n- target: " in md
+    assert sum(line.startswith("| latent") for line in md.splitlines()) == 2  # latent, latent@random
     for png in ("efficiency.png", "trials_to_target.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     from mlflow.tracking import MlflowClient
