@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -161,60 +160,8 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def compare_report(s: dict, markdown: bool = False) -> str:
-    """What a comparison found: the per-arm table, each arm against random search, ASHA rung
-    correlations, the noise floor and its warnings, the target and the tests. Plain text for the
-    terminal, or Markdown (``summary.md``, for write-ups: the findings as a list)."""
-    from .textui import table
-
-    rows = []
-    for m, st in s["methods"].items():
-        hp = st["hyperparameters"]
-        n_hp = f"{hp['active_min']}" if hp["active_min"] == hp["active_max"] else f"{hp['active_min']}-{hp['active_max']}"
-        inc = st["incumbent_test"]["final_mean"]
-        rows.append([m, n_hp, f"{st['repeats']}x{st['budget']}", st["best_value"],
-                     "-" if inc is None or (isinstance(inc, float) and math.isnan(inc)) else inc,
-                     f"{st['auc_mean']:.4g} [{st['auc_ci'][0]:.3g}, {st['auc_ci'][1]:.3g}]",
-                     f"{st['ttt_median']:g} [{st['ttt_q1']:g}, {st['ttt_q3']:g}]", f"{st['reached']}/{st['repeats']}",
-                     "-" if st["cpu_seconds_to_target_median"] is None else f"{st['cpu_seconds_to_target_median']:.3g}",
-                     st["cpu_seconds"]])
-    test_key = next(iter(s["methods"].values()))["incumbent_test"]["metric"] or "held-out"
-    head = table(rows, ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
-                        "trials-to-target median [IQR]", "reached", "CPU s to target", "CPU s"],
-                 align_right={3, 4, 8, 9}, markdown=markdown)
-    notes: list[str] = []  # the findings below the table
-    for m, st in s["methods"].items():
-        vr = st.get("vs_random")
-        if vr:
-            p = vr["p_value"]
-            notes.append(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
-                         f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}")
-    for m, st in s["methods"].items():
-        if st.get("asha_rung_spearman"):
-            notes.append(f"{m}: rank correlation of each ASHA rung with the final value: " + "; ".join(
-                f"epoch {r}: {'n/a' if c['spearman'] is None else format(c['spearman'], '.2f')} (n={c['n']})"
-                for r, c in st["asha_rung_spearman"].items()))
-    floors = {m: st["noise_floor"] for m, st in s["methods"].items() if st.get("noise_floor")}
-    if floors:
-        notes.append("noise floor (best config, other seeds): " + "; ".join(
-            f"{m} {f['mean']:.4g} +- {f['std']:.2g} (n={len(f['values'])})" for m, f in floors.items()))
-    notes += [f"warning: {w}" for w in s.get("noise_warnings", [])]
-    t = s["rank_test"]
-    tests = [f"target: {s['target']:.4g} ({s['target_rule']['description']}); "
-             f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}"]
-    pt = s["paired_test"]
-    if pt["test"]:
-        diff = f", mean AUC difference {pt['mean_difference']:+.4g} ({pt['arms'][0]} - {pt['arms'][1]})" \
-            if "mean_difference" in pt else ""
-        tests.append(f"paired by repeat (same seeds and data), AUC: {pt['test']} over {pt['n_pairs']} repeats: "
-                     f"p = {format(pt['p_value'], '.3g')} -> {pt['verdict']}{diff}")
-    if markdown:
-        return "\n".join([head, "", *(f"- {x}" for x in notes + tests)])
-    return "\n".join(["", head, *notes, "", *tests])
-
-
 def cmd_compare(args) -> int:
-    from .compare import run_compare
+    from .compare import compare_report, run_compare
     from .spaces import load_space
 
     spaces = [load_space(p) for p in args.spaces]
@@ -224,7 +171,6 @@ def cmd_compare(args) -> int:
                     noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None),
                     samplers=args.samplers.split(",") if getattr(args, "samplers", None) else None)
     print(compare_report(s), flush=True)
-    Path(s["out"], "summary.md").write_text(compare_report(s, markdown=True) + "\n")
     print(f"\nwrote {s['out']}/summary.json, summary.md, curves.csv, " + ", ".join(Path(p).name for p in s["plots"])
           + ", dashboard.html")
     print(f"MLflow comparison run {s['comparison_run_id']} in experiment {s['experiment']!r}\n"

@@ -90,7 +90,8 @@ def test_compare_end_to_end_and_resume(tmp_path):
     assert {len(v) for v in links.values()} == {2} and len(links) == 4
     samplers = {c.get_run(p).data.tags["sampler"] for p in links["latent@random"]}
     assert samplers == {"random"} and {c.get_run(p).data.tags["sampler"] for p in links["latent"]} == {"tpe"}
-    assert {a.path for a in c.list_artifacts(comp[0].info.run_id)} >= {"summary.json", "curves.csv", "efficiency.png"}
+    assert {a.path for a in c.list_artifacts(comp[0].info.run_id)} >= {"summary.json", "summary.md", "curves.csv",
+                                                                       "efficiency.png"}
     # rerun: every study is finished, so all are skipped and the statistics are the same
     r2 = run(tmp_path, "--random-arm", "--resume")
     assert r2.returncode == 0 and r2.stdout.count("already finished, skipped") == 8
