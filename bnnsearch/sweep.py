@@ -528,11 +528,11 @@ def _searcher_cls():
 
 def _ray_trial_ids(exp_dir: Path) -> set[str]:
     """Trial ids in Ray Tune's newest experiment snapshot (what Tuner.restore brings back)."""
-    states = sorted(exp_dir.glob("experiment_state-*.json"))
-    if not states:
+    snap = _snapshot_files(exp_dir)
+    if not snap:
         return set()
     try:
-        data = json.loads(states[-1].read_text())
+        data = json.loads(snap[0].read_text())
         return {json.loads(t[0]).get("trial_id") for t in data.get("trial_data", [])} - {None}
     except (OSError, ValueError, TypeError, IndexError):
         return set()
@@ -1015,10 +1015,11 @@ def _consistent(files: list[Path]) -> bool:
     trial list)."""
     try:
         trials = json.loads(files[0].read_bytes())["trial_data"]
-        gen = [pickle.loads(f.read_bytes()) for f in files[1:]]
+        state = {f.name.split("-", 1)[0]: pickle.loads(f.read_bytes()) for f in files[1:]}
     except Exception:  # noqa: BLE001 - any failure to read back means the set is cut short
         return False
-    counter = gen[0].get("counter") if gen and isinstance(gen[0], dict) else None
+    gen = state.get("search_gen_state")
+    counter = gen.get("counter") if isinstance(gen, dict) else None
     return counter is None or counter == len(trials)
 
 
@@ -1055,9 +1056,10 @@ def _backup_snapshot(staging: Path, exp_dir: Path, seen: tuple | None) -> tuple 
 
 def _repair_snapshot(exp_dir: Path) -> bool:
     """Before a resume: if Ray's newest snapshot set is not consistent (a file cut short, or a
-    searcher newer than the trial list), the set is replaced by the last whole copy (an older snapshot: trials recorded after it are replayed
-    and reconciled as after any kill), or removed when there is none (Ray then reads the
-    previous session's set, if any). True if repaired."""
+    searcher newer than the trial list), the set is replaced by the last whole copy (an older
+    snapshot: trials recorded after it are replayed and reconciled as after any kill), or
+    removed when there is none (Ray then reads the previous session's set, if any). True if
+    repaired."""
     exp_dir = Path(exp_dir)
     newest = _snapshot_files(exp_dir)
     if not newest or _consistent(newest):

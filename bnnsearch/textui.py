@@ -20,13 +20,12 @@ def fmt(v, digits: int = 4) -> str:
 
 def table(rows: list[list], headers: list[str], align_right: set[int] | None = None, markdown: bool = False) -> str:
     cells = [[fmt(c) for c in r] for r in rows]
+    right = align_right if align_right is not None else set(range(1, len(headers)))
     if markdown:  # a GitHub table (write-ups): right-aligned columns get "---:"
-        right = align_right if align_right is not None else set(range(1, len(headers)))
         esc = [[c.replace("|", "\\|") for c in r] for r in [headers, *cells]]
         rule = ["---:" if i in right else "---" for i in range(len(headers))]
         return "\n".join("| " + " | ".join(r) + " |" for r in [esc[0], rule, *esc[1:]])
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    right = align_right if align_right is not None else set(range(1, len(headers)))
 
     def line(vals):
         return "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))
