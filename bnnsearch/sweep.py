@@ -729,7 +729,15 @@ class MlflowCallback(tune.Callback):
         if epoch == 1:
             self.tracker.set_tags(rid, {"node_id": result.get("node_id", "")})
 
+    def _keep_snapshot(self, trial) -> None:
+        """Ray does not copy its snapshot atomically: keep a whole copy (see _backup_snapshot)."""
+        if self.exp_dir:
+            self._state_seen = _backup_snapshot(Path(trial.local_experiment_path), Path(self.exp_dir),
+                                                getattr(self, "_state_seen", None))
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(CKPT_FLAG):  # the copy then names the checkpoint before this one
+            self._keep_snapshot(trial)
         members = member_results(result)
         if members is None:
             rid = self._run(trial)
@@ -768,9 +776,7 @@ class MlflowCallback(tune.Callback):
         self._progress(trials, trial, status, mid, last)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if self.exp_dir:  # Ray does not copy its snapshot atomically: keep a whole copy
-            self._state_seen = _backup_snapshot(Path(trial.local_experiment_path), Path(self.exp_dir),
-                                                getattr(self, "_state_seen", None))
+        self._keep_snapshot(trial)
         last = trial.last_result or {}
         members = member_results(last)
         for mid, params, k in members_of(trial.trial_id, trial.config):
@@ -1008,19 +1014,35 @@ def _snapshot_files(folder: Path) -> list[Path]:
     return [f for t in _STATE_FILES if (f := Path(folder) / t.format(session)).exists()]
 
 
-def _consistent(files: list[Path]) -> bool:
-    """Whether Ray's snapshot set reads back whole (experiment_state is JSON, the searcher files
-    are pickles) and its searcher has generated exactly the trials its trial list holds (a set
-    Ray wrote in one go always has; a copy cut by a kill may pair a newer searcher with an older
+def _session(folder: Path) -> str:
+    """The session name of the newest snapshot set in a folder ('' when there is none)."""
+    files = _snapshot_files(folder)
+    return files[0].name[len("experiment_state-"):-len(".json")] if files else ""
+
+
+def _progress(files: list[Path]) -> tuple[int, int] | None:
+    """How far a snapshot set of Ray's got — (trials, training iterations summed over their last
+    results), both only grow while a study runs — or None when the set is not consistent: it
+    does not read back whole (experiment_state is JSON, the searcher files are pickles), or its
+    searcher has generated a different number of trials than its trial list holds (a set Ray
+    wrote in one go never has; a copy cut by a kill may pair a newer searcher with an older
     trial list)."""
     try:
         trials = json.loads(files[0].read_bytes())["trial_data"]
         state = {f.name.split("-", 1)[0]: pickle.loads(f.read_bytes()) for f in files[1:]}
     except Exception:  # noqa: BLE001 - any failure to read back means the set is cut short
-        return False
+        return None
     gen = state.get("search_gen_state")
     counter = gen.get("counter") if isinstance(gen, dict) else None
-    return counter is None or counter == len(trials)
+    if counter is not None and counter != len(trials):
+        return None
+    iterations = 0
+    for t in trials:
+        try:
+            iterations += int(json.loads(t[1]).get("last_result", {}).get("training_iteration") or 0)
+        except Exception:  # noqa: BLE001 - a trial that never reported
+            pass
+    return len(trials), iterations
 
 
 def _backup_snapshot(staging: Path, exp_dir: Path, seen: tuple | None) -> tuple | None:
@@ -1028,9 +1050,11 @@ def _backup_snapshot(staging: Path, exp_dir: Path, seen: tuple | None) -> tuple 
     staging folder and copies that into the experiment folder in a background thread, file by
     file and in place: a SIGKILL during the copy leaves a file cut short (Tuner.restore then
     logs a JSONDecodeError and resumes with no trials) or a searcher newer than the trial list
-    (the resumed study then believes every trial was started and runs none). Called from the
-    driver's callback, i.e. between two of Ray's synchronous writes to staging, so staging holds
-    one consistent set; copied when it changed since ``seen``. Returns what was seen."""
+    (the resumed study then believes every trial was started and runs none), and a kill before
+    the copy leaves the folder's set behind staging's. Called from the driver's callback (a
+    trial's completion, a result that carries a checkpoint), i.e. between two of Ray's
+    synchronous writes to staging, so staging holds one consistent set; copied when it changed
+    since ``seen``. Returns what was seen."""
     files = _snapshot_files(staging)
     try:
         key = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
@@ -1055,18 +1079,27 @@ def _backup_snapshot(staging: Path, exp_dir: Path, seen: tuple | None) -> tuple 
 
 
 def _repair_snapshot(exp_dir: Path) -> bool:
-    """Before a resume: if Ray's newest snapshot set is not consistent (a file cut short, or a
-    searcher newer than the trial list), the set is replaced by the last whole copy (an older
-    snapshot: trials recorded after it are replayed and reconciled as after any kill), or
-    removed when there is none (Ray then reads the previous session's set, if any). True if
-    repaired."""
+    """Before a resume: Ray's newest snapshot set is replaced by the last whole copy (see
+    _backup_snapshot) when it is not consistent (a file cut short, or a searcher newer than the
+    trial list) or when the copy got further (Ray's background copy into the experiment folder
+    lagged behind the kill, so its set misses a checkpoint the copy names). Trials recorded
+    after the set used are replayed and reconciled as after any kill. An inconsistent set with
+    no copy is removed (Ray then reads the previous session's set, if any). True if repaired."""
     exp_dir = Path(exp_dir)
     newest = _snapshot_files(exp_dir)
-    if not newest or _consistent(newest):
+    if not newest:
         return False
+    at = _progress(newest)
+    bak, got = None, None
+    for b in (exp_dir / _STATE_BAK, exp_dir / (_STATE_BAK + ".old")):
+        files = _snapshot_files(b) if b.is_dir() else []
+        if files and (got := _progress(files)) is not None:
+            bak = b
+            break
+    if at is not None and (got is None or at >= got or bak and _session(bak) != _session(exp_dir)):
+        return False  # (a copy from an earlier session is older than any set of this one)
     for f in newest:
         f.unlink()
-    bak = next((b for b in (exp_dir / _STATE_BAK, exp_dir / (_STATE_BAK + ".old")) if b.is_dir()), None)
     for f in sorted(bak.iterdir()) if bak else []:
         tmp = exp_dir / (f.name + ".tmp")
         shutil.copyfile(f, tmp)

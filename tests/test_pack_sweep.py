@@ -6,7 +6,7 @@ import time
 
 import pytest
 from _proc import read_until, start_cli
-from test_sweep import ALPHA, mlflow_runs, space_file, sweep
+from test_sweep import ALPHA, _kept_copy_names_a_running_checkpoint, mlflow_runs, space_file, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -109,12 +109,6 @@ def test_an_unpackable_study_says_so_and_runs_unpacked(ray_local, tmp_path, caps
     assert len(kids) == 2 and not any("bnnsearch.pack" in k.data.tags for k in kids)
 
 
-def _checkpointed_trials(storage) -> int:
-    """Trials with two checkpoints on storage (Ray's snapshot then surely names the first)."""
-    dirs = [p.parent for p in storage.glob("*/checkpoint_*")]
-    return sum(dirs.count(d) >= 2 for d in set(dirs))
-
-
 def test_resume_after_sigkill_keeps_every_member(tmp_path):
     """Kill the driver while the second pack trains (after it has checkpointed), resume: every
     member once (no member lost or re-sampled), every epoch once, the killed pack continues
@@ -128,11 +122,11 @@ def test_resume_after_sigkill_keeps_every_member(tmp_path):
 
     proc = start_cli(args, tmp_path)
     read_until(proc, "[3/6]", 240)  # the first pack finished; the second starts
-    storage = tmp_path / "bnnsearch_runs" / "killpack"
+    exp_dir = tmp_path / "bnnsearch_runs" / "killpack"
     deadline = time.time() + 120
-    while _checkpointed_trials(storage) < 2 and time.time() < deadline:
+    while not _kept_copy_names_a_running_checkpoint(exp_dir, 6) and time.time() < deadline:
         time.sleep(0.05)
-    assert _checkpointed_trials(storage) == 2, "the second pack never checkpointed twice"
+    assert _kept_copy_names_a_running_checkpoint(exp_dir, 6), "the second pack's checkpoint never reached the snapshot"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(2)

@@ -158,10 +158,40 @@ def test_existing_study_needs_resume_and_resume_needs_a_study(ray_local, tmp_pat
         sweep(tmp_path, sp, trials=1, name="y")
 
 
-def _kill_at(args, cwd, marker, timeout=240):
+def _kept_copy_names_a_running_checkpoint(exp_dir, epochs: int) -> bool:
+    """Whether the snapshot copy bnnsearch keeps (bnnsearch_state/) of this session names a
+    checkpoint of a trial that is running mid-way (reported, not past epochs - 1): a resume
+    after a kill from here on continues that trial from a checkpoint, whenever the kill falls
+    (Ray's own snapshot in the folder may lag or be cut short), so a test that kills a study
+    to check that can wait for this instead of guessing a delay."""
+    try:
+        (f,) = (exp_dir / "bnnsearch_state").glob("experiment_state-*.json")
+        if f.name != max(p.name for p in exp_dir.glob("experiment_state-*.json")):
+            return False  # a copy from an earlier session (before a resume)
+        trials = json.loads(f.read_bytes())["trial_data"]
+    except (OSError, ValueError, KeyError):  # not there yet, or being swapped in
+        return False
+    for state, meta in trials:
+        meta = json.loads(meta)
+        manager = meta.get("checkpoint_manager", {}).get("value", "")
+        done = (meta.get("last_result") or {}).get("training_iteration") or 0
+        if json.loads(state).get("status") == "RUNNING" and 0 < done < epochs - 1 and b"checkpoint_0" in bytes.fromhex(manager):
+            return True
+    return False
+
+
+def _kill_at(args, cwd, marker, timeout=240, exp_dir=None, epochs=6):
+    """Start the CLI, SIGKILL it (the driver and its Ray) once it printed marker and, given the
+    study's folder, once a checkpoint of a trial running mid-way is in the kept snapshot copy."""
     proc = start_cli(args, cwd)
     seen = read_until(proc, marker, timeout)
-    time.sleep(0.7)  # let the running trials report an epoch or two past the marker
+    deadline = time.time() + 120
+    while exp_dir is not None and not _kept_copy_names_a_running_checkpoint(exp_dir, epochs) and time.time() < deadline:
+        time.sleep(0.05)
+    if exp_dir is None:
+        time.sleep(0.7)  # let the running trials report an epoch or two past the marker
+    else:
+        assert _kept_copy_names_a_running_checkpoint(exp_dir, epochs), "no running trial's checkpoint reached the snapshot"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
     time.sleep(2)
@@ -212,7 +242,7 @@ def test_resume_after_two_sigkills_keeps_the_record_whole(tmp_path):
     args = ["sweep", str(sp), "--trials", str(n), "--sampler", "tpe", "--startup-trials", "2", "--name", "killme",
             "--concurrency", "2", "--checkpoint-s", "0"]
     _kill_at(args, tmp_path, "[1/6]")
-    _kill_at([*args, "--resume"], tmp_path, "[3/6]")
+    _kill_at([*args, "--resume"], tmp_path, "[3/6]", exp_dir=tmp_path / "bnnsearch_runs" / "killme")
     kids, _ = _resume_and_check_the_record(tmp_path, args, n)
     resumed = [int(k.data.tags["bnnsearch.resumed_from_epoch"]) for k in kids if "bnnsearch.resumed_from_epoch" in k.data.tags]
     assert resumed and all(0 < r < 6 for r in resumed), "no killed trial continued from its checkpoint"
@@ -221,15 +251,17 @@ def test_resume_after_two_sigkills_keeps_the_record_whole(tmp_path):
 
 def test_a_snapshot_set_that_does_not_read_back_or_disagrees_is_replaced_by_the_kept_copy(tmp_path):
     """Unit: Ray's newest snapshot set (experiment_state JSON, searcher pickles of the same
-    session) is kept when it reads back and its searcher generated as many trials as its trial
-    list holds; otherwise it is replaced by the whole copy (or removed when there is none)."""
+    session) is kept when it reads back, its searcher generated as many trials as its trial
+    list holds and the kept copy of the same session got no further; otherwise it is replaced
+    by the whole copy (or removed when there is none)."""
     import pickle
 
     from bnnsearch.sweep import _repair_snapshot
 
-    def write_set(folder, session, n_trials, counter):
+    def write_set(folder, session, n_trials, counter, iters=None):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"experiment_state-{session}.json").write_text(json.dumps({"trial_data": [["{}", "{}"]] * n_trials}))
+        meta = [json.dumps({"last_result": {"training_iteration": i}} if iters else {}) for i in (iters or [0] * n_trials)]
+        (folder / f"experiment_state-{session}.json").write_text(json.dumps({"trial_data": [["{}", m] for m in meta]}))
         (folder / f"search_gen_state-{session}.json").write_bytes(pickle.dumps({"counter": counter}))
         (folder / f"searcher-state-{session}.pkl").write_bytes(pickle.dumps({"study": n_trials}))
 
@@ -243,6 +275,21 @@ def test_a_snapshot_set_that_does_not_read_back_or_disagrees_is_replaced_by_the_
                                                        "search_gen_state-2026-01-01_00-00-01.json",
                                                        "searcher-state-2026-01-01_00-00-01.pkl"]
     assert pickle.loads((exp / "search_gen_state-2026-01-01_00-00-01.json").read_bytes()) == {"counter": 2}
+    # the same session: a whole set behind the copy (Ray's copy into the folder lagged the kill)
+    # is replaced; one as far as the copy, or further, is kept
+    write_set(exp, "2026-01-01_00-00-01", 2, 2, iters=[6, 2])
+    write_set(exp / "bnnsearch_state", "2026-01-01_00-00-01", 2, 2, iters=[6, 3])
+    assert _repair_snapshot(exp)
+    assert json.loads(json.loads((exp / "experiment_state-2026-01-01_00-00-01.json").read_text())["trial_data"][1][1]) \
+        == {"last_result": {"training_iteration": 3}}
+    assert not _repair_snapshot(exp)
+    write_set(exp, "2026-01-01_00-00-01", 3, 3, iters=[6, 3, 0])
+    assert not _repair_snapshot(exp)
+    # a copy from an earlier session is older than any whole set of this one, whatever it holds
+    write_set(exp, "2026-01-01_00-00-03", 1, 1, iters=[1])
+    assert not _repair_snapshot(exp) and (exp / "experiment_state-2026-01-01_00-00-03.json").exists()
+    for f in exp.glob("*-2026-01-01_00-00-03.*"):
+        f.unlink()
     snap = exp / "experiment_state-2026-01-01_00-00-01.json"
     snap.write_bytes(snap.read_bytes()[:10])  # cut short, and no copy left: the set is removed
     (exp / "bnnsearch_state").rename(exp / "elsewhere")
