@@ -76,23 +76,28 @@ def noise_floor(config_yaml: str, metric: str, seeds: int) -> dict:
             "std": statistics.stdev(finite) if len(finite) > 1 else math.nan}
 
 
-def noise_warnings(metric: str, delta: float, best: dict[str, float], floors: dict[str, dict]) -> list[str]:
-    """Where the target's margin or the gaps between arms' best values are within the noise floor."""
-    sds = [f["std"] for f in floors.values() if math.isfinite(f["std"])]
+def noise_warnings(margin: float, best: dict[str, float], floors: dict[str, dict]) -> list[str]:
+    """Where the target's margin (how far below the best arm's final value it lies, in the
+    metric's units) is within the noise floor, and which arms' best values are closer than twice
+    the seed-to-seed spread of a difference of two re-trainings (sqrt(sd_a^2 + sd_b^2)): one
+    line listing those pairs, each with its gap and bound."""
+    sds = {m: f["std"] for m, f in floors.items() if math.isfinite(f["std"])}
     if not sds:
         return []
-    sd = max(sds)
-    d = delta / 100.0 if metric.endswith("/acc") else delta
     out = []
-    if d < sd:
-        out.append(f"the target margin ({d:.4g}) is below the seed-to-seed spread of a best config (sd up to "
-                   f"{sd:.4g}): reaching the target partly measures luck")
-    arms = sorted(best)
+    if margin < max(sds.values()):
+        out.append(f"the target margin ({margin:.4g}) is below the seed-to-seed spread of a best config (sd up to "
+                   f"{max(sds.values()):.4g}): reaching the target partly measures luck")
+    arms = sorted(a for a in best if a in sds and math.isfinite(best[a]))
+    close = []
     for i, a in enumerate(arms):
         for b in arms[i + 1:]:
-            if math.isfinite(best[a]) and math.isfinite(best[b]) and abs(best[a] - best[b]) < 2 * sd:
-                out.append(f"{a} vs {b}: best values differ by {abs(best[a] - best[b]):.4g}, within twice the "
-                           f"seed-to-seed spread ({sd:.4g})")
+            gap, bound = abs(best[a] - best[b]), 2 * math.hypot(sds[a], sds[b])
+            if gap < bound:
+                close.append(f"{a} ~ {b} ({gap:.3g} < {bound:.3g})")
+    if close:
+        out.append(f"{len(close)} of {len(arms) * (len(arms) - 1) // 2} pairs of arms have best values closer than "
+                   "twice the seed-to-seed spread of their difference: " + ", ".join(close))
     return out
 
 
@@ -245,7 +250,10 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     for m in best_yaml if noise_seeds else []:
         print(f"== noise floor: {m}'s best config with {noise_seeds} other seeds", flush=True)
         floors[m] = noise_floor(best_yaml[m], metric, noise_seeds)
-    warnings = noise_warnings(metric, delta, {m: stats[m].best_value for m in floors}, floors)
+    # the target's margin below the best arm's final value, in the metric's units
+    margin = (abs(target_rule["best_arm_median"] - target) if target_rule["rule"] == "gap"
+              else delta / 100.0 if metric.endswith("/acc") else delta)
+    warnings = noise_warnings(margin, {m: stats[m].best_value for m in floors}, floors)
     # With ASHA: does a trial's value at each rung predict its final value? (per arm)
     rungs = {arm: rung_correlations(histories[arm], asha_rungs(sp.config({}, where=sp.path).epochs),
                                     sp.config({}, where=sp.path).epochs)
@@ -328,8 +336,11 @@ def compare_report(s: dict, markdown: bool = False) -> str:
         vr = st.get("vs_random")
         if vr:
             p = vr["p_value"]
+            pt = vr.get("paired") or {}
+            paired = (f"; AUC paired by repeat ({pt['test']}, {pt['n_pairs']} pairs): p = {pt['p_value']:.3g} -> "
+                      f"{pt['verdict']}" if pt.get("test") else "")
             notes.append(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
-                         f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}")
+                         f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}{paired}")
     for m, st in s["methods"].items():
         if st.get("asha_rung_spearman"):
             notes.append(f"{m}: rank correlation of each ASHA rung with the final value: " + "; ".join(

@@ -44,6 +44,9 @@ def test_compare_end_to_end_and_resume(tmp_path):
         assert vr["test"] in ("Mann-Whitney U", "identical") and vr["auc_minus_random"] == pytest.approx(
             s["methods"][m]["auc_mean"] - s["methods"][m + "@random"]["auc_mean"])
         assert f"{m} vs random search: AUC" in r.stdout
+        pt = vr["paired"]  # repeat r of the method and of its random arm share seed and data
+        assert pt["arms"] == [m, m + "@random"] and pt["n_pairs"] == 2
+        assert f"AUC paired by repeat ({pt['test']}, 2 pairs): p = {pt['p_value']:.3g}" in r.stdout
     best = max(m["best_value"] for m in s["methods"].values())
     assert s["target"] == pytest.approx(best - 0.005)
     rows = list(csv.DictReader((out / "curves.csv").open()))

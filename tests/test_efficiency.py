@@ -100,9 +100,14 @@ def test_noise_floor_retrains_with_other_seeds_and_warnings_compare_to_it(tmp_pa
     assert nf == noise_floor(cfg, "val/acc", 2)  # deterministic on CPU
     assert nf["std"] == pytest.approx(abs(nf["values"][0] - nf["values"][1]) / math.sqrt(2))
     floors = {"a": {"std": 0.01}, "b": {"std": 0.02}}
-    w = noise_warnings("val/acc", 0.5, {"a": 0.90, "b": 0.93}, floors)  # margin 0.005 < 0.02; gap 0.03 < 0.04
-    assert len(w) == 2 and "target margin" in w[0] and "a vs b" in w[1]
-    assert noise_warnings("val/acc", 5.0, {"a": 0.80, "b": 0.93}, floors) == []
+    # margin 0.005 < sd 0.02; gap 0.03 < 2 * sqrt(0.01^2 + 0.02^2) = 0.0447
+    w = noise_warnings(0.005, {"a": 0.90, "b": 0.93}, floors)
+    assert len(w) == 2 and "target margin (0.005)" in w[0] and "1 of 1 pairs" in w[1] and "a ~ b (0.03 < 0.0447)" in w[1]
+    assert noise_warnings(0.05, {"a": 0.88, "b": 0.93}, floors) == []  # 0.05 > 0.0447: apart
+    floors["c"] = {"std": 0.0}
+    w = noise_warnings(0.05, {"a": 0.88, "b": 0.93, "c": 0.925}, floors)  # b ~ c only: 0.005 < 0.04
+    assert w == ["1 of 3 pairs of arms have best values closer than twice the seed-to-seed spread of their "
+                 "difference: b ~ c (0.005 < 0.04)"]
 
 
 def test_cost_to_target_sums_the_cost_of_the_trials_it_took():
