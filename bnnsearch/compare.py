@@ -17,8 +17,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .efficiency import (asha_rungs, cost_to_target, gap_target, incumbent_test, mean_band, method_stats, pad_budget,
-                         paired_test, rank_test, rung_correlations, target_value, test_metric)
+from .efficiency import (asha_rungs, cost_to_target, gap_target, incumbent_test, mean_band, method_stats, own_gap_ttt,
+                         pad_budget, paired_test, rank_test, rung_correlations, target_value, test_metric)
 from . import interrupts
 from .errors import Interrupted, UserError
 from .spaces import SearchSpace
@@ -237,6 +237,14 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                      "auc_minus_random": stats[m].auc_mean - stats[m + RANDOM_SUFFIX].auc_mean,
                      "paired": paired_test({m: stats[m].aucs, m + RANDOM_SUFFIX: stats[m + RANDOM_SUFFIX].aucs})}
                  for m in methods if m + RANDOM_SUFFIX in stats}
+    # With a gap target, also each method against its own plateau: how much tuning it needs to get
+    # where it gets (read beside its final value).
+    own = own_gap_ttt(per_method, mode, target_gap, base.startup_trials) if target_rule["rule"] == "gap" else {}
+    own_test = rank_test({m: own[m]["ttt"] for m in methods if m in own}, base.trials) if own else None
+    for m in methods:
+        if m in own and m + RANDOM_SUFFIX in own:
+            own[m]["vs_random"] = rank_test({m: own[m]["ttt"], m + RANDOM_SUFFIX: own[m + RANDOM_SUFFIX]["ttt"]},
+                                            base.trials)
     # Repeat r of every arm shares its sampler seed and data: the per-repeat AUCs are paired.
     paired = paired_test({m: stats[m].aucs for m in methods})
     # What a study would deliver: the held-out value of its pick after t trials (mean and band).
@@ -262,13 +270,13 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
         "sampler": ",".join(samplers) if samplers else base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
         "target_rule": target_rule,
-        "rank_test": test, "paired_test": paired, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
+        "rank_test": test, "paired_test": paired, "own_target_test": own_test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
                         "hyperparameters": {"active_min": active[m][0], "active_max": active[m][1]},
                         "incumbent_test": {"metric": test_key, "mean": inc_band[m][0], "low": inc_band[m][1],
                                            "high": inc_band[m][2], "final_mean": inc_band[m][0][-1]},
                         "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
-                        "vs_random": vs_random.get(m),
+                        "vs_random": vs_random.get(m), "own_target": own.get(m),
                         "asha_rung_spearman": rungs.get(m),
                         "cpu_seconds_to_target": stt[m],
                         "cpu_seconds_to_target_median": _median_censored(stt[m]),
@@ -327,10 +335,17 @@ def compare_report(s: dict, markdown: bool = False) -> str:
                      f"{st['ttt_median']:g} [{st['ttt_q1']:g}, {st['ttt_q3']:g}]", f"{st['reached']}/{st['repeats']}",
                      "-" if st["cpu_seconds_to_target_median"] is None else f"{st['cpu_seconds_to_target_median']:.3g}",
                      st["cpu_seconds"]])
+        if s.get("own_target_test"):
+            ot = st.get("own_target") or {}
+            rows[-1].insert(8, f"{ot['median']:g} [{ot['q1']:g}, {ot['q3']:g}] ({ot['reached']}/{st['repeats']})"
+                            if ot else "-")
     test_key = next(iter(s["methods"].values()))["incumbent_test"]["metric"] or "held-out"
-    head = table(rows, ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
-                        "trials-to-target median [IQR]", "reached", "CPU s to target", "CPU s"],
-                 align_right={3, 4, 8, 9}, markdown=markdown)
+    cols = ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
+            "trials-to-target median [IQR]", "reached", "CPU s to target", "CPU s"]
+    own = s.get("own_target_test")
+    if own:
+        cols.insert(8, "to own target median [IQR] (reached)")
+    head = table(rows, cols, align_right={3, 4, 9, 10} if own else {3, 4, 8, 9}, markdown=markdown)
     notes: list[str] = []  # the findings below the table
     for m, st in s["methods"].items():
         vr = st.get("vs_random")
@@ -339,6 +354,10 @@ def compare_report(s: dict, markdown: bool = False) -> str:
             pt = vr.get("paired") or {}
             paired = (f"; AUC paired by repeat ({pt['test']}, {pt['n_pairs']} pairs): p = {pt['p_value']:.3g} -> "
                       f"{pt['verdict']}" if pt.get("test") else "")
+            ov = (st.get("own_target") or {}).get("vs_random")
+            if ov:
+                paired += (f"; to own target {ov['test']}: p = "
+                           f"{'n/a' if ov['p_value'] is None else format(ov['p_value'], '.3g')} -> {ov['verdict']}")
             notes.append(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
                          f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}{paired}")
     for m, st in s["methods"].items():
@@ -360,6 +379,10 @@ def compare_report(s: dict, markdown: bool = False) -> str:
             if "mean_difference" in pt else ""
         tests.append(f"paired by repeat (same seeds and data), AUC: {pt['test']} over {pt['n_pairs']} repeats: "
                      f"p = {format(pt['p_value'], '.3g')} -> {pt['verdict']}{diff}")
+    if own and own["test"]:
+        tests.append(f"each method's own target ({s['target_rule']['fraction']:g} of the way from its random configs' "
+                     f"median to its best arm's median final value; its arms share it): {own['test']}: p = "
+                     f"{'n/a' if own['p_value'] is None else format(own['p_value'], '.3g')} -> {own['verdict']}")
     if markdown:
         return "\n".join([head, "", *(f"- {x}" for x in notes + tests)])
     return "\n".join(["", head, *notes, "", *tests])
@@ -390,40 +413,68 @@ def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
     from .colors import arm_styles
 
     styles = arm_styles(stats)  # the dashboard's colours
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Two panels: every value (the spread of early trials), and the top after the random startup
+    # trials, where the arms' differences are (a few points of accuracy, invisible at full range).
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    k = min(max(summary.get("startup_trials") or 1, 1), max(st.budget for st in stats.values())) - 1
+    zoom = []
     for m, st in stats.items():
-        c, dashed = styles[m]
-        xs = list(range(1, st.budget + 1))
-        for s in per_method[m]:
-            ax.plot(xs, best_so_far(s, mode), color=c, alpha=0.15, lw=0.8)
-        ax.plot(xs, st.mean, color=c, lw=2, ls="--" if dashed else "-",
-                label=f"{m} (median trials-to-target {st.ttt_median:g})")
-        ax.fill_between(xs, st.low, st.high, color=c, alpha=0.2)
         inc = summary["methods"][m]["incumbent_test"]
-        if inc["metric"]:  # what the study delivers: the held-out value of its current pick
-            ax.plot(xs, inc["mean"], color=c, lw=1.2, ls=":", label=f"{m}: {inc['metric']} of the pick")
-    ax.axhline(target, color="k", ls="--", lw=1, label=f"target ({target:.4g})")
+        zoom += [st.mean[min(k, st.budget - 1)], *(inc["mean"][min(k, st.budget - 1):] if inc["metric"] else [])]
     seen = [v for studies in per_method.values() for s in studies for v in best_so_far(s, mode) if not math.isnan(v)]
+    for ax, part in zip(axes, ("all trials", f"from trial {k + 1} (zoomed)")):
+        for m, st in stats.items():
+            c, dashed = styles[m]
+            xs = list(range(1, st.budget + 1))
+            for s in per_method[m]:
+                ax.plot(xs, best_so_far(s, mode), color=c, alpha=0.15, lw=0.8)
+            ax.plot(xs, st.mean, color=c, lw=2, ls="--" if dashed else "-",
+                    label=f"{m} (median trials-to-target {st.ttt_median:g})")
+            ax.fill_between(xs, st.low, st.high, color=c, alpha=0.2)
+            inc = summary["methods"][m]["incumbent_test"]
+            if inc["metric"]:  # what the study delivers: the held-out value of its current pick
+                ax.plot(xs, inc["mean"], color=c, lw=1.2, ls=":")
+        ax.axhline(target, color="k", ls="--", lw=1, label=f"target ({target:.4g})")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("trial")
+        ax.set_title(part, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"best-so-far {metric} (mean, band, studies)")
+    finite = [v for v in zoom + seen if v is not None and math.isfinite(v)]
     if seen:  # show the data's range; wide t-bands of few repeats are clipped in display only
         lo, hi = min(seen), max(seen)
         pad = 0.1 * (hi - lo or 1.0)
-        ax.set_ylim(lo - pad, hi + pad)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"best-so-far {metric}")
-    ax.set_title(f"{summary['repeats']} repeats x {summary['trials']} trials, {summary['sampler']}: "
-                 f"{summary['rank_test']['verdict']}" + (f" (p={summary['rank_test']['p_value']:.3g})"
-                                                          if summary["rank_test"]["p_value"] is not None else ""))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        axes[0].set_ylim(lo - pad, hi + pad)
+        zlo = [v for v in zoom if v is not None and math.isfinite(v)]
+        lo, hi = (min(zlo), max(finite)) if mode == "max" and zlo else (min(finite), max(zlo)) if zlo else (lo, hi)
+        pad = 0.1 * (hi - lo or 1.0)
+        axes[1].set_ylim(lo - pad, hi + pad)
+        axes[1].set_xlim(k + 0.5, max(st.budget for st in stats.values()) + 0.5)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if any(summary["methods"][m]["incumbent_test"]["metric"] for m in stats):
+        from matplotlib.lines import Line2D
+
+        test_key = next(summary["methods"][m]["incumbent_test"]["metric"] for m in stats
+                        if summary["methods"][m]["incumbent_test"]["metric"])
+        handles.append(Line2D([], [], color="grey", ls=":", lw=1.2))
+        labels.append(f"dotted: {test_key} of the pick (mean)")
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(f"{summary['repeats']} repeats x {summary['trials']} trials, {summary['sampler']}; trials-to-target "
+                 f"{summary['rank_test']['test'] or 'test'}: {summary['rank_test']['verdict']}"
+                 + (f" (p={summary['rank_test']['p_value']:.3g})" if summary["rank_test"]["p_value"] is not None else ""),
+                 fontsize=11)
     p1 = out / "efficiency.png"
     fig.tight_layout()
-    fig.savefig(p1, dpi=120)
+    fig.savefig(p1, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
     names = list(stats)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(names) + 2), 4.5))
     data = [[t if t is not None else st.budget + 1 for t in st.ttt] for st in stats.values()]
     ax.boxplot(data, tick_labels=names)
+    if len(names) > 4:  # long arm names ("proxconnect@random") overlap when horizontal
+        ax.tick_params(axis="x", labelrotation=35)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
     for i, (m, d) in enumerate(zip(names, data), 1):
         ax.scatter([i] * len(d), d, alpha=0.5, s=12, color=styles[m][0])
     budget = max(st.budget for st in stats.values())

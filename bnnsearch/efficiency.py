@@ -116,31 +116,72 @@ def target_value(all_values: list[float], mode: str, delta: float, metric: str) 
     return max(finite) - d if mode == "max" else min(finite) + d
 
 
+def _random_median(studies: list[list[float | None]], startup: int) -> float | None:
+    """What a random configuration reaches: the median of the full-budget values among the
+    studies' first ``startup`` trials (random search in every arm); with none — e.g. all pruned —
+    each study's first full-budget value. None without any finite value."""
+    import statistics
+
+    ok = lambda v: v is not None and math.isfinite(v)  # noqa: E731
+    firsts = [v for s in studies for v in s[:max(1, startup)] if ok(v)]
+    if not firsts:
+        firsts = [next(v for v in s if ok(v)) for s in studies if any(ok(v) for v in s)]
+    return statistics.median(firsts) if firsts else None
+
+
+def _median_final(studies: list[list[float | None]], mode: str) -> float | None:
+    """The median over studies of the final best-so-far value (None without any)."""
+    import statistics
+
+    finals = [c[-1] for c in (best_so_far(s, mode) for s in studies) if c and not math.isnan(c[-1])]
+    return statistics.median(finals) if finals else None
+
+
 def gap_target(per_arm: dict[str, list[list[float | None]]], mode: str, fraction: float,
                startup: int = 1) -> tuple[float, dict]:
     """A target a noisy study can meet: ``fraction`` of the way from what a random configuration
     reaches (the median of the full-budget values among every study's first ``startup`` trials,
     which are random search in every arm; with none — e.g. all pruned — each study's first
     full-budget value) to the best arm's median final best-so-far."""
-    import statistics
-
-    ok = lambda v: v is not None and math.isfinite(v)  # noqa: E731
-    studies = [s for arm in per_arm.values() for s in arm]
-    firsts = [v for s in studies for v in s[:max(1, startup)] if ok(v)]
-    if not firsts:
-        firsts = [next(v for v in s if ok(v)) for s in studies if any(ok(v) for v in s)]
-    arm_medians = {}
-    for arm, studies in per_arm.items():
-        finals = [c[-1] for c in (best_so_far(s, mode) for s in studies) if c and not math.isnan(c[-1])]
-        if finals:
-            arm_medians[arm] = statistics.median(finals)
-    if not firsts or not arm_medians:
+    base = _random_median([s for arm in per_arm.values() for s in arm], startup)
+    arm_medians = {arm: m for arm, studies in per_arm.items() if (m := _median_final(studies, mode)) is not None}
+    if base is None or not arm_medians:
         raise ValueError("no finite trial value to define a target")
-    base = statistics.median(firsts)
     best_arm = (max if mode == "max" else min)(arm_medians, key=arm_medians.get)
     top = arm_medians[best_arm]
     return base + fraction * (top - base), {"random_median": base, "best_arm": best_arm, "best_arm_median": top,
                                             "fraction": fraction}
+
+
+def own_gap_ttt(per_arm: dict[str, list[list[float | None]]], mode: str, fraction: float,
+                startup: int = 1) -> dict[str, dict]:
+    """How much tuning each method needs to get where it gets: gap_target over *this method's*
+    arms alone (its arms are named ``method`` and ``method@<sampler>``, e.g. its random-search
+    arm, which then share one target) — ``fraction`` of the way from its random configurations
+    to its own best arm's median final value — and each study's trials until its best-so-far
+    reaches it (None: never). Unlike the common target, a method that plateaus lower is judged
+    against its own plateau: read it beside the method's final value, never alone. A method
+    whose plateau is no better than its random configurations is left out."""
+    groups: dict[str, list[str]] = {}
+    for arm in per_arm:
+        groups.setdefault(arm.split("@", 1)[0], []).append(arm)
+    out = {}
+    for arms in groups.values():
+        try:
+            target, info = gap_target({a: per_arm[a] for a in arms}, mode, fraction, startup)
+        except ValueError:  # no finite value at all
+            continue
+        base, top = info["random_median"], info["best_arm_median"]
+        if not ((top > base) if mode == "max" else (top < base)):
+            continue
+        for arm in arms:
+            ttt = [trials_to_target(best_so_far(s, mode), target, mode) for s in per_arm[arm]]
+            budget = max(len(s) for s in per_arm[arm])
+            ranked = [t if t is not None else budget + 1 for t in ttt]  # censored studies rank last
+            out[arm] = {"target": target, "random_median": base, "plateau": top, "plateau_arm": info["best_arm"],
+                        "ttt": ttt, "median": _quantile(ranked, 0.5), "q1": _quantile(ranked, 0.25),
+                        "q3": _quantile(ranked, 0.75), "reached": sum(t is not None for t in ttt)}
+    return out
 
 
 def trials_to_target(curve: list[float], target: float, mode: str) -> int | None:

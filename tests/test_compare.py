@@ -128,6 +128,9 @@ def test_compare_with_asha_reports_rung_correlations(tmp_path):
     assert rule["rule"] == "gap" and s["target"] == pytest.approx(
         rule["random_median"] + 0.9 * (rule["best_arm_median"] - rule["random_median"]))
     assert "0.9 of the way from a random config's median" in r.stdout
+    own = s["methods"]["filtered"]["own_target"]  # the arm against its own random configs and plateau
+    assert own is None or own["target"] == pytest.approx(own["random_median"] + 0.9 * (own["plateau"] -
+                                                                                         own["random_median"]))
     assert "0.9 of the way from a random config" in (tmp_path / "out" / "dashboard.html").read_text()
 
 

@@ -148,6 +148,23 @@ def test_gap_target_closes_a_fraction_of_the_gap_from_random_to_the_best_arm():
     assert info3["random_median"] == pytest.approx(0.5)  # no valued startup trial: first values 0.2, 0.8
 
 
+def test_own_gap_target_judges_each_method_against_its_own_random_configs_and_plateau():
+    from bnnsearch.efficiency import own_gap_ttt
+
+    per_arm = {"a": [[0.5, 0.8, 0.9], [0.6, 0.7, 0.95], [0.4, 0.9, 0.85]],  # firsts 0.5 0.6 0.4; finals .9 .95 .9
+               "a@random": [[0.5, 0.6, 0.65], [0.6, 0.6, 0.8]],              # firsts 0.5 0.6; finals .65 .8
+               "b": [[0.3, 0.6], [0.2, 0.72]],                               # firsts 0.3 0.2; finals 0.6 0.72
+               "flat": [[0.5, 0.4], [0.5, 0.5]]}                            # plateau 0.5 = random: no gap
+    own = own_gap_ttt(per_arm, "max", 0.5, startup=1)
+    assert set(own) == {"a", "a@random", "b"}
+    # a and a@random share one target: random median of 0.5 0.6 0.4 0.5 0.6 = 0.5, plateau = a's 0.9 -> 0.7
+    assert own["a"]["target"] == own["a@random"]["target"] == pytest.approx(0.7) and own["a"]["plateau_arm"] == "a"
+    assert own["a"]["ttt"] == [2, 2, 2] and own["a"]["median"] == 2 and own["a@random"]["ttt"] == [None, 3]
+    # b: random median 0.25, plateau median 0.66 -> 0.455: trials 2, 2
+    assert own["b"]["target"] == pytest.approx(0.455) and own["b"]["ttt"] == [2, 2] and own["b"]["reached"] == 2
+    own_min = own_gap_ttt({"m": [[3.0, 1.0], [3.0, 3.0]]}, "min", 1.0)  # plateau median 2.0: reached once
+    assert own_min["m"]["target"] == pytest.approx(2.0) and own_min["m"]["ttt"] == [2, None]
+
 def test_bootstrap_band_of_the_mean_curve():
     import numpy as np
 
