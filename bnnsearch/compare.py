@@ -17,8 +17,9 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .efficiency import (asha_rungs, cost_to_target, gap_target, incumbent_test, mean_band, method_stats, own_gap_ttt,
-                         pad_budget, paired_test, rank_test, rung_correlations, target_value, test_metric)
+from .efficiency import (RANDOM_SUFFIX, asha_rungs, cost_to_target, gap_target, incumbent_test, mean_band,
+                         method_stats, own_gap_ttt, pad_budget, paired_test, rank_test, rung_correlations,
+                         target_value, test_metric)
 from . import interrupts
 from .errors import Interrupted, UserError
 from .spaces import SearchSpace
@@ -51,7 +52,6 @@ def _by_index(children: list, key: str | None, trials: int) -> list[float | None
     return [by_index.get(i) for i in range(1, trials + 1)]
 
 
-RANDOM_SUFFIX = "@random"
 
 
 def noise_floor(config_yaml: str, metric: str, seeds: int) -> dict:

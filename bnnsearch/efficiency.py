@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+RANDOM_SUFFIX = "@random"  # a method's random-search arm in a comparison (compare --random-arm)
+
 
 def pad_budget(values: list[float | None], trials: int) -> list[float | None]:
     """A study's values over its full budget: trials without a full-budget value (failed,

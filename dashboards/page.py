@@ -6,7 +6,7 @@ import json
 import math
 import time
 
-from bnnsearch.efficiency import gap_target, method_stats, pad_budget, rank_test, target_value
+from bnnsearch.efficiency import RANDOM_SUFFIX, gap_target, method_stats, pad_budget, rank_test, target_value
 
 from bnnsearch.colors import method_color
 
@@ -69,7 +69,10 @@ def _efficiency_section(exp, comp, client=None) -> str:
         target = target_value([v for vs in per_method.values() for s in vs for v in s], mode, delta, metric)
         rule = f"best of all studies minus {delta} points"
     stats = {m: method_stats(m, vs, target, mode) for m, vs in per_method.items()}
-    test = rank_test({m: s.ttt for m, s in stats.items()}, trials)
+    # As in compare: the rank test is between the methods; a method's random-search arm
+    # (compare --random-arm: "<method>@random" beside "<method>") is apart from it.
+    test = rank_test({m: s.ttt for m, s in stats.items()
+                      if not (m.endswith(RANDOM_SUFFIX) and m[: -len(RANDOM_SUFFIX)] in stats)}, trials)
     all_y = [y for s in stats.values() for ys in (s.mean, s.low, s.high) for y in ys  # bands never clipped
              if y is not None and not math.isnan(y)]
     fr = Frame(list(range(1, trials + 1)), all_y + [target], title=f"best-so-far {metric}: mean and 95% band",

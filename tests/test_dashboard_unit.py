@@ -56,3 +56,30 @@ def test_charts_keep_everything_inside_and_legends_beside():
     # a constant series keeps its own scale (1e-4 is not drawn as 0)
     flat = Frame([1, 2], [1e-4, 1e-4])
     assert flat.y0 > 0 and charts(flat.svg())
+
+
+def test_efficiency_rank_test_is_between_methods_as_in_compare():
+    """A comparison with random-search arms: the dashboard's rank test on trials-to-target is
+    between the methods, each method's "@random" arm apart (what compare reports), so the two
+    views print the same p."""
+    import json
+    import re
+
+    from bnnsearch.efficiency import method_stats, rank_test, target_value
+    from dashboards.page import _efficiency_section
+
+    values = {"a": [[0.5, 0.9, 0.9], [0.6, 0.8, 0.9], [0.9, 0.9, 0.9]], "b": [[0.5, 0.6, 0.7], [0.5, 0.5, 0.9], [0.4, 0.5, 0.6]],
+              "a@random": [[0.5, 0.6, 0.6], [0.5, 0.6, 0.7], [0.5, 0.5, 0.6]]}
+    studies, runs = [], {}
+    for arm, vs in values.items():
+        for i, v in enumerate(vs):
+            studies.append({"run_id": f"{arm}{i}", "params": {"metric": "val/acc", "mode": "max"}, "trial_values": v})
+            runs.setdefault(arm, []).append(f"{arm}{i}")
+    page = _efficiency_section({"studies": studies}, {"tags": {"study_runs": json.dumps(runs)},
+                                                     "params": {"trials": "3", "target_delta": "0.5"}})
+    target = target_value([v for vs in values.values() for s in vs for v in s], "max", 0.5, "val/acc")
+    ttt = {m: method_stats(m, vs, target, "max").ttt for m, vs in values.items()}
+    between = rank_test({"a": ttt["a"], "b": ttt["b"]}, 3)
+    assert between["p_value"] != rank_test(ttt, 3)["p_value"]  # the data tell the two tests apart
+    (p,) = re.findall(r"Mann-Whitney U: p = ([0-9.]+)", page)
+    assert float(p) == float(format(between["p_value"], ".3g"))
