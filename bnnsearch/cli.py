@@ -154,7 +154,7 @@ def cmd_sweep(args) -> int:
         raise UserError(f"{args.space}: an AutoML space (methods:); run it with  bnnsearch automl {args.space}  "
                         "(it prints and records the Pareto front and can register the network)")
     a = _sweep_args(args, space)
-    print(f"study {a.study_name()}: {space.method}, {a.trials} trials, sampler {a.sampler}, "
+    print(f"study {a.study_name()}: {space.method}, {a.budget_text()}, sampler {a.sampler}, "
           f"scheduler {a.scheduler}, objective {space.mode} {space.metric}", flush=True)
     print_summary(run_sweep(a))
     return 0
@@ -422,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
             "command that resumes it.")
     w.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
     add_sweep_flags(w)
+    w.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
+                   help="stop starting trials after this long (90s, 30m, 2h); with --trials, whichever comes first "
+                        "(--trials 0: the time alone); a resumed study gets what is left of it")
     w.set_defaults(func=cmd_sweep)
 
     cp = cmd("compare", "hyperparameter efficiency: repeated equal-budget studies per method",
@@ -475,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
              "front; with --register retrains the chosen point and registers it in the MLflow Model Registry.")
     am.add_argument("space", help="AutoML space YAML with methods: and objectives: (search_spaces/automl.yaml)")
     am.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
-                    help="stop starting trials after this long (90s, 30m, 2h); with --trials, whichever comes first")
+                    help="stop starting trials after this long (90s, 30m, 2h); with --trials, whichever comes first; "
+                         "a resumed study gets what is left of it")
     am.add_argument("--out", default=None, help="where pareto.json goes (default: runs/<name>)")
     am.add_argument("--register", nargs="?", const="", default=None, metavar="NAME",
                     help="retrain the chosen front point and register it in the MLflow Model Registry as NAME "

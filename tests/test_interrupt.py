@@ -193,3 +193,54 @@ def test_ctrl_c_during_start_up_is_never_swallowed(tmp_path, delay):
         e = c.get_experiment_by_name("bnnsearch/digits/mlp")
         parents = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'study'") if e else []
         assert all(p.info.status != "FINISHED" for p in parents), out[-2000:]
+
+
+def _budget_left(exp_dir) -> float:
+    """Seconds of --time-budget left in Ray's newest snapshot of the study (its TimeoutStopper)."""
+    import json
+
+    import cloudpickle
+
+    (snap,) = sorted(exp_dir.glob("experiment_state-*.json"))[-1:]
+    stopper = cloudpickle.loads(bytes.fromhex(json.loads(snap.read_text())["runner_data"]["_stopper"]["value"]))
+    found = [s for s in getattr(stopper, "_stoppers", [stopper]) if hasattr(s, "_budget")]
+    assert found, f"no time budget in {type(stopper).__name__}"
+    return found[0]._budget
+
+
+def test_ctrl_c_during_a_time_budgeted_study_resumes_with_the_rest_of_its_budget(tmp_path):
+    """--time-budget is the study's, not the session's: Ray keeps what is left in its snapshot
+    and the resumed study runs that long, not a fresh budget; the record ends whole."""
+    budget = 40
+    args = ["sweep", space_file(tmp_path, "filtered"), "--trials", "0", "--time-budget", f"{budget}s",
+            "--sampler", "random", "--concurrency", "1", "--name", "timed"]
+    exp_dir = tmp_path / "bnnsearch_runs" / "timed"
+    proc = start_cli(args, tmp_path)
+
+    def spent_25s():
+        try:
+            return _budget_left(exp_dir) < budget - 25
+        except (OSError, ValueError, KeyError):  # the snapshot is not there yet, or being written
+            return False
+
+    out, _ = ctrl_c_at(proc, "[1/", wait_s=0.0, ready=spent_25s)
+    assert proc.returncode == 130, out[-3000:]
+    left = _budget_left(exp_dir)
+    assert 0 < left < budget - 20, left
+    cmd = resume_line(out)
+    assert cmd[-3:] == ["--name", "timed", "--resume"] and "--time-budget" in cmd
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *cmd[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
+    assert parent.info.status == "FINISHED" and parent.data.tags["bnnsearch.status"] == "finished"
+    kids = c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    steps = sorted(m.step for m in c.get_metric_history(parent.info.run_id, "trial_state"))
+    assert steps == list(range(1, len(kids) + 1)) and all(k.info.status in ("FINISHED", "KILLED") for k in kids)
+    # the resumed session's trials ran for what was left (<= 15 s, plus the stop), not a new 40 s
+    new = [k for k in kids if k.info.start_time >= t0 * 1000]
+    assert new, "the resumed study ran no trial"
+    span = (max(k.info.end_time for k in new) - min(k.info.start_time for k in new)) / 1000
+    assert span < left + (budget - left) / 2, (span, left)
+    assert _budget_left(exp_dir) <= 0
