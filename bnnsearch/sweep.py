@@ -316,9 +316,12 @@ def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s:
             for k in stops:
                 latest[str(k)]["ended"] = "stopped"
 
-        live = [latest[str(k)]["objective"] for k in ms]
-        best = (max if space.mode == "max" else min)(live)
-        pending[:] = [{"epoch": max(m["epoch"] for m in ms.values()), "objective": best, "node_id": node,
+        # The pack's own result carries every objective key the searcher names (Ray checks that
+        # each is there); its values are the members' best per objective, for display only: the
+        # searcher and the record read the members.
+        best = {key: (max if mode == "max" else min)(latest[str(k)][key] for k in ms)
+                for key, (_, mode) in zip(objective_keys(space), space.objectives)}
+        pending[:] = [{"epoch": max(m["epoch"] for m in ms.values()), **best, "node_id": node,
                        "worker_pid": pid, "resumed_from_epoch": resumed_from, "pack/size": len(cfgs),
                        "members": {k: dict(v) for k, v in latest.items()}}]
         return stops

@@ -473,6 +473,39 @@ def test_the_bandit_runs_an_automl_study(in_tmp, capsys):
     assert "study automl-digits-bandit-s0: 4 complete" in out and "warning:" not in out
 
 
+@pytest.mark.slow
+def test_packed_automl_study_records_every_member_with_every_objective(in_tmp, capsys):
+    """--pack with several objectives: Ray checks that a pack's result names every objective the
+    searcher is told (a packed AutoML study failed on the first epoch without it); each member is
+    its own trial with both objectives, the parent's hypervolume has a step per member and the
+    front is made of members. Method and widths are sampled once per pack (structural)."""
+    from mlflow.tracking import MlflowClient
+
+    from bnnsearch.cli import main
+
+    space = automl_file(in_tmp, methods={"latent": {"params": {"lr": {"float": [0.1, 100.0], "log": True}}},
+                                         "filtered": {"params": {"alpha": {"float": [1e-4, 1e-1], "log": True}}}})
+    assert main(["automl", str(space), "--trials", "4", "--pack", "2", "--startup-trials", "2", "--out", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "sampled once per pack, shared by its members" in out and "4 complete" in out
+    c = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
+    exp = c.get_experiment_by_name("bnnsearch/digits/automl")
+    (parent,) = c.search_runs([exp.experiment_id], "tags.`bnnsearch.kind` = 'study'")
+    kids = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(kids) == 4 and all(k.info.status == "FINISHED" for k in kids)
+    packs = {}
+    for k in kids:
+        assert json.loads(k.data.tags["bnnsearch.objectives"]) == [k.data.metrics["val/acc"], k.data.metrics["cost/mem_bits"]]
+        packs.setdefault(k.data.tags["bnnsearch.trial_id"].rsplit("#", 1)[0], []).append(k.data.params)
+    assert len(packs) == 2 and all(len(v) == 2 for v in packs.values())
+    for members in packs.values():  # one method and one network per pack
+        assert len({(m["method"], m["arch_args.widths"]) for m in members}) == 1
+    hv = [m.value for m in sorted(c.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: m.step)]
+    assert len(hv) == 4 and hv == sorted(hv)
+    doc = json.loads((in_tmp / "out" / "pareto.json").read_text())
+    assert doc["front"] and {p["run_id"] for p in doc["front"]} <= {k.info.run_id for k in kids}
+
+
 def test_a_one_method_file_is_refused_by_automl(tmp_path, capsys):
     from bnnsearch.cli import main
 
