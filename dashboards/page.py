@@ -6,7 +6,8 @@ import json
 import math
 import time
 
-from bnnsearch.efficiency import RANDOM_SUFFIX, gap_target, method_stats, pad_budget, rank_test, target_value
+from bnnsearch.efficiency import (RANDOM_SUFFIX, gap_target, method_stats, own_gap_ttt, pad_budget, rank_test,
+                                  target_value)
 
 from bnnsearch.colors import method_color
 
@@ -88,13 +89,23 @@ def _efficiency_section(exp, comp, client=None) -> str:
     fr.line([1, trials], [target, target], "#000", width=1, dash="4,3")
     fr.legend([(m, styles[m][0], "7,3") if styles[m][1] else (m, styles[m][0]) for m in stats]
               + [("target", "#000", "4,3")])
+    # as compare: with a gap target, each method against its own plateau (its arms share it)
+    own = (own_gap_ttt(per_method, mode, float(params["target_gap"]), int(params.get("startup_trials", 1)))
+           if params.get("target_gap") else None)
+
+    def own_cell(m):
+        o = (own or {}).get(m)
+        return "" if own is None else (f"<td>{o['median']:g} [{o['q1']:g}, {o['q3']:g}] ({o['reached']})</td>"
+                                       if o else "<td>-</td>")
+
     rows = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{st.repeats}x{st.budget}</td><td>{st.best_value:.4g}</td>"
         f"<td>{st.auc_mean:.4g}</td><td>{st.ttt_median:g} [{st.ttt_q1:g}, {st.ttt_q3:g}]</td>"
-        f"<td>{st.reached}/{st.repeats}</td></tr>" for m, st in stats.items())
+        f"<td>{st.reached}/{st.repeats}</td>{own_cell(m)}</tr>" for m, st in stats.items())
     p = test["p_value"]
+    own_head = "" if own is None else "<th>to own target median [IQR] (reached)</th>"
     return (f"<div class=charts>{fr.svg()}</div><table><tr><th>method</th><th>studies</th><th>best</th><th>AUC</th>"
-            f"<th>trials-to-target median [IQR]</th><th>reached</th></tr>{rows}</table>"
+            f"<th>trials-to-target median [IQR]</th><th>reached</th>{own_head}</tr>{rows}</table>"
             f"<p>target {target:.4g} ({html.escape(rule)}); {test['test']}: "
             f"p = {'n/a' if p is None else format(p, '.3g')} &rarr; <b>{test['verdict']}</b></p>")
 

@@ -62,6 +62,7 @@ def test_efficiency_rank_test_is_between_methods_as_in_compare():
     """A comparison with random-search arms: the dashboard's rank test on trials-to-target is
     between the methods, each method's "@random" arm apart (what compare reports), so the two
     views print the same p."""
+    import html
     import json
     import re
 
@@ -83,3 +84,14 @@ def test_efficiency_rank_test_is_between_methods_as_in_compare():
     assert between["p_value"] != rank_test(ttt, 3)["p_value"]  # the data tell the two tests apart
     (p,) = re.findall(r"Mann-Whitney U: p = ([0-9.]+)", page)
     assert float(p) == float(format(between["p_value"], ".3g"))
+    assert "to own target" not in page  # only with a gap target
+    # with compare's --target-gap: the same rule, and each method's own target as compare has it
+    from bnnsearch.efficiency import own_gap_ttt
+
+    page = _efficiency_section({"studies": studies}, {"tags": {"study_runs": json.dumps(runs)},
+                                                     "params": {"trials": "3", "target_gap": "0.5", "startup_trials": "1"}})
+    own = own_gap_ttt(values, "max", 0.5, 1)
+    assert "to own target median [IQR] (reached)" in page
+    for m in values:
+        o = own[m]
+        assert f"<td>{html.escape(m)}</td>" in page and f"<td>{o['median']:g} [{o['q1']:g}, {o['q3']:g}] ({o['reached']})</td>" in page
