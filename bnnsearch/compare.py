@@ -52,8 +52,6 @@ def _by_index(children: list, key: str | None, trials: int) -> list[float | None
     return [by_index.get(i) for i in range(1, trials + 1)]
 
 
-
-
 def noise_floor(config_yaml: str, metric: str, seeds: int) -> dict:
     """Re-train one configuration with ``seeds`` other seeds (in this process, no Ray): the
     seed-to-seed spread of its final ``metric`` is the noise floor that differences between arms
