@@ -114,7 +114,8 @@ def _sweep_args(args, space):
     from .sweep import SweepArgs
 
     return SweepArgs(
-        space=space, trials=args.trials, sampler=args.sampler, seed=args.seed, startup_trials=args.startup_trials,
+        space=space, trials=args.trials, sampler=args.sampler, seed=args.seed,
+        startup_trials=space.ax_startup_trials() if args.startup_trials == "ax" else args.startup_trials,
         concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         scheduler=args.scheduler, address=args.address, tracking_uri=args.tracking_uri, experiment=args.experiment,
         storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
@@ -169,7 +170,8 @@ def cmd_compare(args) -> int:
     s = run_compare(spaces, base, args.repeats, args.target_delta, args.out, args.name,
                     allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False),
                     noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None),
-                    samplers=args.samplers.split(",") if getattr(args, "samplers", None) else None)
+                    samplers=args.samplers.split(",") if getattr(args, "samplers", None) else None,
+                    ax_design=args.startup_trials == "ax")
     print(compare_report(s), flush=True)
     print(f"\nwrote {s['out']}/summary.json, summary.md, curves.csv, " + ", ".join(Path(p).name for p in s["plots"])
           + ", dashboard.html")
@@ -338,6 +340,16 @@ def cmd_demo(args) -> int:
     return rc
 
 
+def _startup_trials(text: str) -> int | str:
+    """``--startup-trials``: an integer, or ``ax`` (resolved per space, SearchSpace.ax_startup_trials)."""
+    if text == "ax":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer, or 'ax' for Ax's default initial design") from None
+
+
 def add_sweep_flags(w: argparse.ArgumentParser, kind: str = "sweep") -> None:
     """The study flags shared by sweep, compare and demo (``kind`` picks the help that is true)."""
     many = kind not in ("sweep", "automl")
@@ -349,8 +361,10 @@ def add_sweep_flags(w: argparse.ArgumentParser, kind: str = "sweep") -> None:
                         "only: UCB over methods with a GP per method beneath)")
     w.add_argument("--seed", type=int, default=0,
                    help="sampler seed" + (" of the first repeat; repeat r uses seed + r" if many else ""))
-    w.add_argument("--startup-trials", type=int, default=5,
-                   help="random trials before the model-based sampler (same for every sampler)")
+    w.add_argument("--startup-trials", type=_startup_trials, default=5, metavar="N|ax",
+                   help="random trials before the model-based sampler (same for every sampler); 'ax': Ax's "
+                        "default initial design, max(5, 2 x the searched parameters)"
+                        + (" of each space" if many else ""))
     w.add_argument("--concurrency", type=int, default=0, help="trials at once (0: CPUs / cpus-per-trial)")
     w.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray CPUs reserved by each trial")
     w.add_argument("--gpus-per-trial", type=float, default=0.0,

@@ -4,7 +4,8 @@ splits and epochs, different sampler seeds and the same number of startup trials
 best-so-far curves with 95 % bands, trials-to-target, area under the curve, best configs, CPU
 time and a rank test (``efficiency.py``). No arm gets its paper defaults as a free first trial
 (a method whose defaults lie outside its space would be handicapped); every arm starts with the
-same number of random startup trials. Curves are read back from the tracking store (each
+same number of random startup trials (or, with ``--startup-trials ax``, Ax's default initial
+design per space, to measure what that asymmetry does). Curves are read back from the tracking store (each
 study's parent run logs its trial values in completion order), so a rerun with ``--resume``
 skips finished studies and continues interrupted ones.
 """
@@ -101,13 +102,17 @@ def noise_warnings(margin: float, best: dict[str, float], floors: dict[str, dict
 
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
                 name: str | None = None, allow_mixed: bool = False, random_arm: bool = False,
-                noise_seeds: int = 0, target_gap: float | None = None, samplers: list[str] | None = None) -> dict:
+                noise_seeds: int = 0, target_gap: float | None = None, samplers: list[str] | None = None,
+                ax_design: bool = False) -> dict:
     """``random_arm``: every method also runs its space with random search (arm ``<method>@random``,
     same seeds and budget): a method's efficiency relative to random search says how much its
     sampler's model helps, i.e. how easy the method is to tune. ``noise_seeds``: each arm's best
     config is re-trained with that many other seeds (the noise floor). ``samplers``: every space
     runs with each of these samplers, arm ``<method>@<sampler>`` (e.g. an AutoML space under
-    ``tpe`` and ``tpe-flat``), and the rank test is between all arms.
+    ``tpe`` and ``tpe-flat``), and the rank test is between all arms. ``ax_design``: each space
+    gets Ax's default number of random startup trials, max(5, 2·d) (``--startup-trials ax``;
+    methods.md §7.2) instead of ``base.startup_trials``, so an arm with more hyperparameters
+    starts its model later — the initial design the Figure 8 ablation measures.
 
     Multi-objective spaces (AutoML) compare the hypervolume of each study after each trial
     (mode max; the target defaults to ``--target-gap 0.9``, a delta in hypervolume units means
@@ -168,6 +173,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         arms = [(s.method, s, base.sampler) for s in spaces]
         if random_arm and base.sampler != "random":
             arms += [(s.method + RANDOM_SUFFIX, s, "random") for s in spaces]
+    startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, _ in arms}
+    first = min(startup.values())  # every arm's first trials are random: a random config's median
     for arm, _, _ in arms:
         per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm], seconds[arm] = [], 0.0, 0.0, [], [], []
         histories[arm] = []
@@ -186,6 +193,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                     # No seeded default trial: every arm starts from the same kind of initial design.
                     try:
                         run_sweep(replace(base, space=space, sampler=sampler, seed=base.seed + r, name=study,
+                                          startup_trials=startup[arm],
                                           experiment=experiment, resume=parent is not None, quiet=True,
                                           seed_defaults=False, label=f"{space.method} {sampler} r{r}"))
                     except Interrupted as e:  # nothing after it runs; --resume continues this study first
@@ -220,7 +228,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         target, target_rule = target_value(all_values, mode, delta, metric), {
             "rule": "delta", "description": f"best of all studies minus {delta} points"}
     else:
-        target, info = gap_target(per_method, mode, target_gap, base.startup_trials)
+        target, info = gap_target(per_method, mode, target_gap, first)
         target_rule = {"rule": "gap", **info, "description": (
             f"{target_gap:g} of the way from a random config's median ({info['random_median']:.4g}) to the best "
             f"arm's median final value ({info['best_arm']}: {info['best_arm_median']:.4g})")}
@@ -237,7 +245,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                  for m in methods if m + RANDOM_SUFFIX in stats}
     # With a gap target, also each method against its own plateau: how much tuning it needs to get
     # where it gets (read beside its final value).
-    own = own_gap_ttt(per_method, mode, target_gap, base.startup_trials) if target_rule["rule"] == "gap" else {}
+    own = own_gap_ttt(per_method, mode, target_gap, first) if target_rule["rule"] == "gap" else {}
     own_test = rank_test({m: own[m]["ttt"] for m in methods if m in own}, base.trials) if own else None
     for m in methods:
         if m in own and m + RANDOM_SUFFIX in own:
@@ -266,11 +274,13 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
              for arm, sp, _ in arms} if base.scheduler == "asha" else {}
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
-        "sampler": ",".join(samplers) if samplers else base.sampler, "startup_trials": base.startup_trials, "target_delta": delta, "target": target,
+        "sampler": ",".join(samplers) if samplers else base.sampler, "startup_trials": first,
+        "initial_design": "ax" if ax_design else "fixed", "target_delta": delta, "target": target,
         "target_rule": target_rule,
         "rank_test": test, "paired_test": paired, "own_target_test": own_test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
                         "hyperparameters": {"active_min": active[m][0], "active_max": active[m][1]},
+                        "startup_trials": startup[m],
                         "incumbent_test": {"metric": test_key, "mean": inc_band[m][0], "low": inc_band[m][1],
                                            "high": inc_band[m][2], "final_mean": inc_band[m][0][-1]},
                         "cpu_seconds": cpu[m], "gpu_seconds": gpu[m], "study_runs": parents[m],
@@ -300,7 +310,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
                                                  "study_runs": json.dumps(parents), "verdict": test["verdict"]},
                                   params={"repeats": repeats, "trials": base.trials, "sampler": base.sampler,
-                                          "startup_trials": base.startup_trials, "target_delta": delta,
+                                          "startup_trials": first, "target_delta": delta,
+                                          **({"initial_design": "ax"} if ax_design else {}),
                                           **({"target_gap": target_gap} if target_gap is not None else {})})
     tracker.set_tags(cmp_run, {"bnnsearch.kind": "comparison"})
     tracker.finish(cmp_run)  # finished before the export, so the dashboard shows this comparison
@@ -368,6 +379,9 @@ def compare_report(s: dict, markdown: bool = False) -> str:
         notes.append("noise floor (best config, other seeds): " + "; ".join(
             f"{m} {f['mean']:.4g} +- {f['std']:.2g} (n={len(f['values'])})" for m, f in floors.items()))
     notes += [f"warning: {w}" for w in s.get("noise_warnings", [])]
+    if s.get("initial_design") == "ax":
+        notes.append("initial design: Ax's default, max(5, 2 x searched parameters) random trials per arm: " + ", ".join(
+            f"{m} {st['startup_trials']}" for m, st in s["methods"].items()))
     t = s["rank_test"]
     tests = [f"target: {s['target']:.4g} ({s['target_rule']['description']}); "
              f"{t['test']}: p = {t['p_value'] if t['p_value'] is None else format(t['p_value'], '.3g')} -> {t['verdict']}"]

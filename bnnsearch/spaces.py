@@ -158,6 +158,13 @@ class SearchSpace:
             counts.append(sum(p.active(values) for p in self.params))
         return min(counts), max(counts)
 
+    def ax_startup_trials(self) -> int:
+        """Random trials before the model under Ax's default initial design, max(5, 2·d), with d
+        the most parameters one trial samples (``--startup-trials ax``). methods.md §7.2: Ax's
+        default gives a 6-D arm 12 Sobol trials and a 2-D arm 5, which by itself inflates a
+        trial gap between them; this reproduces that design so its effect can be measured."""
+        return max(5, 2 * self.active_range()[1])
+
     def sampler_space(self):
         """What ``OptunaSearch(space=...)`` takes: a distribution dict for a flat space, a
         define-by-run function for a conditional one."""

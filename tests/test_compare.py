@@ -166,3 +166,28 @@ def test_compare_of_an_automl_space_under_two_samplers_compares_hypervolume(tmp_
             assert got == hv and len(hv) == 3
     page = (tmp_path / "out" / "dashboard.html").read_text()
     assert "best-so-far hypervolume" in page and "AutoML front" in page
+
+
+def test_compare_with_ax_initial_design_gives_each_arm_its_own_startup(tmp_path):
+    """``--startup-trials ax`` (the Figure 8 ablation of the initial design): a 3-parameter arm
+    starts its model after max(5, 2·3) = 6 random trials, a 1-parameter arm after 5; each study is
+    run with its own count (recorded on its parent run) and the report says so."""
+    lat, fil = spaces(tmp_path)
+    raw = yaml.safe_load(open(lat))
+    raw["params"].update({"weight_decay": {"float": [1e-6, 1e-1], "log": True}, "momentum": {"float": [0.0, 0.9]}})
+    open(lat, "w").write(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "compare", lat, fil, "--repeats", "1", "--trials", "7",
+                        "--sampler", "tpe", "--startup-trials", "ax", "--out", str(tmp_path / "out"), "--name", "ax"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["initial_design"] == "ax" and s["startup_trials"] == 5  # the random phase every arm shares
+    assert {m: st["startup_trials"] for m, st in s["methods"].items()} == {"latent": 6, "filtered": 5}
+    assert "initial design: Ax's default, max(5, 2 x searched parameters) random trials per arm: latent 6, filtered 5" \
+        in r.stdout
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for m, n in (("latent", "6"), ("filtered", "5")):  # what each study's sampler was built with
+        (pid,) = s["methods"][m]["study_runs"]
+        assert c.get_run(pid).data.params["startup_trials"] == n

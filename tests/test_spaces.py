@@ -98,3 +98,14 @@ def test_relative_data_root_is_resolved_where_the_command_runs(tmp_path, monkeyp
                                                     "data_root": {"categorical": ["a", "/abs/b"]}}}))
     (choice,) = [q for q in load_space(p).params if q.name == "data_root"]
     assert choice.choices == (str(tmp_path / "a"), "/abs/b")
+
+
+def test_ax_initial_design_is_max_of_5_and_twice_the_most_parameters_a_trial_samples():
+    """``--startup-trials ax``: Ax's default, max(5, 2·d) random trials (methods.md §7.2), with d
+    counted as compare counts hyperparameters (a conditional space: the most one trial samples)."""
+    # fig8_latent: lr, weight_decay, init_scale, momentum, scaling -> 10; fig8_filtered: alpha, gamma -> 5 (not 4)
+    assert load_space(ROOT / "fig8_latent.yaml").ax_startup_trials() == 10
+    assert load_space(ROOT / "fig8_filtered.yaml").ax_startup_trials() == 5
+    # proxconnect: pair, lr and four mu parameters for bnn++/pc (2 to 6 sampled) -> 12, not 2 x 8
+    px = load_space(ROOT / "proxconnect.yaml")
+    assert px.active_range()[1] == 6 and len(px.params) > 6 and px.ax_startup_trials() == 12
