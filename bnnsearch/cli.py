@@ -155,6 +155,9 @@ def cmd_sweep(args) -> int:
         raise UserError(f"{args.space}: an AutoML space (methods:); run it with  bnnsearch automl {args.space}  "
                         "(it prints and records the Pareto front and can register the network)")
     a = _sweep_args(args, space)
+    from .sweep import _check_args
+
+    _check_args(a)  # a bad flag is one clear line, not a header with an empty budget and then the error
     print(f"study {a.study_name()}: {space.method}, {a.budget_text()}, sampler {a.sampler}, "
           f"scheduler {a.scheduler}, objective {space.mode} {space.metric}", flush=True)
     print_summary(run_sweep(a))

@@ -163,7 +163,9 @@ def test_evaluate_names_a_missing_model(files, capsys):
     assert len(err) == 1 and "models:/nope/1: cannot load an MLflow PyTorch model" in err[0], err
 
 
-def test_automl_refuses_a_bad_budget_before_its_header(files, capsys):
-    assert main(["automl", "am.yaml", "--trials", "0"]) == 2
+@pytest.mark.parametrize("argv", [["automl", "am.yaml", "--trials", "0"], [*SWEEP, "--trials", "0"]],
+                         ids=["automl", "sweep"])
+def test_a_bad_budget_is_refused_before_the_header(files, capsys, argv):
+    assert main(argv) == 2
     out, err = capsys.readouterr()
-    assert "--trials 0: must be >= 1" in err and out == "", out  # no "automl ...: 0 trials" header first
+    assert "--trials 0: must be >= 1" in err and out == "", out  # no "study ...: , sampler tpe" header first

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from _spaces import automl_space_file
 
 pytestmark = pytest.mark.slow
 
@@ -139,15 +140,9 @@ def test_compare_of_an_automl_space_under_two_samplers_compares_hypervolume(tmp_
     one arm per sampler; the dashboard draws the same curves."""
     from mlflow.tracking import MlflowClient
 
-    p = tmp_path / "automl.yaml"
-    p.write_text(yaml.safe_dump({
-        "objectives": [{"metric": "val/acc", "mode": "max"}, {"metric": "cost/mem_bits", "mode": "min"}],
-        "constraints": {"cost/mem_bits": {"max": 2.0e5}},
-        "fixed": {**FIXED, "data_root": str(tmp_path / "data")},
-        "params": {"arch_args.widths": {"categorical": [[16, 16, 16], [64, 64, 64]]}},
-        "methods": {"latent": {"params": {"lr": {"float": [1e-4, 1.0], "log": True}}},
-                    "filtered": {"params": {"alpha": {"float": [1e-7, 1e-1], "log": True}}}}}))
-    cmd = [sys.executable, "-m", "bnnsearch.cli", "compare", str(p), "--samplers", "tpe,tpe-flat", "--repeats", "2",
+    p = automl_space_file(tmp_path, FIXED, {"latent": {"lr": {"float": [1e-4, 1.0], "log": True}},
+                                            "filtered": {"alpha": {"float": [1e-7, 1e-1], "log": True}}})
+    cmd = [sys.executable, "-m", "bnnsearch.cli", "compare", p, "--samplers", "tpe,tpe-flat", "--repeats", "2",
            "--trials", "3", "--startup-trials", "2", "--out", str(tmp_path / "out"), "--name", "cmpmo"]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -14,6 +14,7 @@ import time
 import pytest
 import yaml
 from _proc import read_until, start_cli
+from _spaces import automl_space_file
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -106,14 +107,8 @@ def test_ctrl_c_during_an_automl_study_and_resume_completes_it(tmp_path):
     import json
 
     n = 5
-    p = tmp_path / "automl.yaml"
-    p.write_text(yaml.safe_dump({
-        "objectives": [{"metric": "val/acc", "mode": "max"}, {"metric": "cost/mem_bits", "mode": "min"}],
-        "constraints": {"cost/mem_bits": {"max": 2.0e5}},
-        "fixed": {**FIXED, "data_root": str(tmp_path / "data")},
-        "params": {"arch_args.widths": {"categorical": [[16, 16, 16], [64, 64, 64]]}},
-        "methods": {"filtered": {"params": SPACES["filtered"]}, "latent": {"params": SPACES["latent"]}}}))
-    proc = start_cli(["automl", str(p), "--trials", str(n), "--sampler", "tpe", "--startup-trials", "2"], tmp_path)
+    p = automl_space_file(tmp_path, FIXED, {"filtered": SPACES["filtered"], "latent": SPACES["latent"]})
+    proc = start_cli(["automl", p, "--trials", str(n), "--sampler", "tpe", "--startup-trials", "2"], tmp_path)
     out, _ = ctrl_c_at(proc, "[1/5]")
     assert proc.returncode == 130, out[-3000:]
     cmd = resume_line(out)
