@@ -3,7 +3,8 @@ import torch
 
 from bnnsearch.errors import ConfigError
 from bnnsearch.methods import RunInfo, get_method
-from bnnsearch.methods.local_binary import LocalBinaryNet, LocalHparams, imatmul, local_update, reinforce
+from bnnsearch.methods.local_binary import (LocalBinaryNet, LocalHparams, imatmul, local_update, reinforce,
+                                            reinforcement_mask)
 
 
 def test_one_layer_update_hand_computed():
@@ -49,6 +50,39 @@ def test_reinforcement_touches_exactly_the_masked_weights():
     want = H + 2 * torch.where(H >= 0, 1, -1).to(torch.int32) * mask
     reinforce(H, mask)
     assert H.dtype == torch.int32 and torch.equal(H, want) and H[0, :3].tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("p", [2e-4, 3e-3, 0.0285])
+def test_gap_draws_hit_each_weight_independently_with_probability_p(p):
+    """The sparse draw (Geometric gaps) against the Bernoulli(p) law it replaces: over 300 draws
+    of a 784 x 525 layer, the mean number of hits is N p within 4 standard errors, its variance
+    is the binomial one within 25 %, and the hits spread evenly over 16 blocks of the weights
+    (chi-square, p > 1e-3). Fixed seeds: the test is deterministic."""
+    from scipy.stats import chisquare
+
+    g = torch.Generator().manual_seed(3)
+    shape, n, k = (784, 525), 784 * 525, 300
+    masks = [reinforcement_mask(shape, torch.tensor(p), 0.0285, g) for _ in range(k)]
+    counts = torch.tensor([m.sum().item() for m in masks], dtype=torch.float64)
+    var = n * p * (1 - p)
+    assert abs(counts.mean().item() - n * p) < 4 * (var / k) ** 0.5, (counts.mean(), n * p)
+    assert 0.75 < counts.var().item() / var < 1.25, (counts.var(), var)
+    blocks = torch.stack([m.flatten().view(16, -1).sum(1) for m in masks]).sum(0).double()
+    assert chisquare(blocks.numpy()).pvalue > 1e-3, blocks
+    assert all(m.shape == shape and m.dtype == torch.bool for m in masks[:3])
+
+
+def test_gap_draws_at_the_edges_and_the_dense_reference():
+    """p = 0 hits nothing (also with p_max > 0: acc_prev = 1), p = 1 hits every weight (the cap
+    M = N binds, so the draw is exact there), and `dense` is one uniform per weight from the
+    same generator (the stream of runs made before `gaps`)."""
+    g = torch.Generator().manual_seed(0)
+    assert not reinforcement_mask((30, 7), torch.tensor(0.0), 0.5, g).any()
+    assert not reinforcement_mask((30, 7), torch.tensor(0.0), 0.0, g).any()
+    assert reinforcement_mask((30, 7), torch.tensor(1.0), 1.0, g).all()
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(reinforcement_mask((30, 7), torch.tensor(0.1), 0.1, g1, "dense"),
+                       torch.rand((30, 7), generator=g2) < 0.1)
 
 
 def test_two_layer_step_hand_computed():

@@ -129,6 +129,36 @@ def reinforce(H: torch.Tensor, mask: torch.Tensor) -> None:
         H += 2 * _pm1(H) * mask
 
 
+def reinforcement_mask(shape, p: torch.Tensor, p_max: float, gen: torch.Generator, draw: str = "gaps"):
+    """Which weights reinforcement hits this step: each of the N = prod(shape) weights
+    independently with probability p (a 0-dim tensor on the weights' device, p <= p_max).
+
+    ``dense`` (the reference): one uniform per weight, ``rand(shape) < p`` -- O(N) random numbers
+    per step, most of a small-batch step's time on the CPU (p is ~1e-3, N ~ 4e5).
+    ``gaps`` (default): the positions of the successes of a Bernoulli(p) sequence, drawn as
+    cumulative sums of i.i.d. Geometric(p) gaps (inverse transform, floor(log U / log(1-p)) + 1
+    with U in (0, 1]) -- M = N p_max + 10 sqrt(N p_max) + 20 random numbers, capped at N, with no
+    data-dependent shape and no host sync (p stays on the device). The same distribution as
+    ``dense`` except when more than M weights would be hit: those beyond the M-th are dropped, an
+    event of probability below 1e-20 for this M (a Chernoff bound on Binomial(N, p_max)), and
+    impossible when the cap N binds. Different random streams: the two draws give different
+    (equally distributed) runs for one seed."""
+    if draw == "dense":
+        return torch.rand(shape, device=p.device, generator=gen) < p
+    n = math.prod(shape)
+    if p_max <= 0:
+        return torch.zeros(shape, dtype=torch.bool, device=p.device)
+    lam = n * p_max
+    m = min(n, math.ceil(lam + 10 * math.sqrt(lam) + 20))
+    u = 1 - torch.rand(m, device=p.device, generator=gen, dtype=torch.float64)  # (0, 1]
+    gaps = torch.floor(torch.log(u) / torch.log1p(-p.double())) + 1  # p = 0: inf or nan, no hit
+    pos = torch.cumsum(gaps, 0) - 1
+    hit = pos < n  # False for inf and nan
+    flat = torch.zeros(n + 1, dtype=torch.bool, device=p.device)
+    flat[torch.where(hit, pos, float(n)).long()] = True  # misses land on the spare slot n
+    return flat[:n].view(shape)
+
+
 @dataclass(frozen=True)
 class LocalHparams:
     group_size: int = 105
@@ -136,8 +166,13 @@ class LocalHparams:
     p_r: float = 0.5
     hidden_bits: int = 0  # 0 = unclipped; b > 0 clips H to [-2^(b-1), 2^(b-1)]
     init_std: float = 64.0
+    # How the reinforcement events are drawn (reinforcement_mask): "gaps" (sparse, default) or
+    # "dense" (one uniform per weight, the reference; runs before this option existed used it).
+    reinforce_draw: str = "gaps"
 
     def validate(self):
+        if self.reinforce_draw not in ("gaps", "dense"):
+            raise ValueError(f"reinforce_draw must be 'gaps' or 'dense', not {self.reinforce_draw!r}")
         if self.group_size < 1 or not 0 <= self.robustness <= 1 or not 0 <= self.p_r <= 1:
             raise ValueError("group_size >= 1, robustness in [0, 1] and p_r in [0, 1] required")
         if self.hidden_bits < 0 or self.hidden_bits > 31 or self.init_std <= 0:
@@ -283,7 +318,8 @@ class LocalBinary(Method):
             dH, wrong, sel = local_update(a, z, scores, y, model.P(l), hp.group_size, int(hp.robustness * n_out))
             H += dH
             p = hp.p_r * torch.sqrt(1 - acc["prev"]) * math.sqrt(2 / (math.pi * n_in))
-            mask = torch.rand(H.shape, device=H.device, generator=gen) < p
+            p_max = hp.p_r * math.sqrt(2 / (math.pi * n_in))  # acc_prev >= 0
+            mask = reinforcement_mask(H.shape, p, p_max, gen, hp.reinforce_draw)
             reinforce(H, mask)
             if hp.hidden_bits:
                 bound = 2 ** (hp.hidden_bits - 1)
