@@ -107,6 +107,40 @@ def test_two_layer_step_hand_computed():
     assert net.H0.dtype == torch.int32 and net.H1.dtype == torch.int32
 
 
+@pytest.mark.parametrize("group,bits,draw", [(1, 0, "gaps"), (5, 3, "gaps"), (25, 4, "dense"), (5, 0, "dense")])
+def test_the_cpu_sparse_update_equals_the_dense_reference(group, bits, draw):
+    """The CPU path (only the selected columns, the reinforced weights and the clip on those,
+    sign(H) cached between steps) against the dense path the GPU runs, from the same seed: H
+    bit for bit after every one of 12 steps, with reinforcement on (acc_prev set so p < p_max),
+    an initialisation wider than the clip, and H overwritten between steps as a checkpoint
+    restore does (the cached signs must be rebuilt)."""
+    m = get_method("local_binary")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12 * 8, 40, generator=g)
+    y = torch.randint(0, 3, (12 * 8,), generator=g)
+    hp = LocalHparams(group_size=group, robustness=0.3, p_r=0.9, hidden_bits=bits, init_std=8.0, reinforce_draw=draw)
+    nets, setups = [], []
+    for sparse in (True, False):
+        net = LocalBinaryNet(40, 3, (25, 50), init_std=8.0, seed=1)
+        setup = m.setup(net, hp, 12, RunInfo(12, 12, 8, (40,), 3, 12 * 8, seed=7))
+        setup.ctx[-1]["sparse"] = sparse
+        setup.state["acc"]["prev"].fill_(0.4)
+        nets.append(net), setups.append(setup)
+    restored = torch.randint(-9, 10, nets[0].H1.shape, generator=g, dtype=torch.int32)
+    for step in range(12):
+        if step == 6:  # a restore between steps, into both nets
+            for net in nets:
+                net.H1.copy_(restored)
+        for net, setup in zip(nets, setups):
+            m.train_step(net, x[8 * step:8 * step + 8], y[8 * step:8 * step + 8], setup, None)
+            setup.state["steps"] += 1
+        assert torch.equal(nets[0].H0, nets[1].H0) and torch.equal(nets[0].H1, nets[1].H1), step
+    assert [s.state["stats"]["reinforced"].tolist() for s in setups][0] == setups[1].state["stats"]["reinforced"].tolist()
+    assert setups[0].state["stats"]["reinforced"].sum() > 0 and setups[0].state["stats"]["updates"].sum() > 0
+    if bits:
+        assert nets[0].H0.abs().max() <= 2 ** (bits - 1)
+
+
 def test_group_selection_matches_bruteforce():
     g = torch.Generator().manual_seed(0)
     B, n_in, n_out, C, group = 16, 12, 20, 4, 5

@@ -22,7 +22,11 @@ before its update):
 The update uses integer and boolean arithmetic only (int32 values; no autograd). The matrix
 products multiply {-1, 0, +1} matrices; they run as float32 matmuls (BLAS on the CPU; CUDA has no
 int32 matmul), which are exact because every partial sum is an integer below 2^24, and are cast
-back to int32 (``imatmul``).
+back to int32 (``imatmul``). On the CPU a step touches only what changes (the selected units'
+columns of H, the reinforced weights, sign(H) kept between steps: ``_sparse_layer_step``); the
+dense step (the GPU's, with no data-dependent shapes) is the reference it equals bit for bit.
+Reinforcement events are drawn as Geometric gaps between hits (``reinforcement_mask``;
+``reinforce_draw: dense`` draws one uniform per weight, the stream of runs made before).
 sign(0) = +1 everywhere (methods.md pitfall 6.5.1), so the network is strictly binary.
 ``train/loss`` is the local 0-1 error of the last layer; ``val/loss`` is the cross-entropy of
 the raw integer scores (not comparable with the gradient methods). Reported per layer:
@@ -96,8 +100,13 @@ class LocalBinaryNet(nn.Module):
         # strictly above the median -> +1: with ">=" every background pixel of MNIST would be +1
         return torch.where(x.flatten(1) > self.threshold, 1, -1).to(torch.int32)
 
-    def layer(self, l: int, a: torch.Tensor):
-        z = imatmul(a, torch.where(self.H(l) >= 0, 1.0, -1.0))  # sign(H), built as float32 at once
+    def signs(self, l: int) -> torch.Tensor:
+        """sign(H_l) as a float32 +-1 matrix (sign(0) = +1), built at once."""
+        return torch.where(self.H(l) >= 0, 1.0, -1.0)
+
+    def layer(self, l: int, a: torch.Tensor, W: torch.Tensor | None = None):
+        """(z, sign(z), local scores) of layer l; W: sign(H_l) if the caller keeps it up to date."""
+        z = imatmul(a, self.signs(l) if W is None else W)
         act = _pm1(z)
         return z, act, imatmul(act, self.P(l))
 
@@ -148,15 +157,31 @@ def reinforcement_mask(shape, p: torch.Tensor, p_max: float, gen: torch.Generato
     n = math.prod(shape)
     if p_max <= 0:
         return torch.zeros(shape, dtype=torch.bool, device=p.device)
+    pos, hit = _gap_positions(n, p, p_max, gen)
+    flat = torch.zeros(n + 1, dtype=torch.bool, device=p.device)
+    flat[torch.where(hit, pos, float(n)).long()] = True  # misses land on the spare slot n
+    return flat[:n].view(shape)
+
+
+def _gap_positions(n: int, p: torch.Tensor, p_max: float, gen: torch.Generator):
+    """Candidate hit positions (float64, increasing) and which of them fall inside [0, n)."""
     lam = n * p_max
     m = min(n, math.ceil(lam + 10 * math.sqrt(lam) + 20))
     u = 1 - torch.rand(m, device=p.device, generator=gen, dtype=torch.float64)  # (0, 1]
     gaps = torch.floor(torch.log(u) / torch.log1p(-p.double())) + 1  # p = 0: inf or nan, no hit
     pos = torch.cumsum(gaps, 0) - 1
-    hit = pos < n  # False for inf and nan
-    flat = torch.zeros(n + 1, dtype=torch.bool, device=p.device)
-    flat[torch.where(hit, pos, float(n)).long()] = True  # misses land on the spare slot n
-    return flat[:n].view(shape)
+    return pos, pos < n  # False for inf and nan
+
+
+def reinforcement_hits(shape, p: torch.Tensor, p_max: float, gen: torch.Generator, draw: str = "gaps"):
+    """reinforcement_mask's hits as flat indices into H (int64, increasing), from the same random
+    numbers: a data-dependent shape, so for the CPU (no host sync to pay)."""
+    if draw == "dense":
+        return reinforcement_mask(shape, p, p_max, gen, draw).view(-1).nonzero().squeeze(1)
+    if p_max <= 0:
+        return torch.zeros(0, dtype=torch.long, device=p.device)
+    pos, hit = _gap_positions(math.prod(shape), p, p_max, gen)
+    return pos[hit].long()
 
 
 @dataclass(frozen=True)
@@ -180,7 +205,24 @@ class LocalHparams:
 
 
 def local_update(a_in, z, scores, y, P, group: int, margin: int):
-    """The increment of H for one layer (int32, shape of H) and the wrong-sample mask."""
+    """The increment of H for one layer (int32, shape of H), the wrong-sample mask and the
+    selected (sample, unit) pairs."""
+    upd, wrong, sel = _selection(z, scores, y, P, group, margin)
+    return 2 * imatmul(a_in.T, upd), wrong, sel
+
+
+def local_update_cols(a_in, z, scores, y, P, group: int, margin: int):
+    """local_update restricted to the units some sample selected (the only columns of H that
+    change): (their indices, the increment of those columns, wrong, sel). A data-dependent
+    shape: for the CPU, where it saves the full-size increment (at most n_out / group_size units
+    per sample are selected)."""
+    upd, wrong, sel = _selection(z, scores, y, P, group, margin)
+    cols = sel.any(0).nonzero().squeeze(1)
+    return cols, 2 * imatmul(a_in.T, upd[:, cols]), wrong, sel
+
+
+def _selection(z, scores, y, P, group: int, margin: int):
+    """Steps 1-3 of the update: (sel * rho as int32, wrong, sel)."""
     top2 = scores.topk(2, dim=1).values
     wrong = (scores.argmax(1) != y) | ((top2[:, 0] - top2[:, 1]) < margin)
     rho = P[:, y].T  # (B, N_out), +-1
@@ -193,7 +235,47 @@ def local_update(a_in, z, scores, y, P, group: int, margin: int):
     chosen = torch.zeros_like(mag, dtype=torch.bool).scatter_(2, pick, True)
     chosen &= err.view(B, N // group, group)
     sel = chosen.view(B, N) & wrong[:, None]
-    return 2 * imatmul(a_in.T, sel.to(torch.int32) * rho), wrong, sel
+    return sel.to(torch.int32) * rho, wrong, sel
+
+
+# The CPU trains with _sparse_layer_step; False: the dense reference path (benchmarks/local_binary_draw.py).
+SPARSE_ON_CPU = True
+
+
+def _sparse_layer_step(model: LocalBinaryNet, l: int, a, y, hp: LocalHparams, margin: int, p, p_max: float, gen,
+                       cache: dict):
+    """One layer's update touching only what changes (the CPU path; the dense path in
+    LocalBinary.train_step is the reference and gives the same H bit for bit, tested): the
+    columns of the selected units, the reinforced weights, the clip on those, and sign(H) kept
+    in `cache` between steps (reinforcement and the clip never change a sign, so only the
+    updated columns are refreshed). The cache is rebuilt (and H clipped whole) whenever H was
+    changed by anything else: a checkpoint restore, the first step, another process."""
+    H = model.H(l)
+    key = (H.data_ptr(), H._version)
+    c = cache.get(l)
+    fresh = c is None or c[0] != key
+    if fresh:
+        W = model.signs(l)
+    else:
+        W = c[1]
+    z, act, scores = model.layer(l, a, W)
+    cols, dHc, wrong, sel = local_update_cols(a, z, scores, y, model.P(l), hp.group_size, margin)
+    H.index_add_(1, cols, dHc)
+    hits = reinforcement_hits(H.shape, p, p_max, gen, hp.reinforce_draw)
+    flat = H.view(-1)
+    h = flat[hits]
+    h += torch.where(h >= 0, 2, -2).to(torch.int32)
+    if hp.hidden_bits:
+        bound = 2 ** (hp.hidden_bits - 1)
+        h.clamp_(-bound, bound)
+        if fresh:  # H may hold values outside the bound (initialisation): clip all of it once
+            H.clamp_(-bound, bound)
+        else:
+            H[:, cols] = H[:, cols].clamp(-bound, bound)
+    flat[hits] = h
+    W[:, cols] = torch.where(H[:, cols] >= 0, 1.0, -1.0)
+    cache[l] = ((H.data_ptr(), H._version), W)
+    return z, act, scores, wrong, sel, hits.numel()
 
 
 @register_method("local_binary")
@@ -301,32 +383,37 @@ class LocalBinary(Method):
             return out
 
         return Setup([], [], epoch_metrics=[report], on_step=[on_step], on_epoch_end=[epoch_end], state=host,
-                     ctx=(hp, stats, acc, gen, info.seed))
+                     ctx=(hp, stats, acc, gen, info.seed, {"sparse": dev.type == "cpu" and SPARSE_ON_CPU}))
 
     @torch.no_grad()
     def train_step(self, model: LocalBinaryNet, x, y, setup, forward):
-        hp, stats, acc, gen, seed = setup.ctx
+        hp, stats, acc, gen, seed, cache = setup.ctx
         # Reseeded from (seed, step): reinforcement draws are a pure function of the step, so a
         # resumed run continues exactly without checkpointing generator state.
         gen.manual_seed(seed * 1_000_003 + setup.state["steps"])
         a = model.binarize_input(x)
         scores = None
         for l in range(model.n_layers):
-            z, act, scores = model.layer(l, a)
             H = model.H(l)
             n_in, n_out = H.shape
-            dH, wrong, sel = local_update(a, z, scores, y, model.P(l), hp.group_size, int(hp.robustness * n_out))
-            H += dH
+            margin = int(hp.robustness * n_out)
             p = hp.p_r * torch.sqrt(1 - acc["prev"]) * math.sqrt(2 / (math.pi * n_in))
             p_max = hp.p_r * math.sqrt(2 / (math.pi * n_in))  # acc_prev >= 0
-            mask = reinforcement_mask(H.shape, p, p_max, gen, hp.reinforce_draw)
-            reinforce(H, mask)
-            if hp.hidden_bits:
-                bound = 2 ** (hp.hidden_bits - 1)
-                H.clamp_(-bound, bound)
+            if cache["sparse"]:
+                z, act, scores, wrong, sel, hits = _sparse_layer_step(model, l, a, y, hp, margin, p, p_max, gen, cache)
+                stats["reinforced"][l] += hits
+            else:
+                z, act, scores = model.layer(l, a)
+                dH, wrong, sel = local_update(a, z, scores, y, model.P(l), hp.group_size, margin)
+                H += dH
+                mask = reinforcement_mask(H.shape, p, p_max, gen, hp.reinforce_draw)
+                reinforce(H, mask)
+                if hp.hidden_bits:
+                    bound = 2 ** (hp.hidden_bits - 1)
+                    H.clamp_(-bound, bound)
+                stats["reinforced"][l] += mask.sum()
             stats["err"][l] += wrong.float().mean()
             stats["updates"][l] += sel.sum()
-            stats["reinforced"][l] += mask.sum()
             a = act
         pred = scores.argmax(1)
         acc["correct"] += (pred == y).sum()
