@@ -107,7 +107,8 @@ def test_two_layer_step_hand_computed():
     assert net.H0.dtype == torch.int32 and net.H1.dtype == torch.int32
 
 
-@pytest.mark.parametrize("group,bits,draw", [(1, 0, "gaps"), (5, 3, "gaps"), (25, 4, "dense"), (5, 0, "dense")])
+@pytest.mark.parametrize("group,bits,draw", [(1, 0, "gaps"), (1, 4, "dense"), (5, 3, "gaps"), (25, 4, "dense"),
+                                             (5, 0, "dense")])
 def test_the_cpu_sparse_update_equals_the_dense_reference(group, bits, draw):
     """The CPU path (only the selected columns, the reinforced weights and the clip on those,
     sign(H) cached between steps) against the dense path the GPU runs, from the same seed: H

@@ -211,16 +211,6 @@ def local_update(a_in, z, scores, y, P, group: int, margin: int):
     return 2 * imatmul(a_in.T, upd), wrong, sel
 
 
-def local_update_cols(a_in, z, scores, y, P, group: int, margin: int):
-    """local_update restricted to the units some sample selected (the only columns of H that
-    change): (their indices, the increment of those columns, wrong, sel). A data-dependent
-    shape: for the CPU, where it saves the full-size increment (at most n_out / group_size units
-    per sample are selected)."""
-    upd, wrong, sel = _selection(z, scores, y, P, group, margin)
-    cols = sel.any(0).nonzero().squeeze(1)
-    return cols, 2 * imatmul(a_in.T, upd[:, cols]), wrong, sel
-
-
 def _selection(z, scores, y, P, group: int, margin: int):
     """Steps 1-3 of the update: (sel * rho as int32, wrong, sel)."""
     top2 = scores.topk(2, dim=1).values
@@ -246,21 +236,25 @@ def _sparse_layer_step(model: LocalBinaryNet, l: int, a, y, hp: LocalHparams, ma
                        cache: dict):
     """One layer's update touching only what changes (the CPU path; the dense path in
     LocalBinary.train_step is the reference and gives the same H bit for bit, tested): the
-    columns of the selected units, the reinforced weights, the clip on those, and sign(H) kept
-    in `cache` between steps (reinforcement and the clip never change a sign, so only the
-    updated columns are refreshed). The cache is rebuilt (and H clipped whole) whenever H was
-    changed by anything else: a checkpoint restore, the first step, another process."""
+    columns of the selected units (at most n_out / group_size per sample; when over a quarter of
+    the columns change, the whole increment is added at once, cheaper then), the reinforced
+    weights, the clip on those, and sign(H) kept in `cache` between steps (reinforcement and the
+    clip never change a sign, so only the updated columns are refreshed). The cache is rebuilt
+    (and H clipped whole) whenever H was changed by anything else: a checkpoint restore, the
+    first step, another process. Data-dependent shapes: for the CPU, where they cost no sync."""
     H = model.H(l)
-    key = (H.data_ptr(), H._version)
+    n_out = H.shape[1]
     c = cache.get(l)
-    fresh = c is None or c[0] != key
-    if fresh:
-        W = model.signs(l)
-    else:
-        W = c[1]
+    fresh = c is None or c[0] != (H.data_ptr(), H._version)
+    W = model.signs(l) if fresh else c[1]
     z, act, scores = model.layer(l, a, W)
-    cols, dHc, wrong, sel = local_update_cols(a, z, scores, y, model.P(l), hp.group_size, margin)
-    H.index_add_(1, cols, dHc)
+    upd, wrong, sel = _selection(z, scores, y, model.P(l), hp.group_size, margin)
+    cols = sel.any(0).nonzero().squeeze(1)
+    whole = 4 * cols.numel() > n_out
+    if whole:
+        H += 2 * imatmul(a.T, upd)
+    else:
+        H.index_add_(1, cols, 2 * imatmul(a.T, upd.index_select(1, cols)))
     hits = reinforcement_hits(H.shape, p, p_max, gen, hp.reinforce_draw)
     flat = H.view(-1)
     h = flat[hits]
@@ -268,12 +262,15 @@ def _sparse_layer_step(model: LocalBinaryNet, l: int, a, y, hp: LocalHparams, ma
     if hp.hidden_bits:
         bound = 2 ** (hp.hidden_bits - 1)
         h.clamp_(-bound, bound)
-        if fresh:  # H may hold values outside the bound (initialisation): clip all of it once
+        if fresh or whole:  # fresh: H may hold values outside the bound (initialisation)
             H.clamp_(-bound, bound)
         else:
-            H[:, cols] = H[:, cols].clamp(-bound, bound)
+            H.index_copy_(1, cols, H.index_select(1, cols).clamp_(-bound, bound))
     flat[hits] = h
-    W[:, cols] = torch.where(H[:, cols] >= 0, 1.0, -1.0)
+    if whole:
+        W = model.signs(l)
+    else:
+        W.index_copy_(1, cols, torch.where(H.index_select(1, cols) >= 0, 1.0, -1.0))
     cache[l] = ((H.data_ptr(), H._version), W)
     return z, act, scores, wrong, sel, hits.numel()
 
