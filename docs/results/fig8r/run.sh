@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Figure 8 revisited (issue #12): the base protocol at 20 repeats and four one-factor ablations at
+# Figure 8 revisited (issue #12): the base protocol at 20 repeats and five ablations at
 # 10 repeats each, every one 25 BoTorch trials per study with the same seeds. Resumable: rerun the
 # same script after an interrupt (Ctrl-C, a killed session) and finished studies are skipped.
-#   STORE=/path/to/store bash docs/results/fig8r/run.sh [base|e30|val4k|ax|wide ...]
+#   STORE=/path/to/store bash docs/results/fig8r/run.sh [base|e30|val4k|ax|wide|mi ...]
 # Costs on the 2-core CPU of the development machine: see README.md here.
 set -euo pipefail
 repo=$(realpath "$(dirname "$0")/../../..")
@@ -17,7 +17,7 @@ run() {  # name repeats latent-space filtered-space [extra flags]
   local name=$1 reps=$2 lat=$3 fil=$4; shift 4
   "$BNN" compare "$S/$lat" "$S/$fil" --repeats "$reps" --name "$name" --out "$STORE/out/$name" "${common[@]}" "$@"
 }
-for what in "${@:-base e30 val4k ax wide}"; do
+for what in "${@:-base e30 val4k ax wide mi}"; do
   for w in $what; do
     case $w in
       base)  run fig8r       20 latent.yaml       filtered.yaml       --startup-trials 5 --noise-seeds 5 ;;
@@ -25,7 +25,8 @@ for what in "${@:-base e30 val4k ax wide}"; do
       val4k) run fig8r-val4k 10 latent_val4k.yaml filtered_val4k.yaml --startup-trials 5 ;;
       ax)    run fig8r-ax    10 latent.yaml       filtered.yaml       --startup-trials ax ;;
       wide)  run fig8r-wide  10 latent_wide.yaml  filtered.yaml       --startup-trials 5 ;;
-      *) echo "unknown condition $w (base, e30, val4k, ax, wide)" >&2; exit 2 ;;
+      mi)    run fig8r-mi    10 latent_mi.yaml    filtered.yaml       --startup-trials 5 ;;
+      *) echo "unknown condition $w (base, e30, val4k, ax, wide, mi)" >&2; exit 2 ;;
     esac
   done
 done
