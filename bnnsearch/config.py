@@ -31,7 +31,7 @@ from .archs import ARCHS
 from .data import DATASETS
 from .errors import ConfigError, UserError
 from .methods import get_method
-from .schema import parse_dataclass, to_dict
+from .schema import parse_dataclass, subkey, to_dict
 
 
 @dataclass(frozen=True)
@@ -85,23 +85,23 @@ class RunConfig:
 def resolve(raw: dict, where: str = "config") -> RunConfig:
     """Validate a raw mapping and return it with every default filled in."""
     cfg = parse_dataclass(RunConfig, raw, where)
-    method = get_method(cfg.method, f"{where}.method")
+    method = get_method(cfg.method, subkey(where, "method"))
     if "arch" not in raw and method.archs is not None:  # e.g. local_binary trains only local_mlp
         cfg = dataclasses.replace(cfg, arch=method.archs[0])
-    ARCHS.get(cfg.arch, f"{where}.arch")
-    DATASETS.get(cfg.data, f"{where}.data")
+    ARCHS.get(cfg.arch, subkey(where, "arch"))
+    DATASETS.get(cfg.data, subkey(where, "data"))
     if method.archs is not None and cfg.arch not in method.archs:
-        raise ConfigError(f"method {cfg.method} trains only arch {', '.join(method.archs)}, not {cfg.arch!r}", f"{where}.arch")
-    hp = parse_dataclass(method.Hparams, cfg.hparams, f"{where}.hparams")
-    arch = parse_dataclass(ARCHS.get(cfg.arch)[0], cfg.arch_args, f"{where}.arch_args")
-    data = parse_dataclass(DATASETS.get(cfg.data)[0], cfg.data_args, f"{where}.data_args")
+        raise ConfigError(f"method {cfg.method} trains only arch {', '.join(method.archs)}, not {cfg.arch!r}", subkey(where, "arch"))
+    hp = parse_dataclass(method.Hparams, cfg.hparams, subkey(where, "hparams"))
+    arch = parse_dataclass(ARCHS.get(cfg.arch)[0], cfg.arch_args, subkey(where, "arch_args"))
+    data = parse_dataclass(DATASETS.get(cfg.data)[0], cfg.data_args, subkey(where, "data_args"))
     only = getattr(ARCHS.get(cfg.arch)[1], "only_method", None)
     if only is not None and cfg.method != only:
-        raise ConfigError(f"arch {cfg.arch!r} is trained only by method {only!r}", f"{where}.arch")
+        raise ConfigError(f"arch {cfg.arch!r} is trained only by method {only!r}", subkey(where, "arch"))
     try:
         method.validate_config(hp, arch, cfg.epochs)
     except ValueError as e:
-        raise ConfigError(str(e), f"{where}.hparams") from None
+        raise ConfigError(str(e), subkey(where, "hparams")) from None
     return dataclasses.replace(cfg, hparams=to_dict(hp), arch_args=to_dict(arch), data_args=to_dict(data))
 
 

@@ -14,6 +14,12 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from .errors import ConfigError
 
 
+def subkey(where: str, key: str) -> str:
+    """Where a key of ``where`` is: ``file.yaml: key`` under a file (the file and the key
+    apart, as every other message names them), ``where.key`` under a key."""
+    return f"{where}: {key}" if where.endswith((".yaml", ".yml", ".json")) else f"{where}.{key}"
+
+
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
@@ -85,9 +91,9 @@ def parse_dataclass(cls: type, data: dict | None, where: str) -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields))}", f"{where}.{unknown[0]}"
+            f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields))}", subkey(where, unknown[0])
         )
-    kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: coerce(v, hints[k], subkey(where, k)) for k, v in data.items()}
     missing = [
         k for k, f in fields.items()
         if k not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

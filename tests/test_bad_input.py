@@ -31,6 +31,12 @@ def files(tmp_path, monkeypatch):
     w("empty.yaml", "")
     w("epochs.yaml", {**CONFIG, "epochs": -3})
     w("batch.yaml", {**CONFIG, "batch_size": 0})
+    w("key.yaml", {**CONFIG, "hparams": {"alpha": "fast"}, "bogus": 1})
+    w("hpkey.yaml", {**CONFIG, "hparams": {"alpha": "fast"}})
+    dead = {"method": "latent", "hparams": {"init_scale": 0.0, "scaling": True}}
+    w("dead.yaml", {**CONFIG, **dead})
+    w("dead_space.yaml", {**SPACE, "method": "latent", "fixed": {**SPACE["fixed"], "hparams": {"init_scale": 0.0}},
+                          "params": {"scaling": {"categorical": [False, True]}}})
     w("syntax.yaml", "method: filtered\nepochs: [3\nseed: 1\n")
     (tmp_path / "latin1.yaml").write_bytes("method: filtered  # caf\xe9\n".encode("latin-1"))
     w("group.yaml", {"method": "local_binary", "fixed": {"arch": "local_mlp", "arch_args": {"widths": [30, 30]},
@@ -65,6 +71,10 @@ CASES = [  # (argv, what the one line must say)
     (["train", "empty.yaml"], "empty.yaml: the file is empty"),
     (["train", "epochs.yaml"], "epochs.yaml: epochs: must be >= 1, got -3"),
     (["train", "batch.yaml"], "batch.yaml: batch_size: must be >= 1, got 0"),
+    (["train", "key.yaml"], "key.yaml: bogus: unknown key 'bogus'"),  # the file, then the key
+    (["train", "hpkey.yaml"], "hpkey.yaml: hparams.alpha: expected a number, got 'fast'"),
+    (["train", "dead.yaml"], "dead.yaml: hparams: scaling with init_scale 0"),  # a net that never trains
+    (["space", "dead_space.yaml"], "dead_space.yaml: params.scaling: value True is invalid: config.hparams: scaling with init_scale 0"),
     (["train", "syntax.yaml"], "syntax.yaml: not valid YAML at line 3, column 5"),
     (["train", "nodata_config.yaml"], "data mnist: files not found"),
     (["space", "group.yaml"], "group.yaml: params.group_size: value 7 is invalid"),

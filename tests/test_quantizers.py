@@ -69,6 +69,23 @@ def test_latent_sign_ties_use_sign_init_and_scaling():
     assert q.hard_sign(w).tolist() == [[True, False, False]]
 
 
+def test_latent_sign_scaling_of_zero_weights_is_dead():
+    """Why LatentHparams rejects scaling with init_scale 0: the scale mean|w| of an all-zero row
+    is 0, so the output is 0 and no gradient reaches w (d|w|/dw = 0 at 0) — it never moves."""
+    q = LatentSign(scaling=True)
+    q.register_buffer("sign_init", torch.tensor([[1.0, -1.0, 1.0]]))
+    w = torch.zeros(1, 3, requires_grad=True)
+    out = q(w)
+    (out * torch.tensor([[1.0, 2.0, 3.0]])).sum().backward()
+    assert out.abs().sum() == 0 and w.grad.abs().sum() == 0
+    from bnnsearch.methods.latent import LatentHparams
+
+    with pytest.raises(ValueError, match="never train"):
+        LatentHparams(init_scale=0.0, scaling=True).validate()
+    LatentHparams(init_scale=0.0, scaling=False).validate()  # the magnitude-independent setting is fine
+    LatentHparams(init_scale=1e-4, scaling=True).validate()
+
+
 def test_latent_sign_clip_grad():
     q = LatentSign(clip_grad=True)
     w = torch.tensor([[-2.0, 0.5, 1.5]], requires_grad=True)

@@ -50,6 +50,9 @@ class LatentHparams:
             raise ValueError("momentum must lie in [0, 1)")
         if self.weight_decay < 0 or self.init_scale < 0:
             raise ValueError("weight_decay and init_scale must be >= 0")
+        if self.scaling and self.init_scale == 0:  # not a slow start: nothing ever trains
+            raise ValueError("scaling with init_scale 0: the per-channel scale mean|w| is 0, so the binary "
+                             "layers output 0, their weights get no gradient and never train")
 
 
 class LatentSGD(torch.optim.Optimizer):
