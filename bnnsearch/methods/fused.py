@@ -35,12 +35,16 @@ class _Cols:
     def __init__(self, active: list[bool]):
         self.cache: dict = {}
         self.active = active
+        self.group_keys: dict[int, tuple] = {}  # id(a list of groups) -> the groups' ids, this step
 
     def __call__(self, name: str, groups: list[dict], fn: Callable[[dict], float], like: torch.Tensor,
                  neutral: float | None = None):
         """The column of ``fn(group)`` over members; members no longer live get ``neutral`` where
         given (a step size of 0, a decay factor of 1: their parameters stay as they are)."""
-        key = (name, tuple(id(g) for g in groups), like.dtype)
+        gk = self.group_keys.get(id(groups))
+        if gk is None:
+            gk = self.group_keys[id(groups)] = tuple(id(g) for g in groups)
+        key = (name, gk, like.dtype)
         col = self.cache.get(key)
         if col is None:
             vals = [fn(g) if neutral is None or a else neutral for g, a in zip(groups, self.active)]

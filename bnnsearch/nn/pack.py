@@ -134,6 +134,7 @@ class _Stacked(nn.Module):
         """When every member's weight quantizer is the same map (``stack_key``), apply it once
         to the stacked weights (their stacked ``sign_init`` kept as a buffer)."""
         self._wq = None
+        self._plain = not any(parametrize.is_parametrized(m, "weight") for m in self.members)
         qs = []
         for m in self.members:
             if not parametrize.is_parametrized(m, "weight") or len(m.parametrizations.weight) != 1:
@@ -153,6 +154,8 @@ class _Stacked(nn.Module):
         """The members' effective weights, stacked ``[K, out, ...]``."""
         if self._wq is not None:
             return self._wq.forward_stacked(self.weight, self.sign_init)
+        if self._plain:  # full-precision layers (no quantizer): the stacked storage itself
+            return self.weight
         return torch.stack(self.member_weights())
 
     def output_hooks(self, x_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
