@@ -31,7 +31,7 @@ def files(tmp_path, monkeypatch):
     w("empty.yaml", "")
     w("epochs.yaml", {**CONFIG, "epochs": -3})
     w("batch.yaml", {**CONFIG, "batch_size": 0})
-    w("key.yaml", {**CONFIG, "hparams": {"alpha": "fast"}, "bogus": 1})
+    w("key.yaml", {**CONFIG, "bogus": 1})
     w("hpkey.yaml", {**CONFIG, "hparams": {"alpha": "fast"}})
     dead = {"method": "latent", "hparams": {"init_scale": 0.0, "scaling": True}}
     w("dead.yaml", {**CONFIG, **dead})

@@ -2,8 +2,9 @@
 the pick's test accuracy (incumbent after the last trial) and best-so-far validation accuracy
 at fixed trial indices, first arm minus second, Wilcoxon signed-rank over the repeats; and per
 arm the median validation accuracy of its random startup trials (the first n, n the fewer of
-the two arms' startup trials, so that both arms' medians count the same trials) and its plateau (the median
-final best-so-far), the "random config median -> plateau" column of the tables.
+the two arms' startup trials, so that both arms' medians count the same trials) and its
+plateau (the median final best-so-far): the "random config median -> plateau" column of the
+tables.
 
     python docs/results/fig8r/paired.py docs/results/fig8r/base
 """
