@@ -145,7 +145,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         raise UserError(f"--noise-seeds {noise_seeds}: 0 (off) or >= 2 (a spread needs two values)")
     if not delta >= 0:
         raise UserError(f"--target-delta {delta:g}: must be >= 0 (the target lies this far below the best value)")
-    data = {s.path: (c.data, c.data_args) for s in spaces for c in [s.config({}, where=f"{s.path}: fixed")]}
+    data = {s.path: (c.data, c.data_args) for s in spaces for c in [s.config(s.low_point(), where=s.path)]}
     if len(set(map(repr, data.values()))) > 1 and not allow_mixed:
         seen = "; ".join(f"{p}: {d} {a or ''}".rstrip() for p, (d, a) in data.items())
         raise UserError(f"the spaces train on different data ({seen}): their values are not comparable; "
@@ -269,8 +269,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
               else delta / 100.0 if metric.endswith("/acc") else delta)
     warnings = noise_warnings(margin, {m: stats[m].best_value for m in floors}, floors)
     # With ASHA: does a trial's value at each rung predict its final value? (per arm)
-    rungs = {arm: rung_correlations(histories[arm], asha_rungs(sp.config({}, where=sp.path).epochs),
-                                    sp.config({}, where=sp.path).epochs)
+    epochs = {arm: sp.config(sp.low_point(), where=sp.path).epochs for arm, sp, _ in arms}  # fixed per space
+    rungs = {arm: rung_correlations(histories[arm], asha_rungs(epochs[arm]), epochs[arm])
              for arm, sp, _ in arms} if base.scheduler == "asha" else {}
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,

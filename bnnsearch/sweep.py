@@ -1190,7 +1190,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     # A trial resumed from its checkpoint re-runs (deterministically) the epochs after it and
     # reports them again; Optuna keeps the first report of a step and warns about the second.
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=")
-    epochs = space.config({}, where="fixed").epochs
+    epochs = space.config(space.low_point(), where=space.path).epochs  # fixed: epochs cannot be searched
     pack = a.pack_size()
     if pack > 1:
         pack = _check_pack(a, space, pack)

@@ -58,6 +58,12 @@ def files(tmp_path, monkeypatch):
     w("am_group.yaml", {**am, "methods": {"local_binary": {"fixed": {"arch": "local_mlp", "arch_args": {"widths": [16, 16]}},
                                                            "params": {"group_size": {"categorical": [8, 5]}}}}})
     w("am_key.yaml", {**am, "method": "latent"})
+    w("am_pair.yaml", {**am, "params": {"arch_args.widths": {"categorical": [[16, 16], [12, 12]]}},
+                       "methods": {"latent": am["methods"]["latent"],
+                                   "local_binary": {"fixed": {"arch": "local_mlp"},
+                                                    "params": {"group_size": {"categorical": [4, 8]}}}}})
+    w("pair.yaml", {"method": "latent", "fixed": {"data": "digits"},
+                    "params": {"init_scale": {"categorical": [1.0, 0.0]}, "scaling": {"categorical": [False, True]}}})
     w("notadb", "just text\n")
     w("afile", "x")
     (tmp_path / "adir").mkdir()
@@ -107,6 +113,9 @@ CASES = [  # (argv, what the one line must say)
     (["automl", "am_shared.yaml"], "am_shared.yaml: params.lr: a shared parameter is a run-config key"),
     (["automl", "am_group.yaml"], "am_group.yaml: methods.local_binary.params.group_size: value 5 is invalid"),
     (["automl", "am_key.yaml"], "am_key.yaml: method: unknown key 'method'"),
+    (["automl", "am_pair.yaml"], "am_pair.yaml: methods.local_binary.params.group_size: arch_args.widths = [12, 12] "
+                                 "together with local_binary:group_size = 8 is invalid"),
+    (["space", "pair.yaml"], "pair.yaml: params.scaling: init_scale = 0.0 together with scaling = True is invalid"),
     ([*SWEEP, "--sampler", "bandit"], "--sampler bandit chooses among methods: it needs an AutoML space"),
     (["sweep", "am.yaml"], "am.yaml: an AutoML space (methods:); run it with  bnnsearch automl am.yaml"),
     (["automl", "am.yaml", "--scheduler", "asha"], "--scheduler asha: early stopping judges one objective"),

@@ -109,3 +109,39 @@ def test_ax_initial_design_is_max_of_5_and_twice_the_most_parameters_a_trial_sam
     # proxconnect: pair, lr and four mu parameters for bnn++/pc (2 to 6 sampled) -> 12, not 2 x 8
     px = load_space(ROOT / "proxconnect.yaml")
     assert px.active_range()[1] == 6 and len(px.params) > 6 and px.ax_startup_trials() == 12
+
+
+def test_a_pair_of_values_that_fails_together_is_rejected_at_load(tmp_path):
+    """Each value alone is valid, so the one-at-a-time check passes; scaling with init_scale 0
+    (a net that never trains, LatentHparams rejects it) must be caught before launch, naming the
+    pair, and the same space with scaling searched only where init_scale is non-zero loads."""
+    lat = {"method": "latent", "fixed": {"data": "digits", "epochs": 2},
+           "params": {"init_scale": {"categorical": [1.0, 0.0]}, "scaling": {"categorical": [False, True]}}}
+    with pytest.raises(ConfigError) as e:
+        load_space(write(tmp_path, lat))
+    msg = str(e.value)
+    assert "space.yaml: params.scaling: init_scale = 0.0 together with scaling = True is invalid" in msg, msg
+    assert "when:" in msg
+    lat["params"]["scaling"]["when"] = {"init_scale": [1.0]}
+    space = load_space(write(tmp_path, lat))
+    assert [p.name for p in space.active_params({"init_scale": 0.0})] == ["init_scale"]
+    # the order of declaration does not hide it (the pair is checked whichever comes first)
+    flipped = ("method: latent\nfixed: {data: digits, epochs: 2}\nparams:\n"
+               "  scaling: {categorical: [false, true]}\n  init_scale: {categorical: [1.0, 0.0]}\n")
+    with pytest.raises(ConfigError, match="params.init_scale: scaling = True together with init_scale = 0.0"):
+        load_space(write(tmp_path, flipped))
+
+
+def test_integer_ranges_are_checked_at_every_value(tmp_path):
+    """A group size that divides the width at both bounds of its range but not inside it, alone
+    and paired with a searched width, is found at load (not when a trial samples it)."""
+    doc = {"method": "local_binary", "fixed": {"arch": "local_mlp", "arch_args": {"widths": [64]}, "data": "digits"},
+           "params": {"group_size": {"int": [1, 8]}}}
+    with pytest.raises(ConfigError, match="params.group_size: value 3 is invalid: .*does not divide 64"):
+        load_space(write(tmp_path, doc))
+    doc = {**doc, "fixed": {"arch": "local_mlp", "data": "digits"},
+           "params": {"arch_args.widths": {"categorical": [[60], [64]]}, "group_size": {"int": [1, 4]}}}
+    with pytest.raises(ConfigError, match=r"params.group_size: arch_args.widths = \[64\] together with group_size = 3"):
+        load_space(write(tmp_path, doc))
+    doc["params"]["group_size"] = {"categorical": [1, 2, 4]}
+    assert load_space(write(tmp_path, doc)).default_point() is None  # the default 105 is not a choice

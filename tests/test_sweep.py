@@ -95,6 +95,20 @@ def test_a_conditional_space_runs_a_recorded_study(ray_local, tmp_path):
     assert len(kids) == 4 and {k.data.params["hparams.pair"] for k in kids} <= {"bnn", "pc"}
 
 
+def test_a_space_whose_fixed_part_fails_with_the_method_defaults_runs(ray_local, tmp_path):
+    """local_binary's default group size (105) does not divide a width of 16; every searched
+    group size does. The study reads what the fixed part holds (the epochs) from a config a
+    trial can have, not from the defaults (it stopped with 'group_size 105 must divide' once),
+    and does not enqueue the defaults as its first trial."""
+    params = {"group_size": {"categorical": [4, 8]}, "robustness": {"float": [0.0, 1.0]}}
+    path = space_file(tmp_path, params, {"arch": "local_mlp", "arch_args": {"widths": [16, 16]}, "epochs": 1},
+                      method="local_binary")
+    s = sweep(tmp_path, path, trials=2, sampler="random")
+    assert s["counts"] == {"complete": 2, "stopped early": 0, "diverged": 0, "failed": 0}
+    _, _, kids = mlflow_runs(tmp_path, s)
+    assert sorted(k.data.params["hparams.group_size"] for k in kids) <= ["4", "8"] and len(kids) == 2
+
+
 def test_asha_stops_trials_and_tells_them_pruned(ray_local, tmp_path):
     s = sweep(tmp_path, space_file(tmp_path, ALPHA, {"epochs": 4}), trials=9, sampler="random", scheduler="asha")
     n = s["counts"]
