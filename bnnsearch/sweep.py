@@ -803,6 +803,19 @@ class MlflowCallback(tune.Callback):
             self._count(rid, None, params)
             self._progress(trials, trial, "FAILED", mid)
 
+    def close_budget_stops(self) -> None:
+        """Trials the time budget stopped mid-run (Ray stops them without a completion
+        callback): tagged stopped early and counted in the parent's per-trial record like any
+        trial without a full-budget value. Call on a callback built after the study (its state
+        read back from the store)."""
+        for r in sorted(self.tracker.child_runs(self.parent_id), key=lambda r: r.info.start_time):
+            if r.info.status != "RUNNING" or self.INDEX in r.data.tags or not r.data.tags.get(TRIAL_TAG):
+                continue
+            self.tracker.set_tags(r.info.run_id, {"bnnsearch.status": "stopped early",
+                                                  "bnnsearch.stopped_by": "time budget", "diverged": 0})
+            self._count(r.info.run_id, None, r.data.params)
+            self.tracker.finish(r.info.run_id, "KILLED")
+
     def on_experiment_end(self, trials, **info):
         """Reconcile: a run whose trial is unknown to the resumed study and was not replayed (it
         should not happen: lost trials are replayed) is kept, as what happened, but re-tagged so
@@ -1156,26 +1169,6 @@ def _member_asha(a: SweepArgs, space, name: str, tracker, parent_id: str, epochs
     return actor_name
 
 
-def _close_budget_stops(tracker, parent_id: str) -> None:
-    """Trials the time budget stopped mid-run: tagged stopped early, counted in the parent's
-    per-trial record (no full-budget value; best-so-far and hypervolume carried on)."""
-    C = MlflowCallback
-    k = len(tracker.steps(parent_id, "trial_state"))
-    carry = {}
-    for key in ("best_so_far", "hypervolume"):
-        st = tracker.steps(parent_id, key)
-        if st:
-            carry[key] = st[max(st)]
-    for r in sorted(tracker.child_runs(parent_id), key=lambda r: r.info.start_time):
-        if r.info.status != "RUNNING" or C.INDEX in r.data.tags or not r.data.tags.get(TRIAL_TAG):
-            continue
-        k += 1
-        tracker.set_tags(r.info.run_id, {C.INDEX: k, C.VALUE: "", "bnnsearch.status": "stopped early",
-                                         "bnnsearch.stopped_by": "time budget", "diverged": 0})
-        tracker.log_metrics(parent_id, {"trial_state": 0.0, **carry}, step=k)
-        tracker.finish(r.info.run_id, "KILLED")
-
-
 def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:
     import ray
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -1249,7 +1242,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     # A time budget ends a study before its trial count (not an interrupt); Ray stops the trials
     # still running then without a completion callback: they are recorded here, stopped early.
     if a.time_budget_s and not interrupts.pending():
-        _close_budget_stops(tracker, parent_id)
+        MlflowCallback(a, parent_id, tracker.uri, tracker, str(exp_dir)).close_budget_stops()
     short = len(tracker.steps(parent_id, "trial_state")) < a.trials and not a.time_budget_s
     if interrupts.pending() or short:
         raise _interrupted(tracker, parent_id, a, name)
