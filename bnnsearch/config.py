@@ -167,6 +167,10 @@ def apply_overrides(raw: dict, sets: list[str]) -> dict:
 def load_config(path: str | Path | None, sets: list[str] = ()) -> RunConfig:
     raw = load_yaml(path) if path else {}
     where = str(path) if path else "config"
+    if path and ("params" in raw or "methods" in raw):  # a search space given where one run's config goes
+        kind, cmd = ("an AutoML space (methods:)", "automl") if "methods" in raw else ("a search space (params:)", "sweep")
+        raise ConfigError(f"{kind}, not the config of one run; study it with  bnnsearch {cmd} {path}  "
+                          f"(bnnsearch best STUDY --out best.yaml then writes a trial's config to train)", where)
     return resolve(apply_overrides(raw, list(sets)), where)
 
 

@@ -113,6 +113,10 @@ CASES = [  # (argv, what the one line must say)
     (["automl", "am_shared.yaml"], "am_shared.yaml: params.lr: a shared parameter is a run-config key"),
     (["automl", "am_group.yaml"], "am_group.yaml: methods.local_binary.params.group_size: value 5 is invalid"),
     (["automl", "am_key.yaml"], "am_key.yaml: method: unknown key 'method'"),
+    (["train", "space.yaml"], "space.yaml: a search space (params:), not the config of one run; study it with  "
+                              "bnnsearch sweep space.yaml"),
+    (["cost", "am.yaml"], "am.yaml: an AutoML space (methods:), not the config of one run; study it with  "
+                          "bnnsearch automl am.yaml"),
     (["automl", "am_pair.yaml"], "am_pair.yaml: methods.local_binary.params.group_size: arch_args.widths = [12, 12] "
                                  "together with local_binary:group_size = 8 is invalid"),
     (["space", "pair.yaml"], "pair.yaml: params.scaling: init_scale = 0.0 together with scaling = True is invalid"),
