@@ -946,6 +946,7 @@ def run_sweep(a: SweepArgs) -> dict:
     storage = Path(a.storage).expanduser().resolve()
     if storage.exists() and not storage.is_dir():
         raise UserError(f"--storage {a.storage}: is a file, not a directory")
+    _check_creatable(storage, f"--storage {a.storage}")
     exp_dir = storage / name
     tracker = Tracker(a.tracking_uri, a.experiment_name())
     parent = tracker.find_study(name)
@@ -962,6 +963,12 @@ def run_sweep(a: SweepArgs) -> dict:
         ray.init(address=a.address or "local", **kw)
     _check_resources(a, ray.cluster_resources())
     interrupts.check()  # before anything is recorded
+    try:  # the last check before the record: Ray would fail on it after the study's parent run exists
+        storage.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--storage {a.storage}: cannot create the directory ({e.strerror})") from None
+    if not os.access(storage, os.W_OK | os.X_OK):
+        raise UserError(f"--storage {a.storage}: not writable")
 
     if a.resume:
         parent_id = parent.info.run_id
@@ -1167,6 +1174,18 @@ def _member_asha(a: SweepArgs, space, name: str, tracker, parent_id: str, epochs
     actor_name = f"bnnsearch-asha-{name}-{uuid.uuid4().hex[:8]}"
     _member_asha.actor = rungs_actor(actor_name, epochs, space.mode, histories)  # held: the actor lives with it
     return actor_name
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    """That ``path`` is a writable directory or could be created as one, without creating it
+    (an error found later must leave nothing behind)."""
+    up = path
+    while not up.exists():
+        up = up.parent
+    if not up.is_dir():
+        raise UserError(f"{flag}: cannot create the directory ({up} is a file)")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot create or write there ({up} is not writable)")
 
 
 def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:

@@ -92,6 +92,8 @@ CASES = [  # (argv, what the one line must say)
     ([*SWEEP, "--trials", "0"], "--trials 0: must be >= 1"),
     ([*SWEEP, "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
     ([*SWEEP, "--storage", "afile"], "--storage afile: is a file"),
+    ([*SWEEP, "--storage", "afile/runs"], "--storage afile/runs: cannot create the directory ("),
+    ([*SWEEP, "--storage", "afile/runs/x"], "afile is a file)"),
     ([*SWEEP, "--gpus-per-trial", "1"], "--gpus-per-trial 1: this machine has 0 GPUs in all"),
     ([*SWEEP, "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray head answers there"),
     ([*SWEEP, "--address", "nonsense"], "--address nonsense: expected HOST:PORT"),
