@@ -960,7 +960,11 @@ def run_sweep(a: SweepArgs) -> dict:
     if not ray.is_initialized():
         kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         # "local": always a fresh local instance, never a stale cluster recorded in /tmp/ray
-        ray.init(address=a.address or "local", **kw)
+        try:
+            ray.init(address=a.address or "local", **kw)
+        except ConnectionError as e:  # a wrong --address (or a cluster that is down): nothing recorded yet
+            raise UserError(f"--address {a.address}: no Ray cluster answers there ({e}); start one with  "
+                            f"ray start --head  or leave --address out to run locally") from None
     _check_resources(a, ray.cluster_resources())
     interrupts.check()  # before anything is recorded
     try:  # the last check before the record: Ray would fail on it after the study's parent run exists

@@ -33,6 +33,10 @@ def check_store(uri: str | None, must_exist: bool = False, flag: str = "--tracki
     database, or (``must_exist``, for commands that only read) a SQLite file that does not exist
     (opening one would silently create an empty store). Returns the URI."""
     uri = uri or default_tracking_uri()
+    plain = uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))
+    if plain and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise UserError(f"{flag} {uri}: a plain path is MLflow's file store, which this MLflow refuses; use an SQLite "
+                        f"store (sqlite:///path/to/mlflow.db) or a server (http://host:5000)")
     if uri.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request

@@ -92,6 +92,7 @@ CASES = [  # (argv, what the one line must say)
     ([*SWEEP, "--trials", "0"], "--trials 0: must be >= 1"),
     ([*SWEEP, "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
     ([*SWEEP, "--storage", "afile"], "--storage afile: is a file"),
+    ([*SWEEP, "--tracking-uri", "mlruns"], "--tracking-uri mlruns: a plain path is MLflow's file store"),
     ([*SWEEP, "--storage", "afile/runs"], "--storage afile/runs: cannot create the directory ("),
     ([*SWEEP, "--storage", "afile/runs/x"], "afile is a file)"),
     ([*SWEEP, "--gpus-per-trial", "1"], "--gpus-per-trial 1: this machine has 0 GPUs in all"),
@@ -194,3 +195,28 @@ def test_a_bad_budget_is_refused_before_the_header(files, capsys, argv):
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert "--trials 0: must be >= 1" in err and out == "", out  # no "study ...: , sampler tpe" header first
+
+
+def test_an_address_that_answers_but_is_no_ray_head_is_one_clear_error(files, capsys, monkeypatch):
+    """A port that accepts connections but is not a Ray head (seen: a proxy on 10.0.0.1:6379)
+    passes the socket check; ray.init then fails after about 30 s of retries. Ray's connection
+    failure is reproduced here (its real retries take minutes on a silent listener); the rest is
+    the real path, and nothing is recorded."""
+    import ray
+
+    import bnnsearch.sweep as sweep
+
+    def refuse(*a, **k):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.9.9.9:6379")
+
+    monkeypatch.setattr(sweep, "_check_address", lambda address: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    assert main([*SWEEP, "--address", "10.9.9.9:6379"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--address 10.9.9.9:6379: no Ray cluster answers there (Failed to connect" in err[0], err
+    from mlflow.tracking import MlflowClient
+
+    runs = [r for e in MlflowClient(f"sqlite:///{files}/mlflow.db").search_experiments()
+            for r in MlflowClient(f"sqlite:///{files}/mlflow.db").search_runs([e.experiment_id])]
+    assert runs == []  # no study parent run
