@@ -269,9 +269,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
               else delta / 100.0 if metric.endswith("/acc") else delta)
     warnings = noise_warnings(margin, {m: stats[m].best_value for m in floors}, floors)
     # With ASHA: does a trial's value at each rung predict its final value? (per arm)
-    epochs = {arm: sp.config(sp.low_point(), where=sp.path).epochs for arm, sp, _ in arms}  # fixed per space
-    rungs = {arm: rung_correlations(histories[arm], asha_rungs(epochs[arm]), epochs[arm])
-             for arm, sp, _ in arms} if base.scheduler == "asha" else {}
+    rungs = {arm: rung_correlations(histories[arm], asha_rungs(ep), ep)
+             for arm, sp, _ in arms for ep in [sp.config(sp.low_point(), where=sp.path).epochs]
+             } if base.scheduler == "asha" else {}
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
         "sampler": ",".join(samplers) if samplers else base.sampler, "startup_trials": first,

@@ -445,6 +445,7 @@ def _check_pairs(space: SearchSpace, lows: dict, where: str, key=lambda p: f"par
     range (no method's validation rejects one today; a sampled config that failed anyway would
     stop the study with an error naming the value, not be recorded as a failed trial)."""
     params = space.params
+    values_of = {p.name: _all_values(p, 64) or _edge_values(p) for p in params}
     for i, p in enumerate(params):
         for q in params[i + 1:]:
             context: dict[str, tuple] = {}
@@ -453,8 +454,8 @@ def _check_pairs(space: SearchSpace, lows: dict, where: str, key=lambda p: f"par
             if any(not allowed for allowed in context.values()):
                 continue
             base = {**lows, **{parent: allowed[0] for parent, allowed in context.items()}}
-            for vp in _all_values(p, 64) or _edge_values(p):
-                for vq in _all_values(q, 64) or _edge_values(q):
+            for vp in values_of[p.name]:
+                for vq in values_of[q.name]:
                     values = {**base, p.name: vp, q.name: vq}
                     if not (p.active(values) and q.active(values)):
                         continue  # e.g. q acts only for other values of p

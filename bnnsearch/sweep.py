@@ -944,8 +944,6 @@ def run_sweep(a: SweepArgs) -> dict:
     # Ray instance exists, not a study whose every trial fails.
     build(space.config(space.low_point(), where=space.path), "cpu")
     storage = Path(a.storage).expanduser().resolve()
-    if storage.exists() and not storage.is_dir():
-        raise UserError(f"--storage {a.storage}: is a file, not a directory")
     _check_creatable(storage, f"--storage {a.storage}")
     exp_dir = storage / name
     tracker = Tracker(a.tracking_uri, a.experiment_name())
@@ -971,8 +969,6 @@ def run_sweep(a: SweepArgs) -> dict:
         storage.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--storage {a.storage}: cannot create the directory ({e.strerror})") from None
-    if not os.access(storage, os.W_OK | os.X_OK):
-        raise UserError(f"--storage {a.storage}: not writable")
 
     if a.resume:
         parent_id = parent.info.run_id
@@ -1187,7 +1183,8 @@ def _check_creatable(path: Path, flag: str) -> None:
     while not up.exists():
         up = up.parent
     if not up.is_dir():
-        raise UserError(f"{flag}: cannot create the directory ({up} is a file)")
+        raise UserError(f"{flag}: is a file, not a directory" if up == path
+                        else f"{flag}: cannot create the directory ({up} is a file)")
     if not os.access(up, os.W_OK | os.X_OK):
         raise UserError(f"{flag}: cannot create or write there ({up} is not writable)")
 
