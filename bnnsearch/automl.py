@@ -46,9 +46,8 @@ from .config import RunConfig, resolve
 from .cost import STATIC_COST
 from .errors import ConfigError
 from .methods import get_method
-from .spaces import (OBJECTIVE_METRICS, RUN_KEYS, Param, SearchSpace, _absolute, _all_values, _check_pairs, _decode,
-                     _edge_values, _encode, _param, _set,
-                     flat_values)
+from .spaces import (OBJECTIVE_METRICS, RUN_KEYS, Param, SearchSpace, _absolute, _check_pairs, _check_values, _decode,
+                     _encode, _param, _set, flat_values)
 
 AUTOML_METRICS = OBJECTIVE_METRICS + STATIC_COST + ("time/total_s",)
 MAX_OBJECTIVES = 3
@@ -268,14 +267,8 @@ def _validate(space: AutoSpace, where: str) -> None:
             own = space.owner(p)
             if own not in (None, m):
                 continue
-            ctx = {**base, **{parent: allowed[0] for parent, allowed in p.when}}
             key = f"params.{p.name}" if own is None else f"methods.{m}.params.{p.name.partition(':')[2]}"
-            for v in _all_values(p) or _edge_values(p):
-                try:
-                    space.config({**ctx, p.name: v}, where="config")
-                except ConfigError as e:
-                    extra = f" for method {m}" if own is None else ""
-                    raise ConfigError(f"value {p.decode(v)!r} is invalid{extra}: {e}", f"{where}: {key}") from None
+            _check_values(space, p, base, f"{where}: {key}", f" for method {m}" if own is None else "")
     # Pairs, wherever both act (a method's own parameter only with that method chosen).
     _check_pairs(space, lows, where, key=lambda p: f"params.{p.name}" if space.owner(p) is None
                  else f"methods.{space.owner(p)}.params.{p.name.partition(':')[2]}")

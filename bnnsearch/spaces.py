@@ -412,15 +412,20 @@ def load_space(path: str | Path) -> SearchSpace:
     if fixed_error is not None and not _some_value_resolves(space, params, lows):
         raise fixed_error  # the fixed part fails whatever the searched values are
     for p in params:
-        values = _all_values(p) or _edge_values(p)
-        base = {**lows, **{parent: allowed[0] for parent, allowed in p.when}}  # a context where p acts
-        for v in values:
-            try:
-                space.config({**base, p.name: v}, where="config")
-            except ConfigError as e:
-                raise ConfigError(f"value {p.decode(v)!r} is invalid: {e}", f"{where}: params.{p.name}") from None
+        _check_values(space, p, lows, f"{where}: params.{p.name}")
     _check_pairs(space, lows, where)
     return space
+
+
+def _check_values(space: SearchSpace, p: Param, base: dict, key: str, extra: str = "") -> None:
+    """Every bound and choice of p (every value of an integer range of up to 512) resolves as a
+    full run config with the others at ``base``, in a context where p acts."""
+    base = {**base, **{parent: allowed[0] for parent, allowed in p.when}}
+    for v in _all_values(p) or _edge_values(p):
+        try:
+            space.config({**base, p.name: v}, where="config")
+        except ConfigError as e:
+            raise ConfigError(f"value {p.decode(v)!r} is invalid{extra}: {e}", key) from None
 
 
 def _edge_values(p: Param) -> list:

@@ -58,6 +58,7 @@ def files(tmp_path, monkeypatch):
     w("am_group.yaml", {**am, "methods": {"local_binary": {"fixed": {"arch": "local_mlp", "arch_args": {"widths": [16, 16]}},
                                                            "params": {"group_size": {"categorical": [8, 5]}}}}})
     w("am_key.yaml", {**am, "method": "latent"})
+    w("am_width.yaml", {**am, "params": {"arch_args.widths": {"categorical": [[16, 16], [12, 12]]}}})  # 8 does not divide 12
     w("am_pair.yaml", {**am, "params": {"arch_args.widths": {"categorical": [[16, 16], [12, 12]]}},
                        "methods": {"latent": am["methods"]["latent"],
                                    "local_binary": {"fixed": {"arch": "local_mlp"},
@@ -116,6 +117,7 @@ CASES = [  # (argv, what the one line must say)
     (["automl", "am_shared.yaml"], "am_shared.yaml: params.lr: a shared parameter is a run-config key"),
     (["automl", "am_group.yaml"], "am_group.yaml: methods.local_binary.params.group_size: value 5 is invalid"),
     (["automl", "am_key.yaml"], "am_key.yaml: method: unknown key 'method'"),
+    (["automl", "am_width.yaml"], "am_width.yaml: params.arch_args.widths: value [12, 12] is invalid for method local_binary"),
     (["train", "space.yaml"], "space.yaml: a search space (params:), not the config of one run; study it with  "
                               "bnnsearch sweep space.yaml"),
     (["cost", "am.yaml"], "am.yaml: an AutoML space (methods:), not the config of one run; study it with  "
