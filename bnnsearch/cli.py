@@ -358,10 +358,11 @@ def add_sweep_flags(w: argparse.ArgumentParser, kind: str = "sweep") -> None:
     many = kind not in ("sweep", "automl")
     w.add_argument("--trials", type=int, default=20,
                    help="trials (default 20, or none with --time-budget)" if kind == "automl" else "trials per study")
-    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "tpe-flat", "gp", "botorch", "nsga2", "bandit"],
+    w.add_argument("--sampler", default="tpe", choices=["random", "tpe", "tpe-flat", "tpe-cover", "gp", "botorch", "nsga2", "bandit"],
                    help="Optuna sampler (botorch: BoTorchSampler from optuna-integration; tpe-flat: independent "
-                        "univariate TPE, the baseline to tpe's multivariate/grouped model; bandit, AutoML spaces "
-                        "only: UCB over methods with a GP per method beneath)")
+                        "univariate TPE, the baseline to tpe's multivariate/grouped model; AutoML spaces only: "
+                        "tpe-cover, tpe whose random start tries every method first; bandit, UCB over methods "
+                        "with a GP per method beneath)")
     w.add_argument("--seed", type=int, default=0,
                    help="sampler seed" + (" of the first repeat; repeat r uses seed + r" if many else ""))
     w.add_argument("--startup-trials", type=_startup_trials, default=5, metavar="N|ax",

@@ -53,6 +53,24 @@ class _MethodView:
         return self.get_trials()
 
 
+def _tried(study, choices) -> tuple[list, dict[str, int]]:
+    """The study's started trials (finished or running) and how many of them chose each method."""
+    from optuna.trial import TrialState
+
+    trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
+                                                       TrialState.PRUNED, TrialState.FAIL), use_cache=False)
+    count = {m: 0 for m in choices}
+    for t in trials:
+        if t.params.get(METHOD) in count:
+            count[t.params[METHOD]] += 1
+    return trials, count
+
+
+def _least_tried(count: dict[str, int], rng: random.Random) -> str:
+    least = min(count.values())
+    return rng.choice([m for m, n in count.items() if n == least])
+
+
 def rewards(trials, directions) -> list[float]:
     """Per finished feasible trial, its reward in [0, 1] (see the module docstring)."""
     from optuna.study import StudyDirection
@@ -126,16 +144,9 @@ class MethodBandit(BaseSampler):
         from optuna.trial import TrialState
 
         choices = [c for c in dist.choices if c in self._inner]
-        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
-                                                           TrialState.PRUNED, TrialState.FAIL), use_cache=False)
-        count = {m: 0 for m in choices}
-        for t in trials:
-            if t.params.get(METHOD) in count:
-                count[t.params[METHOD]] += 1
-        untried = [m for m in choices if count[m] == 0]
-        if untried:
-            least = min(count[m] for m in choices)
-            return self._rng.choice([m for m in choices if count[m] == least])
+        trials, count = _tried(study, choices)
+        if any(count[m] == 0 for m in choices):
+            return _least_tried(count, self._rng)
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
                 and all(v <= 0 for v in t.constraints.values())]
         best = {m: 0.0 for m in choices}
@@ -148,3 +159,34 @@ class MethodBandit(BaseSampler):
         score = {m: best[m] + UCB_C * math.sqrt(math.log(total) / count[m]) for m in choices}
         top = max(score.values())
         return self._rng.choice([m for m in choices if score[m] == top])
+
+
+def covering_tpe(methods: list[str], seed: int = 0, n_startup: int = 5):
+    """``--sampler tpe-cover``: grouped multivariate TPE (``--sampler tpe``) whose random start
+    covers the methods. Its first ``max(n_startup, len(methods))`` trials choose the method least
+    tried so far (running trials included; ties at random, seeded), so every method has a trial
+    before the model takes over; the rest of each start-up trial is drawn at random as TPE's own
+    start does. [RECON: this project's initial design, suggested by the automl5k comparison in
+    docs/results/automl5k, where the bandit — whose start is one trial per method — led flat and
+    grouped TPE early (their random start can miss the one method that reaches the cheap end of
+    the memory axis) and ended level with them.]"""
+    import warnings
+
+    import optuna
+
+    class CoveringTPE(optuna.samplers.TPESampler):
+        def __init__(self):
+            self.methods = list(methods)
+            self._n_cover = max(n_startup, len(self.methods))
+            self._cover_rng = random.Random(seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                super().__init__(seed=seed, n_startup_trials=self._n_cover, multivariate=True, group=True)
+
+        def sample_independent(self, study, trial, name, dist):
+            if name == METHOD and trial.number < self._n_cover:
+                choices = [c for c in dist.choices if c in self.methods]
+                return _encode(_least_tried(_tried(study, choices)[1], self._cover_rng))
+            return super().sample_independent(study, trial, name, dist)
+
+    return CoveringTPE()

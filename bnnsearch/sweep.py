@@ -35,7 +35,7 @@ from .errors import Interrupted, UserError
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
-SAMPLERS = ("random", "tpe", "tpe-flat", "gp", "botorch", "nsga2", "bandit")
+SAMPLERS = ("random", "tpe", "tpe-flat", "tpe-cover", "gp", "botorch", "nsga2", "bandit")
 SCHEDULERS = ("fifo", "asha")
 BIG = 1e30  # finite stand-in for inf in reports (samplers, JSON and MLflow refuse non-finite values)
 PACK_KEY = "bnnsearch_pack"  # a packed Ray trial's config: {PACK_KEY: [member params, ...]}
@@ -145,6 +145,10 @@ def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False
         from .hierarchy import MethodBandit
 
         return MethodBandit(methods or [], seed=seed, n_startup=max(1, n_startup // max(1, len(methods or [1]))))
+    if name == "tpe-cover":  # AutoML spaces: grouped TPE whose random start covers every method
+        from .hierarchy import covering_tpe
+
+        return covering_tpe(methods or [], seed=seed, n_startup=n_startup)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
     if name == "botorch":
@@ -855,8 +859,8 @@ def _check_args(a: SweepArgs) -> None:
         raise UserError(f"--sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if a.scheduler not in SCHEDULERS:
         raise UserError(f"--scheduler {a.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    if a.sampler == "bandit" and a.space.method != "automl":
-        raise UserError("--sampler bandit chooses among methods: it needs an AutoML space (methods:), "
+    if a.sampler in ("bandit", "tpe-cover") and a.space.method != "automl":
+        raise UserError(f"--sampler {a.sampler} chooses among methods: it needs an AutoML space (methods:), "
                         f"and {a.space.path} has one method")
     if a.scheduler == "asha" and a.space.multi:
         raise UserError("--scheduler asha: early stopping judges one objective, and this study has "

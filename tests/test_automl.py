@@ -233,6 +233,21 @@ def _synthetic_study(sampler, space, n=24, seed=0):
     return study
 
 
+def test_tpe_cover_tries_every_method_first_then_models():
+    """--sampler tpe-cover: the start-up covers the six methods (grouped TPE's own random start
+    need not: with seed 0 and 6 start-up trials it misses one), then TPE's model takes over and
+    concentrates on the best method (latent, on the synthetic objective)."""
+    from bnnsearch.sweep import make_sampler
+
+    s = load_space(ROOT / "search_spaces" / "automl.yaml")
+    cover = _synthetic_study(make_sampler("tpe-cover", 0, 5, True, objectives=2, methods=s.methods), s, n=30)
+    order = [t.params["method"] for t in cover.trials]
+    assert sorted(order[:6]) == sorted(s.methods)  # max(5, 6 methods) trials, each method once
+    assert order[6:].count("latent") >= 8, order  # 1/6 of 24 is 4: the model prefers latent
+    plain = _synthetic_study(make_sampler("tpe", 0, 6, True, objectives=2, methods=s.methods), s, n=6)
+    assert len({t.params["method"] for t in plain.trials}) < 6  # the same seed without cover misses one
+
+
 @pytest.mark.slow  # two 24-trial GP studies: about 40 s on 2 cores
 def test_the_bandit_models_each_methods_own_parameters():
     """Plain GP draws latent:lr at random (it is not in every trial); the bandit's per-method GP

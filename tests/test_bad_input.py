@@ -126,6 +126,7 @@ CASES = [  # (argv, what the one line must say)
                                  "together with local_binary:group_size = 8 is invalid"),
     (["space", "pair.yaml"], "pair.yaml: params.scaling: init_scale = 0.0 together with scaling = True is invalid"),
     ([*SWEEP, "--sampler", "bandit"], "--sampler bandit chooses among methods: it needs an AutoML space"),
+    ([*SWEEP, "--sampler", "tpe-cover"], "--sampler tpe-cover chooses among methods: it needs an AutoML space"),
     (["sweep", "am.yaml"], "am.yaml: an AutoML space (methods:); run it with  bnnsearch automl am.yaml"),
     (["automl", "am.yaml", "--scheduler", "asha"], "--scheduler asha: early stopping judges one objective"),
     (["automl", "am.yaml", "--pick", "0"], "--pick 0: a rank on the front"),
