@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import random
 
-from optuna.samplers import BaseSampler
+from optuna.samplers import BaseSampler, TPESampler
 
 from .spaces import _encode
 
@@ -161,7 +161,8 @@ class MethodBandit(BaseSampler):
         return self._rng.choice([m for m in choices if score[m] == top])
 
 
-def covering_tpe(methods: list[str], seed: int = 0, n_startup: int = 5):
+
+class CoveringTPE(TPESampler):
     """``--sampler tpe-cover``: grouped multivariate TPE (``--sampler tpe``) whose random start
     covers the methods. Its first ``max(n_startup, len(methods))`` trials choose the method least
     tried so far (running trials included; ties at random, seeded), so every method has a trial
@@ -169,24 +170,23 @@ def covering_tpe(methods: list[str], seed: int = 0, n_startup: int = 5):
     start does. [RECON: this project's initial design, suggested by the automl5k comparison in
     docs/results/automl5k, where the bandit — whose start is one trial per method — led flat and
     grouped TPE early (their random start can miss the one method that reaches the cheap end of
-    the memory axis) and ended level with them.]"""
-    import warnings
+    the memory axis) and ended level with them.] A module-level class: Ray Tune pickles the
+    searcher, sampler included, with every snapshot of the study."""
 
-    import optuna
+    def __init__(self, methods: list[str], seed: int = 0, n_startup: int = 5):
+        import warnings
 
-    class CoveringTPE(optuna.samplers.TPESampler):
-        def __init__(self):
-            self.methods = list(methods)
-            self._n_cover = max(n_startup, len(self.methods))
-            self._cover_rng = random.Random(seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                super().__init__(seed=seed, n_startup_trials=self._n_cover, multivariate=True, group=True)
+        from optuna.exceptions import ExperimentalWarning
 
-        def sample_independent(self, study, trial, name, dist):
-            if name == METHOD and trial.number < self._n_cover:
-                choices = [c for c in dist.choices if c in self.methods]
-                return _encode(_least_tried(_tried(study, choices)[1], self._cover_rng))
-            return super().sample_independent(study, trial, name, dist)
+        self.methods = list(methods)
+        self._n_cover = max(n_startup, len(self.methods))
+        self._cover_rng = random.Random(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            super().__init__(seed=seed, n_startup_trials=self._n_cover, multivariate=True, group=True)
 
-    return CoveringTPE()
+    def sample_independent(self, study, trial, name, dist):
+        if name == METHOD and trial.number < self._n_cover:
+            choices = [c for c in dist.choices if c in self.methods]
+            return _encode(_least_tried(_tried(study, choices)[1], self._cover_rng))
+        return super().sample_independent(study, trial, name, dist)

@@ -146,9 +146,9 @@ def make_sampler(name: str, seed: int, n_startup: int, conditional: bool = False
 
         return MethodBandit(methods or [], seed=seed, n_startup=max(1, n_startup // max(1, len(methods or [1]))))
     if name == "tpe-cover":  # AutoML spaces: grouped TPE whose random start covers every method
-        from .hierarchy import covering_tpe
+        from .hierarchy import CoveringTPE
 
-        return covering_tpe(methods or [], seed=seed, n_startup=n_startup)
+        return CoveringTPE(methods or [], seed=seed, n_startup=n_startup)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
     if name == "botorch":

@@ -237,9 +237,12 @@ def test_tpe_cover_tries_every_method_first_then_models():
     """--sampler tpe-cover: the start-up covers the six methods (grouped TPE's own random start
     need not: with seed 0 and 6 start-up trials it misses one), then TPE's model takes over and
     concentrates on the best method (latent, on the synthetic objective)."""
+    import pickle
+
     from bnnsearch.sweep import make_sampler
 
     s = load_space(ROOT / "search_spaces" / "automl.yaml")
+    pickle.loads(pickle.dumps(make_sampler("tpe-cover", 0, 5, True, methods=s.methods)))  # Ray snapshots it
     cover = _synthetic_study(make_sampler("tpe-cover", 0, 5, True, objectives=2, methods=s.methods), s, n=30)
     order = [t.params["method"] for t in cover.trials]
     assert sorted(order[:6]) == sorted(s.methods)  # max(5, 6 methods) trials, each method once
@@ -480,12 +483,24 @@ def test_time_budget_ends_a_study_that_is_not_an_interrupt(in_tmp, capsys):
 
 
 @pytest.mark.slow
-def test_the_bandit_runs_an_automl_study(in_tmp, capsys):
-    from bnnsearch.cli import main
+@pytest.mark.parametrize("sampler", ["bandit", "tpe-cover"])
+def test_the_method_samplers_run_an_automl_study(in_tmp, capsys, sampler):
+    """A real study (Ray Tune snapshots the searcher, sampler included, after every event): both
+    try each of the three methods before they model (2 at a time: the third is asked while the
+    first two run)."""
+    from mlflow.tracking import MlflowClient
 
-    assert main(["automl", str(automl_file(in_tmp)), "--trials", "4", "--sampler", "bandit", "--startup-trials", "3"]) == 0
+    from bnnsearch.cli import main
+    from bnnsearch.tracking import default_tracking_uri
+
+    assert main(["automl", str(automl_file(in_tmp)), "--trials", "4", "--sampler", sampler, "--startup-trials", "2"]) == 0
     out = capsys.readouterr().out
-    assert "study automl-digits-bandit-s0: 4 complete" in out and "warning:" not in out
+    assert f"study automl-digits-{sampler}-s0: 4 complete" in out and "warning:" not in out
+    c = MlflowClient(default_tracking_uri())
+    runs = c.search_runs([c.get_experiment_by_name("bnnsearch/digits/automl").experiment_id],
+                         "tags.`bnnsearch.kind` = 'trial'")
+    first = {r.data.tags["method"] for r in runs if int(r.data.tags["bnnsearch.trial_index"]) <= 3}
+    assert first == {"latent", "filtered", "local_binary"}
 
 
 @pytest.mark.slow
