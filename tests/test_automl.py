@@ -489,13 +489,12 @@ def test_the_method_samplers_run_an_automl_study(in_tmp, capsys, sampler):
     samplers' first three suggestions are the three methods (read from the study's journal of
     suggestions, in the order they were asked; trials finish in another order)."""
     from bnnsearch.cli import main
-    from bnnsearch.sweep import JOURNAL
+    from bnnsearch.sweep import read_journal
 
     assert main(["automl", str(automl_file(in_tmp)), "--trials", "4", "--sampler", sampler, "--startup-trials", "2"]) == 0
     out = capsys.readouterr().out
     assert f"study automl-digits-{sampler}-s0: 4 complete" in out and "warning:" not in out
-    lines = (in_tmp / "bnnsearch_runs" / f"automl-digits-{sampler}-s0" / JOURNAL).read_text().splitlines()
-    asked = [json.loads(line)["params"]["method"] for line in lines]
+    asked = [e["params"]["method"] for e in read_journal(in_tmp / "bnnsearch_runs" / f"automl-digits-{sampler}-s0")]
     assert len(asked) == 4 and set(asked[:3]) == {"latent", "filtered", "local_binary"}, asked
 
 

@@ -477,7 +477,7 @@ def test_restore_adopts_trials_ray_kept_but_the_sampler_never_saw(tmp_path):
     import json
 
     from bnnsearch.spaces import load_space
-    from bnnsearch.sweep import JOURNAL, _searcher_cls, make_sampler
+    from bnnsearch.sweep import JOURNAL, _searcher_cls, make_sampler, read_journal
 
     space = load_space(space_file(tmp_path, ALPHA))
     exp = tmp_path / "exp"
@@ -492,7 +492,7 @@ def test_restore_adopts_trials_ray_kept_but_the_sampler_never_saw(tmp_path):
     s.save(str(tmp_path / "searcher.pkl"))  # the searcher's snapshot: t1 only
     s.suggest("t2")  # in Ray's list (below), not in the searcher's snapshot
     s.suggest("t3")  # in neither: started after both snapshots
-    journal = {e["trial_id"]: e["params"] for e in map(json.loads, (exp / JOURNAL).read_text().splitlines())}
+    journal = {e["trial_id"]: e["params"] for e in read_journal(exp)}
     (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(
         {"trial_data": [[json.dumps({"trial_id": t}), "{}"] for t in ("t1", "t2")]}))
     r = searcher()
