@@ -163,10 +163,11 @@ class Tracker:
         return {m.step: m.value for m in self.client.get_metric_history(run_id, key)}
 
     # ---- trials
-    def start_trial(self, parent_id: str, trial_id: str, name: str, config: dict, study: str) -> str:
+    def start_trial(self, parent_id: str, trial_id: str, name: str, config: dict, study: str,
+                    tags: dict | None = None) -> str:
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
             "mlflow.parentRunId": parent_id, TRIAL_TAG: trial_id, STUDY_TAG: study, "bnnsearch.kind": "trial",
-            "method": config.get("method", "")})
+            "method": config.get("method", ""), **{k: str(v) for k, v in (tags or {}).items()}})
         self.log_params(run.info.run_id, config)
         return run.info.run_id
 
@@ -180,15 +181,19 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
         self.log_metric_steps(run_id, [(metrics, step)])
 
-    def log_metric_steps(self, run_id: str, entries: list[tuple[dict, int]]) -> None:
-        """Metrics of several steps in as few requests as possible (1000 values each)."""
-        from mlflow.entities import Metric
+    def log_metric_steps(self, run_id: str, entries: list[tuple[dict, int]], tags: dict | None = None) -> None:
+        """Metrics of several steps, and tags, in as few requests as possible (1000 values
+        each; the tags go with the last request, so they are written only with the metrics)."""
+        from mlflow.entities import Metric, RunTag
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for metrics, step in entries for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        chunks = [items[i : i + 1000] for i in range(0, len(items), 1000)] or [[]]
+        for i, chunk in enumerate(chunks):
+            last = tags if i == len(chunks) - 1 else None
+            if chunk or last:
+                self.client.log_batch(run_id, metrics=chunk, tags=[RunTag(k, str(v)) for k, v in (last or {}).items()])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
@@ -204,6 +209,13 @@ class Tracker:
 
     def log_json(self, run_id: str, obj, name: str) -> None:
         self.log_text(run_id, json.dumps(obj, indent=1, default=str), name)
+
+    def log_texts(self, run_id: str, files: dict[str, str]) -> None:
+        """Several small text artifacts in one call (one run lookup, one upload)."""
+        with tempfile.TemporaryDirectory() as d:
+            for name, text in files.items():
+                (Path(d) / name).write_text(text)
+            self.client.log_artifacts(run_id, d)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -263,6 +263,31 @@ def test_resume_after_two_sigkills_keeps_the_record_whole(tmp_path):
     subprocess.run(["pkill", "-9", "-f", str(tmp_path)], check=False)
 
 
+def test_a_counted_run_left_running_by_a_kill_is_ended_on_resume_and_kept_by_an_interrupt(tmp_path):
+    """A trial's end is one request (metrics, status and index tags), then the run marked ended,
+    then the parent's step. A kill between the first two leaves a counted run RUNNING: the
+    resumed callback ends it with its own status and writes the missing step; an interrupt ends
+    it likewise and labels only the uncounted running run interrupted."""
+    from bnnsearch.spaces import load_space
+    from bnnsearch.sweep import MlflowCallback, SweepArgs, _interrupted
+    from bnnsearch.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = SweepArgs(space=load_space(space_file(tmp_path, ALPHA)), trials=3, quiet=True, tracking_uri=uri)
+    tr = Tracker(uri, "e")
+    parent = tr.start_study("s", tags={}, params={})
+    counted, stopped, running = (tr.start_trial(parent, f"t{i}", f"t{i}", {"method": "filtered"}, "s") for i in range(3))
+    tr.set_tags(counted, {MlflowCallback.INDEX: 1, MlflowCallback.VALUE: 0.75, "bnnsearch.status": "complete"})
+    MlflowCallback(args, parent, uri, tr)  # what a resumed study builds
+    assert tr.client.get_run(counted).info.status == "FINISHED"
+    assert tr.steps(parent, "trial_value") == {1: 0.75} and tr.steps(parent, "trial_state") == {1: 1.0}
+    tr.set_tags(stopped, {MlflowCallback.INDEX: 2, MlflowCallback.VALUE: "", "bnnsearch.status": "stopped early"})
+    _interrupted(tr, parent, args, "s")
+    runs = {r: tr.client.get_run(r) for r in (counted, stopped, running)}
+    assert [(runs[r].info.status, runs[r].data.tags["bnnsearch.status"]) for r in (counted, stopped, running)] == [
+        ("FINISHED", "complete"), ("KILLED", "stopped early"), ("KILLED", "interrupted")]
+
+
 def test_a_snapshot_set_that_does_not_read_back_or_disagrees_is_replaced_by_the_kept_copy(tmp_path):
     """Unit: Ray's newest snapshot set (experiment_state JSON, searcher pickles of the same
     session) is kept when it reads back, its searcher generated as many trials as its trial
