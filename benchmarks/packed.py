@@ -17,6 +17,9 @@ digits, 10 epochs) with the same seed, one packed by 8 and one not, and prints t
 ratio: everything a study pays per trial (Ray actors, MLflow runs, cost tables) included. A
 2-trial warm-up study on the same store runs first, untimed: what a process pays once (imports,
 opening the MLflow store, Ray's worker pool) would otherwise fall on whichever study runs first.
+The wall clock of such short studies varies by ~15 % run to run on 2 cores: ``--study-repeats``
+pairs (default 3, the order within a pair alternating) and their median ratio are printed, with
+the driver's own CPU seconds per study.
 """
 from __future__ import annotations
 
@@ -57,7 +60,12 @@ def bench(label: str, base: dict, method: str, k: int) -> float:
     return ratio
 
 
-def study_ratio(trials: int = 32, pack: int = 8, data: str = "digits", width: int = 64, epochs: int = 10) -> float:
+def study_ratio(trials: int = 32, pack: int = 8, data: str = "digits", width: int = 64, epochs: int = 10,
+                repeats: int = 1) -> float:
+    """Wall-clock ratio of a ``trials``-trial study unpacked against ``--pack pack``: the median
+    over ``repeats`` pairs (the order within a pair alternates, so neither arm always runs
+    second in a warmer process), each pair's figures printed."""
+    import statistics
     import time
 
     import ray
@@ -68,7 +76,7 @@ def study_ratio(trials: int = 32, pack: int = 8, data: str = "digits", width: in
 
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    secs = {}
+    ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         sp = Path(tmp) / "space.yaml"
         sp.write_text(yaml.safe_dump({
@@ -77,19 +85,26 @@ def study_ratio(trials: int = 32, pack: int = 8, data: str = "digits", width: in
                       "batch_size": 128, "device": "cpu", "data_root": str(Path("data").resolve())},
             "params": {"lr": {"float": [0.1, 100.0], "log": True}, "weight_decay": {"float": [1e-5, 1e-1], "log": True},
                        "momentum": {"float": [0.0, 0.99]}}}))
-        for k, n in (("warm-up", 2), (pack, trials), (1, trials)):  # the warm-up is not timed
+        order = [("warm-up", 2)]  # the warm-up is not timed
+        for r in range(repeats):
+            order += [(pack, trials), (1, trials)] if r % 2 == 0 else [(1, trials), (pack, trials)]
+        secs: dict = {}
+        for i, (k, n) in enumerate(order):
             t0, c0 = time.perf_counter(), time.process_time()
             run_sweep(SweepArgs(space=load_space(sp), trials=n, sampler="random", seed=0, pack=1 if k == "warm-up" else k,
                                 quiet=True, storage=f"{tmp}/runs", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-                                name=f"pack{k}-{data}-{width}"))
+                                name=f"pack{k}-{data}-{width}-{i}"))
             secs[k], cpu = time.perf_counter() - t0, time.process_time() - c0
             # The driver's own CPU seconds (Ray's controller, the searcher, MLflow records) beside
             # the wall clock: on 2 cores the driver competes with the 2 training workers.
             print(f"study of {n} trials, --pack {k}: {secs[k]:7.1f}s  (driver CPU {cpu:5.1f}s)" if k != "warm-up" else
                   f"(warm-up study of {n} trials, not counted: {secs[k]:.1f}s)", flush=True)
-    ratio = secs[1] / secs[pack]
+            if k != "warm-up" and i % 2 == 0:  # a pair is done
+                ratios.append(secs[1] / secs[pack])
+    ratio = statistics.median(ratios)
+    spread = f", {repeats} pairs: {min(ratios):.2f}-{max(ratios):.2f}x" if repeats > 1 else ""
     print(f"study speedup, --pack {pack} vs --pack 1 ({trials} trials of {epochs} epochs, mlp {width}x3, {data}, "
-          f"2 CPU workers): {ratio:.2f}x", flush=True)
+          f"2 CPU workers): {ratio:.2f}x{' (median' + spread + ')' if spread else ''}", flush=True)
     return ratio
 
 
@@ -99,6 +114,7 @@ def main():
     ap.add_argument("--gpu", action="store_true", help="also vgg_small and resnet20 on CUDA (bf16, channels_last)")
     ap.add_argument("--quick", action="store_true", help="K in {1, 8} and latent only")
     ap.add_argument("--study", action="store_true", help="also a 32-trial study, --pack 8 against --pack 1")
+    ap.add_argument("--study-repeats", type=int, default=3, help="pairs of studies per setting (median ratio printed)")
     args = ap.parse_args()
     ks = [1, 8] if args.quick else [1, 4, 8, 16]
     methods = ["latent"] if args.quick else ["latent", "filtered", "proxconnect"]
@@ -123,8 +139,8 @@ def main():
                 for k in (1, 8, 32):
                     bench(f"{arch}, CIFAR-shaped, bf16, cuda", base, "latent", k)
     if args.study:  # a study of short trials (driver overhead weighs) and one of longer trials
-        study_ratio(data="digits", width=64, epochs=10)
-        study_ratio(data="mnist1d", width=128, epochs=20)
+        study_ratio(data="digits", width=64, epochs=10, repeats=args.study_repeats)
+        study_ratio(data="mnist1d", width=128, epochs=20, repeats=args.study_repeats)
     print(f"packed speedup at K=8 (mlp 64x3, digits, cpu): {headline:.2f}x")
 
 
