@@ -120,6 +120,30 @@ def test_conv_archs_pack_exactly(arch, args, method, hps):
         _same_history(a, p.history)
 
 
+@pytest.mark.parametrize("method,hps,together", [
+    ("latent", [{"lr": 1.0}, {"lr": 30.0, "init_scale": 0.0}, {"lr": 3.0, "momentum": 0.5}], True),
+    ("filtered", CASES["filtered"][1], True),
+    ("latent", CASES["latent"][1], False),  # scaling differs: no shared quantizer, each member asked
+])
+def test_flip_statistics_read_all_members_at_once(method, hps, together, monkeypatch):
+    """A pack reads its members' signs per layer in one call where they share a stacked weight
+    quantizer (Method.binary_signs_stacked); its flip counts equal the members' read one by one,
+    and the lone runs'. (The one-by-one path is the reference, forced here.)"""
+    cfgs = _cfgs(method, MLP, hps, epochs=2)
+    cls = type(get_method(method))
+    orig, seen = cls.binary_signs_stacked, []
+    monkeypatch.setattr(cls, "binary_signs_stacked", lambda self, *a: seen.append(r := orig(self, *a)) or r)
+    stacked = fit_pack(cfgs)
+    assert (seen[0] is not None) == together
+    monkeypatch.setattr(cls, "binary_signs_stacked", lambda self, *a: None)
+    one_by_one = fit_pack(cfgs)
+    alone = [fit(c).history for c in cfgs]
+    for s, o, a in zip(stacked, one_by_one, alone):
+        _same_history(o.history, s.history)
+        _same_history(a, s.history)
+    assert all(h["bin/flip_ratio"] > 0 for r in stacked for h in r.history)  # signs flipped: counted
+
+
 def test_random_sign0_draws_from_each_members_stream():
     cfgs = _cfgs("latent", MLP, [{"init_scale": 0.0, "lr": 1.0}, {"init_scale": 0.0, "lr": 5.0}], sign0="random",
                  epochs=2)

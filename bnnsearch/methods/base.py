@@ -297,6 +297,29 @@ class Method:
             out.append((name, (lambda q=q, w=w: q.hard_sign(w)), w.numel()))
         return out
 
+    def binary_signs_stacked(self, packed: nn.Module, models: list[nn.Module]) -> list[Callable[[], torch.Tensor]] | None:
+        """Packed trials: the flip statistics of all members at once, one fn per entry of
+        ``binary_signs`` (same order) returning the members' '+1' masks stacked ``[K, ...]``;
+        None where some layer's members cannot be read together, and the engine asks each
+        member's ``binary_signs`` (the same values, K times the small ops per step). Default:
+        when ``binary_signs`` is this class's and every binary layer's members share one
+        stacked weight quantizer (nn/pack.py ``stacked_hard_sign``)."""
+        if type(self).binary_signs is not Method.binary_signs:
+            return None
+        owner = {id(m): p for p in packed.modules() if hasattr(p, "stacked_hard_sign") for m in p.members}
+        per_member = [[layer for _, layer in binary_layers(m)] for m in models]
+        if any(len(ls) != len(per_member[0]) for ls in per_member):
+            return None
+        fns = []
+        for li, layer in enumerate(per_member[0]):
+            p = owner.get(id(layer))
+            if p is None or any(p.members[j] is not ls[li] for j, ls in enumerate(per_member)):
+                return None
+            if p.stacked_hard_sign() is None:
+                return None
+            fns.append(p.stacked_hard_sign)
+        return fns
+
     def binary_storage(self, model: nn.Module) -> list[torch.Tensor]:
         """The tensors that decide the binary weights' signs (latent or +-1 storage). The
         ``freeze_binary`` control restores them after every step. Default: the stored binary

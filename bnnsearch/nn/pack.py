@@ -150,6 +150,18 @@ class _Stacked(nn.Module):
             self.sign_init = None
         self._wq = qs[0]
 
+    def stacked_hard_sign(self) -> torch.Tensor | None:
+        """The members' '+1' masks of their binary weights (flip statistics), stacked
+        ``[K, ...]``, from one call of the shared weight quantizer; None without one."""
+        if self._wq is None:
+            return None
+        pos = None
+        if self.sign_init is not None:
+            pos = getattr(self, "_init_pos", None)
+            if pos is None or pos.device != self.sign_init.device:
+                pos = self._init_pos = self.sign_init > 0  # cached: sign_init never changes
+        return self._wq.hard_sign_stacked(self.weight, pos)
+
     def stacked_weight(self) -> torch.Tensor:
         """The members' effective weights, stacked ``[K, out, ...]``."""
         if self._wq is not None:

@@ -83,6 +83,13 @@ class Quantizer(nn.Module):
         members' stacked weights at once (None: each member's slice separately)."""
         return None
 
+    def hard_sign_stacked(self, w: torch.Tensor, init_pos: torch.Tensor | None) -> torch.Tensor | None:
+        """Packed trials: ``hard_sign`` of all members' stacked weights ``[K, ...]`` in one call
+        (``init_pos``: their stacked ``sign_init > 0``, or None), for quantizers with a
+        ``stack_key``; None where only each member's own ``hard_sign`` can say it (the engine
+        then asks the members one by one: the same values, K times the calls)."""
+        return None
+
     def forward_stacked(self, w: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:
         """``forward`` of every member at once on stacked weights ``[K, out, ...]`` (``init``:
         the members' stacked ``sign_init``). Only quantizers with a ``stack_key``."""
@@ -188,6 +195,12 @@ class _TieBreak(Quantizer):
             pos = self._init_pos = init > 0  # cached: sign_init never changes
         return torch.where(w == 0, pos, w > 0)
 
+    def hard_sign_stacked(self, w, init_pos):
+        if init_pos is None:
+            return None
+        w = w.detach()
+        return torch.where(w == 0, init_pos, w > 0)
+
 
 @register_quantizer("latent_sign")
 class LatentSign(_TieBreak):
@@ -235,4 +248,7 @@ class StoredSign(_TieBreak):
         return w
 
     def hard_sign(self, w):
+        return w.detach() > 0
+
+    def hard_sign_stacked(self, w, init_pos):
         return w.detach() > 0
