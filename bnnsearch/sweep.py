@@ -72,6 +72,21 @@ def member_results(result: dict | None) -> dict[str, dict] | None:
     return out or None
 
 
+def trial_metrics(result: dict | None) -> dict:
+    """An unpacked trial's result with its metrics merged in. A trial reports to Ray only what
+    Ray and the searcher read as numbers (epoch, diverged, objective and constraint values) and
+    the rest as one JSON string under ``metrics``: Ray keeps running statistics of every
+    numeric key and re-encodes them into its experiment snapshot on every result (the cost
+    ``member_results`` describes for packs). Results recorded before (every metric a key) are
+    returned as they are."""
+    if not result:
+        return {}
+    ms = result.get("metrics")
+    if isinstance(ms, str):
+        return {**json.loads(ms), **{k: v for k, v in result.items() if k != "metrics"}}
+    return result
+
+
 def members_of(trial_id: str, config: dict) -> list[tuple[str, dict, int | None]]:
     """(member id, params, index in the pack or None) of every configuration a Ray trial trains."""
     pack = config.get(PACK_KEY)
@@ -254,11 +269,13 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
 
     def report(m: dict):
         out = sanitize(m)
-        out.update(objective_fields(m, space))
-        out["node_id"] = node
-        out["worker_pid"] = pid
-        out["resumed_from_epoch"] = resumed_from  # 0: this run of the trial started from scratch
-        send(out)
+        top = objective_fields(m, space)  # what Ray and the searcher read (see trial_metrics)
+        top.update({k: out[k] for k in ("epoch", "diverged") if k in out})
+        top["node_id"] = node
+        top["worker_pid"] = pid
+        top["resumed_from_epoch"] = resumed_from  # 0: this run of the trial started from scratch
+        top["metrics"] = json.dumps(out)
+        send(top)
 
     try:
         fit(cfg, report, checkpoint_dir=work)
@@ -789,7 +806,7 @@ class MlflowCallback(tune.Callback):
         members = member_results(result)
         if members is None:
             rid = self._run(trial)
-            self._log(trial.trial_id, rid, result)
+            self._log(trial.trial_id, rid, trial_metrics(result))
             if result.get(CKPT_FLAG):
                 self._flush(rid)
             self._flush_old()
@@ -828,7 +845,7 @@ class MlflowCallback(tune.Callback):
             rid = self._run(trial, mid, params, k)
             if rid in self.indexed:
                 continue
-            m = last if members is None else members.get(str(k), {})
+            m = trial_metrics(last) if members is None else members.get(str(k), {})
             self._finish(trials, trial, mid, rid, m, self._epochs(params))
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -871,7 +888,7 @@ class MlflowCallback(tune.Callback):
             return
         running = sum(1 for t in trials if t.status == "RUNNING")
         space = self.args.space
-        m = last if last is not None else (trial.last_result or {})
+        m = last if last is not None else trial_metrics(trial.last_result)
         best = f"{self.best[0]:.4f}" if self.best else "-"
         vals = []
         for key, (metric, _) in zip(objective_keys(space), space.objectives):
@@ -1321,7 +1338,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     for r in grid:
         last = r.metrics or {}
         for mid, params, k in members_of(last.get("trial_id", ""), r.config or {}):
-            m = last if k is None else (member_results(last) or {}).get(str(k), {})
+            m = trial_metrics(last) if k is None else (member_results(last) or {}).get(str(k), {})
             full = int(m.get("epoch", 0)) >= space.config(params, where="sampled config").epochs
             status = ("failed" if r.error and not m.get("ended") else
                       "diverged" if m.get("diverged") else ("complete" if full else "stopped early"))

@@ -79,6 +79,15 @@ def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler):
     assert sorted(m.step for m in c.get_metric_history(kids[0].info.run_id, "val/acc")) == [1, 2]
     assert parent.data.metrics["best_value"] == curve[-1] and parent.data.tags["bnnsearch.status"] == "finished"
     assert kids[0].info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    # Ray's snapshot keeps running statistics of the numbers a trial reports, re-encoded on
+    # every result: the metrics travel as one string (sweep.trial_metrics), and all reach MLflow
+    (f,) = Path(s["storage"]).glob("experiment_state-*.json")
+    for _, meta in json.loads(f.read_bytes())["trial_data"]:
+        meta = json.loads(meta)
+        assert "objective" in meta["metric_analysis"] and "train/loss" not in meta["metric_analysis"]
+        assert "train/loss" in json.loads(meta["last_result"]["metrics"])
+    assert all(sorted(m.step for m in c.get_metric_history(k.info.run_id, "train/loss")) == [1, 2] for k in kids)
+    assert all({"bin/flip_ratio", "test/acc", "time/epoch_s"} <= set(k.data.metrics) for k in kids)
 
 
 def test_a_conditional_space_runs_a_recorded_study(ray_local, tmp_path):
@@ -557,3 +566,12 @@ def test_an_emptied_tuner_pkl_is_repaired_before_a_resume(tmp_path):
     (tmp_path / "tuner.pkl").write_bytes(b"newer")
     _repair_tuner_pkl(tmp_path)
     assert (tmp_path / "tuner.pkl").read_bytes() == b"newer"
+
+
+def test_trial_metrics_reads_the_reported_string_and_results_recorded_before():
+    from bnnsearch.sweep import trial_metrics
+
+    new = {"epoch": 2, "objective": 0.5, "metrics": json.dumps({"epoch": 2, "val/acc": 0.5, "train/loss": 1.25})}
+    assert trial_metrics(new) == {"epoch": 2, "objective": 0.5, "val/acc": 0.5, "train/loss": 1.25}
+    old = {"epoch": 2, "objective": 0.5, "val/acc": 0.5, "train/loss": 1.25}  # every metric a key (before)
+    assert trial_metrics(old) == old and trial_metrics(None) == {}
