@@ -265,8 +265,6 @@ def fit_pack(
     # The flip statistics of a pack read all members' signs per layer at once where the method
     # allows it (the same values as each member's own, in 1/K of the small ops per step).
     stacked = method.binary_signs_stacked(pack.module, [m.model for m in members]) if k_n > 1 else None
-    if stacked is not None and len(stacked) != n_l[0]:
-        stacked = None
     pack.train(True)
     with rng.use(members[0].gen):  # a pack's members switch to their own streams (Pack.ctx)
         for epoch in range(start_epoch, cfg.epochs):

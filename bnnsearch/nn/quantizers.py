@@ -193,9 +193,9 @@ class _TieBreak(Quantizer):
         pos = getattr(self, "_init_pos", None)
         if pos is None or pos.device != w.device:
             pos = self._init_pos = init > 0  # cached: sign_init never changes
-        return torch.where(w == 0, pos, w > 0)
+        return self.hard_sign_stacked(w, pos)
 
-    def hard_sign_stacked(self, w, init_pos):
+    def hard_sign_stacked(self, w, init_pos):  # element-wise: one member's weight or K stacked
         if init_pos is None:
             return None
         w = w.detach()
@@ -251,4 +251,4 @@ class StoredSign(_TieBreak):
         return w.detach() > 0
 
     def hard_sign_stacked(self, w, init_pos):
-        return w.detach() > 0
+        return self.hard_sign(w)
