@@ -1356,8 +1356,9 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         tracker.set_tags(parent_id, {"best_value": ranked[0]["objective"], "best_trial": ranked[0]["trial"]})
         tracker.log_metrics(parent_id, {"best_value": ranked[0]["objective"]}, step=max(a.trials, len(rows)))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped early", "diverged", "failed")}
+    # n_finished_trials: an interrupt set it; the finished study says its own (not a stale count)
     tracker.set_tags(parent_id, {**{f"n_{k.replace(' ', '_')}": v for k, v in counts.items()},
-                                 "bnnsearch.status": "finished"})
+                                 "n_finished_trials": sum(counts.values()), "bnnsearch.status": "finished"})
     tracker.finish(parent_id)
     summary["counts"] = counts
     summary["sampler_states"] = sampler_states

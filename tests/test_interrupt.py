@@ -74,6 +74,7 @@ def assert_interrupted(c, e, parent):
 
 def assert_complete(c, e, parent, n):
     assert parent.info.status == "FINISHED" and parent.data.tags["bnnsearch.status"] == "finished"
+    assert parent.data.tags["n_finished_trials"] == str(n)  # not the count an interrupt left
     steps = sorted(m.step for m in c.get_metric_history(parent.info.run_id, "trial_state"))
     assert steps == list(range(1, n + 1)), steps
     kids = c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
