@@ -138,11 +138,13 @@ def fit(
     *,
     checkpoint_dir: str | Path | None = None,
     threads: int | None = None,
+    save_due: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train one configuration. ``report(metrics)`` is called once per epoch; a truthy return
-    stops training. With ``checkpoint_dir`` the full state is saved after every epoch and a
-    run finding a checkpoint there continues from it."""
-    return fit_pack([cfg], [report], checkpoint_dir=checkpoint_dir, threads=threads)[0]
+    stops training. With ``checkpoint_dir`` the full state is saved after every epoch (with
+    ``save_due``, after the epochs where ``save_due()`` is true, asked before the epoch's
+    report) and a run finding a checkpoint there continues from it."""
+    return fit_pack([cfg], [report], checkpoint_dir=checkpoint_dir, threads=threads, save_due=save_due)[0]
 
 
 @dataclass
@@ -172,6 +174,7 @@ def fit_pack(
     threads: int | None = None,
     on_epoch: Callable[[dict[int, dict]], Any] | None = None,
     after_checkpoint: Callable[[], Any] | None = None,
+    save_due: Callable[[], bool] | None = None,
 ) -> list[FitResult]:
     """Train K configurations that share every structural key as one packed network
     (``nn/pack.py``); K = 1 is the ordinary single run. Member k is trained exactly as
@@ -185,7 +188,12 @@ def fit_pack(
     ``on_epoch({k: metrics})``, when given, is called once per epoch with every member that
     trained in it, instead of the per-member reports; it returns the members to stop, which
     the epoch's checkpoint then records as stopped; ``after_checkpoint()`` follows the save
-    (a Ray trial hands the checkpoint over there)."""
+    (a Ray trial hands the checkpoint over there).
+
+    ``save_due()``, when given, is asked after each epoch whether to save the checkpoint then
+    (default: every epoch). A Ray trial hands its checkpoint over only every ``--checkpoint-s``
+    seconds and saves only then: a save costs a third of a short packed epoch (8 MLPs 64x3 on
+    digits: ~30 ms of ~95 ms), and a save Ray never receives is lost with the trial's worker."""
     cfg = cfgs[0]
     k_n = len(cfgs)
     reports = list(reports) if reports is not None else [None] * k_n
@@ -364,7 +372,7 @@ def fit_pack(
                 for j in live:
                     if members[j].result.diverged or j in stops:
                         pack.active[j] = False
-            if ckpt_path is not None:
+            if ckpt_path is not None and (save_due is None or save_due()):
                 state = {
                     "members": [{
                         "model": m.model.state_dict(), "optimizers": [o.state_dict() for o in m.setup.optimizers],

@@ -265,7 +265,7 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
     # record, is a read-only call of Ray core: TuneContext does not expose it.
     node = ray.get_runtime_context().get_node_id()
     pid = os.getpid()
-    send = _sender(work, checkpoint_s)
+    send = _Sender(work, checkpoint_s)
 
     def report(m: dict):
         out = sanitize(m)
@@ -278,29 +278,36 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
         send(top)
 
     try:
-        fit(cfg, report, checkpoint_dir=work)
+        fit(cfg, report, checkpoint_dir=work, save_due=send.due)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _sender(work: Path, checkpoint_s: float):
+class _Sender:
     """``send(result)``: ``tune.report`` of a trial's result, handing Ray the engine's checkpoint
-    in ``work`` at most every ``checkpoint_s`` seconds. The engine saves its state every epoch
-    (cheap, local); handing it to Ray copies it to storage, which costs more than a short epoch.
-    A result carrying a checkpoint is flagged: the driver writes what it buffered before Ray can
-    name that checkpoint."""
-    last = [time.monotonic()]
+    in ``work`` at most every ``checkpoint_s`` seconds. The engine asks ``due()`` after each
+    epoch and saves its state only when it is (a save Ray never receives would be lost with the
+    worker); the epoch's ``send`` then hands that checkpoint over. A result carrying a
+    checkpoint is flagged: the driver writes what it buffered before Ray can name that
+    checkpoint."""
 
-    def send(out: dict) -> None:
-        now = time.monotonic()
-        if now - last[0] >= checkpoint_s:
-            last[0] = now
+    def __init__(self, work: Path, checkpoint_s: float):
+        self.work, self.checkpoint_s = work, checkpoint_s
+        self.last = time.monotonic()
+        self.saved = False  # the engine saved this epoch's state: the next send hands it over
+
+    def due(self) -> bool:
+        self.saved = time.monotonic() - self.last >= self.checkpoint_s
+        return self.saved
+
+    def __call__(self, out: dict) -> None:
+        if self.saved:
+            self.saved = False
+            self.last = time.monotonic()
             out[CKPT_FLAG] = 1
-            tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
+            tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(self.work)))
         else:
             tune.report(out)
-
-    return send
 
 
 def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s: float, asha: str | None = None):
@@ -356,10 +363,11 @@ def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s:
                        "members": json.dumps(latest)}]  # a string: see member_results
         return stops
 
-    send = _sender(work, checkpoint_s)
+    send = _Sender(work, checkpoint_s)
 
     try:
-        fit_pack(cfgs, on_epoch=on_epoch, after_checkpoint=lambda: send(pending[0]), checkpoint_dir=work)
+        fit_pack(cfgs, on_epoch=on_epoch, after_checkpoint=lambda: send(pending[0]), checkpoint_dir=work,
+                 save_due=send.due)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -79,6 +79,31 @@ def test_checkpoint_resume_continues_exactly(tiny_cfg, tmp_path):
     assert _strip(resumed) == _strip(full)
 
 
+def test_checkpoint_saved_only_when_due(tiny_cfg, tmp_path):
+    """A Ray trial saves only the epochs it hands over (save_due): a run stopped after epoch 3
+    whose last due save was epoch 2 resumes from epoch 2 and still ends as the full run."""
+    from bnnsearch.sweep import checkpoint_epoch
+
+    cfg = tiny_cfg(epochs=4, data_args={"augment": False})
+    full = fit(cfg).history
+    ck = tmp_path / "ck"
+    asked = []
+
+    def due():
+        asked.append(len(asked) + 1)
+        return asked[-1] == 2
+
+    first = fit(cfg, lambda m: m["epoch"] == 3, checkpoint_dir=ck, save_due=due).history
+    assert len(first) == 3 and asked == [1, 2, 3]
+    assert checkpoint_epoch(ck) == 2
+    resumed = fit(cfg, checkpoint_dir=ck).history
+    assert [m["epoch"] for m in resumed] == [1, 2, 3, 4]
+    assert _strip(resumed) == _strip(full)
+    none = tmp_path / "none"
+    fit(cfg, checkpoint_dir=none, save_due=lambda: False)
+    assert checkpoint_epoch(none) == 0
+
+
 def test_no_host_sync_per_step(tiny_cfg, monkeypatch):
     """bnnsearch reads device values back once per epoch: count the calls that force a sync
     (item, tolist, bool/float/int of a tensor) made from bnnsearch's own code. (torch's Adam
