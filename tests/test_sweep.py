@@ -59,6 +59,8 @@ def mlflow_runs(tmp_path, summary):
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "gp", "botorch"])
 def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler):
+    from bnnsearch.sweep import earlier_results
+
     s = sweep(tmp_path, space_file(tmp_path, ALPHA), trials=5, sampler=sampler, startup_trials=2)
     assert s["counts"] == {"complete": 5, "stopped early": 0, "diverged": 0, "failed": 0}
     assert s["sampler_states"] == {"COMPLETE": 5}
@@ -86,6 +88,10 @@ def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler):
         meta = json.loads(meta)
         assert "objective" in meta["metric_analysis"] and "train/loss" not in meta["metric_analysis"]
         assert "train/loss" in json.loads(meta["last_result"]["metrics"])
+        # a short trial reports once (sweep._Sender holds epoch 1 back), and MLflow still has both epochs
+        last = meta["last_result"]
+        assert last["training_iteration"] == 1 and last["epoch"] == 2
+        assert [e["epoch"] for e in earlier_results(last)] == [1]
     assert all(sorted(m.step for m in c.get_metric_history(k.info.run_id, "train/loss")) == [1, 2] for k in kids)
     assert all({"bin/flip_ratio", "test/acc", "time/epoch_s"} <= set(k.data.metrics) for k in kids)
 
@@ -575,3 +581,67 @@ def test_trial_metrics_reads_the_reported_string_and_results_recorded_before():
     assert trial_metrics(new) == {"epoch": 2, "objective": 0.5, "val/acc": 0.5, "train/loss": 1.25}
     old = {"epoch": 2, "objective": 0.5, "val/acc": 0.5, "train/loss": 1.25}  # every metric a key (before)
     assert trial_metrics(old) == old and trial_metrics(None) == {}
+
+
+def test_sender_holds_results_back_and_hands_them_over_with_the_next_report(monkeypatch, tmp_path):
+    """sweep._Sender: a result is held unless report_s passed, a checkpoint goes with it or it
+    is final; the next report carries the held ones (oldest first); flush sends a held last."""
+    from bnnsearch import sweep as sw
+
+    sent = []
+    monkeypatch.setattr(sw.tune, "report", lambda out, checkpoint=None: sent.append((dict(out), checkpoint)))
+    clock = [100.0]
+    monkeypatch.setattr(sw.time, "monotonic", lambda: clock[0])
+    send = sw._Sender(tmp_path, checkpoint_s=30.0, report_s=2.0)
+    for e in (1, 2):
+        clock[0] += 0.5
+        assert not send.due()
+        send({"epoch": e})
+    assert sent == []
+    clock[0] += 1.5  # 2 s since the start: report, with epochs 1 and 2 held
+    send.due()
+    send({"epoch": 3})
+    assert [r["epoch"] for r in sw.earlier_results(sent[0][0])] == [1, 2] and sent[0][0]["epoch"] == 3
+    clock[0] += 0.1
+    send({"epoch": 4}, final=True)  # final: at once, nothing held
+    assert sent[1][0] == {"epoch": 4}
+    clock[0] += 0.05
+    send.due()
+    send({"epoch": 5})
+    assert len(sent) == 2
+    clock[0] += 30.0  # a checkpoint is due: it goes at once, flagged, with what was held
+    assert send.due()
+    send({"epoch": 6})
+    out, ckpt = sent[2]
+    assert ckpt is not None and out[sw.CKPT_FLAG] == 1 and [r["epoch"] for r in sw.earlier_results(out)] == [5]
+    clock[0] += 0.1
+    send.due()
+    send({"epoch": 7})
+    send.flush()
+    assert sent[3][0] == {"epoch": 7} and len(sent) == 4
+    send.flush()  # nothing held: nothing sent
+    assert len(sent) == 4
+    every = sw._Sender(tmp_path, checkpoint_s=30.0, report_s=0.0)  # Ray's ASHA: every epoch
+    every.due()
+    every({"epoch": 1})
+    assert sent[4][0] == {"epoch": 1}
+
+
+def test_searcher_reads_every_epoch_of_a_coalesced_report(tmp_path):
+    """Optuna's intermediate values of a trial whose report carried held-back epochs: one per
+    epoch, at the epoch (not at Ray's report count); a re-run epoch once."""
+    import optuna
+
+    from bnnsearch.spaces import load_space
+    from bnnsearch.sweep import EARLIER, _searcher_cls
+
+    space = load_space(space_file(tmp_path, ALPHA))
+    s = _searcher_cls()(space=space.sampler_space(), metric="objective", mode="max",
+                        sampler=optuna.samplers.RandomSampler(seed=0), full_epochs=3,
+                        journal=str(tmp_path / "journal.jsonl"))
+    assert s.suggest("t1") is not None
+    held = [{"epoch": 1, "objective": 0.1}, {"epoch": 2, "objective": 0.2}]
+    s.on_trial_result("t1", {"epoch": 3, "objective": 0.3, "training_iteration": 1, EARLIER: json.dumps(held)})
+    s.on_trial_result("t1", {"epoch": 3, "objective": 0.9, "training_iteration": 2})  # a re-run epoch: once
+    (t,) = s._ot_study.get_trials(deepcopy=False)
+    assert t.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3}
