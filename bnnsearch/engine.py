@@ -10,7 +10,8 @@ losses as ``inf``, never NaN.
 Report keys per epoch: ``epoch``, ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
 ``test/loss``, ``test/acc``, ``bin/flip_ratio`` (seed 002 Eq. 18, per step, averaged over the
 epoch) and ``bin/flip_from_init`` (global and ``/<layer>``), ``sched/<name>``, ``cost/*``,
-``time/epoch_s``, ``time/total_s``, ``diverged``, plus the method's own entries.
+``time/epoch_s``, ``time/total_s``, ``diverged``, plus the method's own entries; with
+``compile: true`` also ``time/compile_s`` (see ``fit_pack``).
 """
 from __future__ import annotations
 
@@ -147,6 +148,18 @@ def fit(
     return fit_pack([cfg], [report], checkpoint_dir=checkpoint_dir, threads=threads, save_due=save_due)[0]
 
 
+def _compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process so far: Dynamo's own timing of
+    its compiles (tracing, and Inductor's code generation or cache loads beneath it)."""
+    import sys
+
+    if "torch._dynamo" not in sys.modules:
+        return 0.0
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
+
+
 @dataclass
 class _Member:
     cfg: RunConfig
@@ -184,6 +197,9 @@ def fit_pack(
 
     ``time/epoch_s`` of a member is the pack's epoch wall time divided by the members that
     trained in it (its fair share); ``pack/epoch_s`` is the whole pack's, ``pack/size`` K.
+    With ``compile: true`` the seconds spent compiling are not in ``time/epoch_s`` and
+    ``time/total_s``: ``time/compile_s`` reports them apart (so far in the run; a member's share
+    in a pack, whose whole is ``pack/compile_s``).
 
     ``on_epoch({k: metrics})``, when given, is called once per epoch with every member that
     trained in it, instead of the per-member reports; it returns the members to stop, which
@@ -237,6 +253,15 @@ def fit_pack(
 
     use_amp = cfg.amp == "bf16" and device.type == "cuda"
     target = pack.module if pack.module is not None else members[0].model
+    if cfg.compile:
+        # Every network compiles afresh: torch.nn.utils.parametrize gives each parametrized
+        # module its own class, so Dynamo's type guards fail for every new network and each run
+        # in a process added new cache entries until Dynamo's recompile limit (8) turned
+        # compilation off for the rest of the process, silently (a worker's 5th or 6th trial
+        # ran eager; tests/test_engine.py). Inductor's on-disk cache keeps the later compiles short.
+        from torch import _dynamo
+
+        _dynamo.reset()
     net = torch.compile(target) if cfg.compile else target
 
     def forward(m, x):
@@ -246,7 +271,7 @@ def fit_pack(
 
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-    start_epoch, step, elapsed = 0, 0, 0.0
+    start_epoch, step, elapsed, compiled = 0, 0, 0.0, 0.0
 
     ckpt_path = Path(checkpoint_dir) / CKPT_NAME if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
@@ -266,6 +291,7 @@ def fit_pack(
         shuffle_gen.set_state(st["shuffle_gen"])
         aug_gen.set_state(st["aug_gen"].to(aug_gen.get_state().device))
         start_epoch, step, elapsed = st["epoch"], st["step"], st["elapsed"]
+        compiled = st.get("compile_s", 0.0)  # absent in checkpoints written before it was recorded
 
     if k_n > 1:
         pack.fuse()  # after a restore: the fused optimizer state starts from the members' own
@@ -280,6 +306,7 @@ def fit_pack(
                 break
             live = [i for i, a in enumerate(pack.active) if a]
             t0 = time.perf_counter()
+            c0 = _compile_seconds() if cfg.compile else 0.0
             perm = torch.randperm(n_train, generator=shuffle_gen).to(device, non_blocking=True)
             loss_sum = torch.zeros(k_n, device=device, dtype=torch.float64)
             correct = torch.zeros(k_n, device=device, dtype=torch.long)
@@ -353,8 +380,10 @@ def fit_pack(
                 blocks += [head, flips[j].double(), from_init.double(), *dev_vals]
                 extras_all.append((extras, dev_keys))
             flat = torch.cat(blocks).tolist()  # the one host sync of the epoch, for every member
-            epoch_s = time.perf_counter() - t0
+            comp = _compile_seconds() - c0 if cfg.compile else 0.0
+            epoch_s = time.perf_counter() - t0 - comp  # compile seconds are reported apart
             elapsed += epoch_s
+            compiled += comp
             pos = 0
             for j, (extras, dev_keys) in zip(live, extras_all):
                 m = members[j]
@@ -362,9 +391,13 @@ def fit_pack(
                 vals, pos = flat[pos : pos + width], pos + width
                 extras.update(zip(dev_keys, vals[width - len(dev_keys):]))
                 metrics = _epoch_metrics(m, epoch, vals, n_l[j], steps_per_epoch, extras, epoch_s / len(live), elapsed / len(live) if k_n > 1 else elapsed)
+                if cfg.compile:
+                    metrics["time/compile_s"] = compiled / len(live) if k_n > 1 else compiled
                 if k_n > 1:
                     metrics["pack/size"] = k_n
                     metrics["pack/epoch_s"] = epoch_s
+                    if cfg.compile:
+                        metrics["pack/compile_s"] = compiled
                 m.result.history.append(metrics)
                 m.result.diverged = bool(metrics["diverged"])
             if on_epoch is not None:
@@ -381,7 +414,7 @@ def fit_pack(
                         "active": pack.active[j] and not m.result.diverged,
                     } for j, m in enumerate(members)],
                     "shuffle_gen": shuffle_gen.get_state(), "aug_gen": aug_gen.get_state(),
-                    "epoch": epoch + 1, "step": step, "elapsed": elapsed,
+                    "epoch": epoch + 1, "step": step, "elapsed": elapsed, "compile_s": compiled,
                 }
                 # With per-member reports a member is deactivated only after its report: the saved
                 # flag anticipates divergence (final), not a stop a report returns (re-asked after
