@@ -308,16 +308,16 @@ class _Sender:
 
     Coalescing: a Tune function trainable's ``report`` blocks until the driver has processed
     the result and asked for the next (Ray's synchronous reporting), and the driver saves its
-    experiment snapshot after each. One report per epoch stalled a trial tens of milliseconds per
-    epoch (57 ms per report of a pack of 8 MLPs on digits, whose epoch takes ~95 ms) and cost
-    the driver of a 32-trial unpacked digits study ~40 % more CPU (README, Packed trials). So a result is held back unless
-    ``report_s`` seconds passed since the last report, a checkpoint goes with it, or it is
-    ``final``; the next report carries the held results under ``earlier`` (oldest first) and
-    the driver records every epoch of them as if reported one by one. ``report_s = 0`` reports
-    every epoch (Ray's ASHA decides on each reported result). ``flush()`` after training sends
-    a held last result. What a report-holding trial costs: the driver's view of a running trial
-    is up to ``report_s`` old (a time budget that stops it mid-run records its last reported
-    epoch)."""
+    experiment snapshot after each. One report per epoch stalled a trial tens of milliseconds
+    per epoch (57 ms per report of a pack of 8 MLPs on digits, whose epoch takes ~95 ms) and
+    cost the driver of a 32-trial unpacked digits study ~40 % more CPU (README, Packed trials).
+    So a result is held back unless ``report_s`` seconds passed since the last report, a
+    checkpoint goes with it, or it is ``final``; the next report carries the held results under
+    ``earlier`` (oldest first) and the driver records every epoch of them as if reported one by
+    one. ``report_s = 0`` reports every epoch (Ray's ASHA decides on each reported result).
+    ``flush()`` after training sends a held last result. What a report-holding trial costs: the
+    driver's view of a running trial is up to ``report_s`` old (a time budget that stops it
+    mid-run records its last reported epoch)."""
 
     def __init__(self, work: Path, checkpoint_s: float, report_s: float = 0.0):
         self.work, self.checkpoint_s, self.report_s = work, checkpoint_s, report_s
