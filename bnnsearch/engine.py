@@ -149,15 +149,16 @@ def fit(
 
 
 def _compile_seconds() -> float:
-    """Seconds torch.compile has spent compiling in this process so far: Dynamo's own timing of
-    its compiles (tracing, and Inductor's code generation or cache loads beneath it)."""
+    """Seconds torch.compile has spent compiling in this process so far, by Dynamo's own timers:
+    the forward's compiles (tracing, and Inductor's code generation or cache loads beneath it)
+    and the backward's, which AOTAutograd compiles lazily at the first backward pass."""
     import sys
 
     if "torch._dynamo" not in sys.modules:
         return 0.0
     from torch._dynamo.utils import compilation_time_metrics
 
-    return float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
+    return float(sum(sum(compilation_time_metrics.get(k, ())) for k in ("_compile.compile_inner", "backward._backward_impl")))
 
 
 @dataclass

@@ -80,12 +80,13 @@ def test_checkpoint_resume_continues_exactly(tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_compile_trains_as_eager_and_compiles_in_every_run(tiny_cfg):
+def test_compile_trains_as_eager_and_compiles_in_every_run(tiny_cfg, tmp_path, monkeypatch):
     """compile: true (Inductor, here on the CPU) trains the same network as eager — in float64
     the same metrics — and reports its compile seconds apart from the epoch times. Every run of
     a process compiles: each network's parametrized modules get a class of their own, so each
     run added Dynamo cache entries until its recompile limit (8) silently turned compilation
     off after four or five runs (time/compile_s 0; this test fails so without the reset); the engine now resets Dynamo per run."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # an empty cache, as on a new machine
     eager = fit(tiny_cfg(dtype="float64")).history
     runs = [fit(tiny_cfg(dtype="float64", compile=True, epochs=2 if i == 0 else 1)).history for i in range(6)]
     for a, b in zip(eager, runs[0]):
@@ -95,7 +96,9 @@ def test_compile_trains_as_eager_and_compiles_in_every_run(tiny_cfg):
     assert [r[0]["time/compile_s"] > 0 for r in runs] == [True] * 6
     first = runs[0]
     assert first[1]["time/compile_s"] == first[0]["time/compile_s"]  # compiled in epoch 1 only
-    assert first[0]["time/epoch_s"] < first[0]["time/compile_s"]  # not counted in the epoch
+    # compiling — the backward's too, which AOTAutograd does lazily at the first backward pass
+    # on an empty Inductor cache — is not counted in the epoch
+    assert first[0]["time/epoch_s"] < 3 * first[1]["time/epoch_s"] + 0.2, first
     # a pack compiles its stacked network: each member as in the eager pack, the compile shared
     from bnnsearch.engine import fit_pack
 
