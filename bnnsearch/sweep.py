@@ -43,6 +43,7 @@ PACK_KEY = "bnnsearch_pack"  # a packed Ray trial's config: {PACK_KEY: [member p
 CKPT_FLAG = "bnnsearch_checkpointed"  # in a result that carries a Ray checkpoint
 FLUSH_S = 3.0  # the driver writes a trial's buffered epoch metrics to MLflow at least this often
 REPORT_S = 2.0  # a trial reports to Ray at least this often (and at its end, and with each checkpoint)
+EARLIER = "earlier"  # in a result: the trial's results held back since its last report (a JSON list)
 
 
 def member_id(trial_id: str, k: int) -> str:
@@ -87,9 +88,6 @@ def trial_metrics(result: dict | None) -> dict:
     if isinstance(ms, str):
         return {**json.loads(ms), **{k: v for k, v in result.items() if k not in ("metrics", EARLIER)}}
     return result
-
-
-EARLIER = "earlier"  # in a result: the trial's results held back since its last report (a JSON list)
 
 
 def earlier_results(result: dict | None) -> list[dict]:
@@ -882,15 +880,17 @@ class MlflowCallback(tune.Callback):
                 self._flush(rid)
             self._flush_old()
             return
-        earlier = [(member_results(r) or {}, r) for r in earlier_results(result)]
+        # each report's members and its worker's fields, held-back reports first (see _Sender)
+        reports = [(member_results(r) or {}, {x: r[x] for x in ("node_id", "resumed_from_epoch") if x in r})
+                   for r in [*earlier_results(result), result]]
         for mid, params, k in members_of(trial.trial_id, trial.config):
             m = members.get(str(k))
             rid = self._run(trial, mid, params, k)
             if m is None or rid in self.indexed:  # not reported yet, or already finished
                 continue
-            for ms, r in [*earlier, (members, result)]:  # held-back epochs first (see _Sender)
+            for ms, node in reports:
                 if str(k) in ms:
-                    self._log(mid, rid, {**ms[str(k)], **{x: r[x] for x in ("node_id", "resumed_from_epoch") if x in r}})
+                    self._log(mid, rid, {**ms[str(k)], **node})
             if result.get(CKPT_FLAG):
                 self._flush(rid)
             if m.get("ended"):

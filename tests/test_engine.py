@@ -85,7 +85,8 @@ def test_compile_trains_as_eager_and_compiles_in_every_run(tiny_cfg, tmp_path, m
     the same metrics — and reports its compile seconds apart from the epoch times. Every run of
     a process compiles: each network's parametrized modules get a class of their own, so each
     run added Dynamo cache entries until its recompile limit (8) silently turned compilation
-    off after four or five runs (time/compile_s 0; this test fails so without the reset); the engine now resets Dynamo per run."""
+    off after four or five runs (time/compile_s 0). The engine resets Dynamo per run; without
+    that reset this test fails."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # an empty cache, as on a new machine
     eager = fit(tiny_cfg(dtype="float64")).history
     runs = [fit(tiny_cfg(dtype="float64", compile=True, epochs=2 if i == 0 else 1)).history for i in range(6)]
