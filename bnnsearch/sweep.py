@@ -254,6 +254,41 @@ def trial_config(space: SearchSpace, config: dict, cpus: float):
     return cfg if cfg.threads else dataclasses.replace(cfg, threads=max(1, int(cpus)))
 
 
+def work_dir(kind: str) -> Path:
+    """A fresh scratch folder for one run of a trial (its engine checkpoints before Ray takes
+    them), after removing those that killed workers left behind on this host.
+
+    A trial removes its folder when it ends, but a worker killed with SIGKILL (a crash, the
+    out-of-memory killer, a second Ctrl-C, a killed driver taking its Ray down) cannot, and a
+    study that is killed and resumed again and again would fill the temp disk with checkpoints.
+    The folder's name carries its owner, ``bnnsearch-<kind>-<host hash>-<pid>-...`` (the
+    name, not a file inside: the folder's content travels in Ray checkpoints); a folder is an
+    orphan when its owner is on this host and no longer runs. Folders of another form (older
+    versions) are left alone."""
+    import re
+    import socket
+    import zlib
+
+    host = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+    tmp = Path(tempfile.gettempdir())
+    for d in tmp.glob(f"bnnsearch-*-{host}-*"):
+        m = re.fullmatch(rf"bnnsearch-(?:trial|pack)-{host}-(\d+)-.+", d.name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"bnnsearch-{kind}-{host}-{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a reused pid reads as alive: its folder stays)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkpoint_s: float = 30.0,
               asha: str | None = None, report_s: float = REPORT_S):
     """The one common trainable: engine.fit on the sampled config; every epoch's metrics reach
@@ -265,7 +300,7 @@ def trainable(config: dict, space: SearchSpace = None, cpus: float = 1.0, checkp
     if PACK_KEY in config:
         return _pack_trainable(config, space, cpus, checkpoint_s, asha, report_s)
     cfg = trial_config(space, config, cpus)
-    work = Path(tempfile.mkdtemp(prefix="bnnsearch-trial-"))
+    work = work_dir("trial")
     ckpt = tune.get_checkpoint()
     resumed_from = 0
     if ckpt is not None:
@@ -364,7 +399,7 @@ def _pack_trainable(config: dict, space: SearchSpace, cpus: float, checkpoint_s:
     from .engine import fit_pack
 
     cfgs = [trial_config(space, c, cpus) for c in config[PACK_KEY]]
-    work = Path(tempfile.mkdtemp(prefix="bnnsearch-pack-"))
+    work = work_dir("pack")
     ckpt = tune.get_checkpoint()
     resumed_from = 0
     latest: dict[str, dict] = {}

@@ -456,6 +456,10 @@ def test_killing_a_trial_worker_retries_or_fails_that_trial(ray_local, tmp_path)
               max_failures=2, concurrency=1, checkpoint_s=0)
     th.join(timeout=5)
     assert killed, "no trial worker was found to kill"
+    # The killed worker could not remove its scratch folder; the next trial on this host did.
+    import tempfile
+
+    assert not list(Path(tempfile.gettempdir()).glob(f"bnnsearch-*-*-{killed[0]}-*"))
     n = s["counts"]
     assert n["complete"] + n["failed"] == 3
     _, parent, kids = mlflow_runs(tmp_path, s)
@@ -626,6 +630,28 @@ def test_sender_holds_results_back_and_hands_them_over_with_the_next_report(monk
     every({"epoch": 1})
     assert sent[4][0] == {"epoch": 1}
 
+
+def test_a_trial_removes_the_scratch_folders_of_killed_workers_only(monkeypatch, tmp_path):
+    """work_dir: folders whose owner (named in the folder) is a dead process on this host are
+    removed; those of live processes, of other hosts and of another form (older versions) stay."""
+    import socket
+    import zlib
+
+    from bnnsearch import sweep as sw
+
+    monkeypatch.setattr(sw.tempfile, "tempdir", str(tmp_path))
+    host = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process (unless reused at once, which would keep its folder)
+    folders = {"dead": f"bnnsearch-pack-{host}-{dead.pid}-abc", "live": f"bnnsearch-trial-{host}-{os.getpid()}-abc",
+               "other host": f"bnnsearch-trial-0badc0de-{dead.pid}-abc", "old form": "bnnsearch-trial-abc123"}
+    for f in folders.values():
+        (tmp_path / f).mkdir()
+        (tmp_path / f / "state.pt").write_bytes(b"x" * 100)
+    w = sw.work_dir("trial")
+    assert w.parent == tmp_path and w.name.startswith(f"bnnsearch-trial-{host}-{os.getpid()}-") and w.is_dir()
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {w.name} | {folders[k] for k in ("live", "other host", "old form")}, left
 
 def test_searcher_reads_every_epoch_of_a_coalesced_report(tmp_path):
     """Optuna's intermediate values of a trial whose report carried held-back epochs: one per
