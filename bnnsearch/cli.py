@@ -165,6 +165,15 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _packs(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise UserError(f"--packs {text}: give distinct pack sizes >= 1, comma-separated (e.g. 1,8)") from None
+
+
 def cmd_compare(args) -> int:
     from .compare import compare_report, run_compare
     from .spaces import load_space
@@ -175,7 +184,7 @@ def cmd_compare(args) -> int:
                     allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False),
                     noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None),
                     samplers=args.samplers.split(",") if getattr(args, "samplers", None) else None,
-                    ax_design=args.startup_trials == "ax")
+                    ax_design=args.startup_trials == "ax", packs=_packs(getattr(args, "packs", None)))
     print(compare_report(s), flush=True)
     print(f"\nwrote {s['out']}/summary.json, summary.md, curves.csv, " + ", ".join(Path(p).name for p in s["plots"])
           + ", dashboard.html")
@@ -466,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--samplers", default=None, metavar="S1,S2",
                     help="run every space with each of these samplers (arms <method>@<sampler>, same seeds and "
                          "budget), e.g. tpe,tpe-flat on search_spaces/automl.yaml")
+    cp.add_argument("--packs", default=None, metavar="K1,K2",
+                    help="run every space with each of these pack sizes (arms <method>@pack<K>, same seeds and "
+                         "budget), e.g. 1,8: what packing's batches of proposals cost the sampler in trials")
     cp.add_argument("--allow-mixed", action="store_true",
                     help="compare spaces that train on different data (refused by default: their values differ in kind)")
     add_sweep_flags(cp, "compare")

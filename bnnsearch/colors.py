@@ -25,15 +25,22 @@ def arm_styles(arms) -> dict[str, tuple[str, bool]]:
     """(colour, dashed) per comparison arm. ``<method>`` and ``<method>@random`` share the
     method's colour, the random arm dashed. Sampler arms (``<method>@<sampler>``, compare
     --samplers) of a single method get a colour per sampler, all solid; of several methods,
-    the method's colour, dashed for every sampler after the first."""
+    the method's colour, dashed for every sampler after the first. Other arms of a single method
+    (``<method>@pack<K>``, compare --packs) get palette colours in their order, skipping the
+    method's own (its random arm's)."""
     arms = list(arms)
     methods = {a.split("@")[0] for a in arms}
     samplers = [a.partition("@")[2] for a in arms if "@" in a and not a.endswith("@random")]
+    others = [s for s in dict.fromkeys(samplers) if s not in SAMPLER_ORDER]
     out = {}
     for a in arms:
         m, _, s = a.partition("@")
         if s and s != "random" and len(methods) == 1:
-            out[a] = (PALETTE[SAMPLER_ORDER.index(s) % len(PALETTE)] if s in SAMPLER_ORDER else method_color(a), False)
+            if s in SAMPLER_ORDER:
+                out[a] = (PALETTE[SAMPLER_ORDER.index(s) % len(PALETTE)], False)
+            else:
+                free = [c for c in PALETTE if c != method_color(m)]
+                out[a] = (free[others.index(s) % len(free)], False)
         else:
             out[a] = (method_color(m), s == "random" or (bool(s) and samplers and s != samplers[0]))
     return out

@@ -103,7 +103,7 @@ def noise_warnings(margin: float, best: dict[str, float], floors: dict[str, dict
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
                 name: str | None = None, allow_mixed: bool = False, random_arm: bool = False,
                 noise_seeds: int = 0, target_gap: float | None = None, samplers: list[str] | None = None,
-                ax_design: bool = False) -> dict:
+                ax_design: bool = False, packs: list[int] | None = None) -> dict:
     """``random_arm``: every method also runs its space with random search (arm ``<method>@random``,
     same seeds and budget): a method's efficiency relative to random search says how much its
     sampler's model helps, i.e. how easy the method is to tune. ``noise_seeds``: each arm's best
@@ -112,7 +112,11 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     ``tpe`` and ``tpe-flat``), and the rank test is between all arms. ``ax_design``: each space
     gets Ax's default number of random startup trials, max(5, 2·d) (``--startup-trials ax``;
     methods.md §7.2) instead of ``base.startup_trials``, so an arm with more hyperparameters
-    starts its model later — the initial design the Figure 8 ablation measures.
+    starts its model later — the initial design the Figure 8 ablation measures. ``packs``: every
+    space runs with each of these pack sizes, arm ``<method>@pack<K>`` (``--packs 1,8``: what
+    packing's batches of K proposals cost a model-based sampler in trials, at the same seeds and
+    budget); with ``random_arm`` each method's ``<method>@random`` arm is the reference of each
+    of its pack arms.
 
     Multi-objective spaces (AutoML) compare the hypervolume of each study after each trial
     (mode max; the target defaults to ``--target-gap 0.9``, a delta in hypervolume units means
@@ -131,6 +135,11 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
             raise UserError(f"--samplers {','.join(samplers)}: {smp!r} is not a sampler ({', '.join(SAMPLERS)})")
     if samplers is not None and (not samplers or len(set(samplers)) != len(samplers)):
         raise UserError("--samplers: give distinct sampler names, comma-separated (e.g. tpe,tpe-flat)")
+    if packs is not None and (not packs or len(set(packs)) != len(packs) or min(packs) < 1):
+        raise UserError(f"--packs {','.join(map(str, packs))}: give distinct pack sizes >= 1, comma-separated "
+                        "(e.g. 1,8)")
+    if packs and samplers:
+        raise UserError("--packs and --samplers: give one of them (arms differ in one thing)")
     multi = spaces[0].multi
     if multi and target_gap is None:
         target_gap = 0.9
@@ -151,7 +160,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         raise UserError(f"the spaces train on different data ({seen}): their values are not comparable; "
                         "make data and data_args equal, or pass --allow-mixed")
     metric, mode = ("hypervolume", "max") if multi else (spaces[0].metric, spaces[0].mode)
-    cmp_name = name or "compare-" + "-".join(methods) + ("-" + "-".join(samplers) if samplers else "")
+    cmp_name = name or "compare-" + "-".join(methods) + ("-" + "-".join(samplers) if samplers else "") + (
+        "".join(f"-pack{k}" for k in packs) if packs else "")
     experiment = base.experiment or f"bnnsearch-compare/{cmp_name}"
     tracker = Tracker(base.tracking_uri, experiment)
     out = Path(out or f"runs/{cmp_name}")
@@ -166,23 +176,29 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     gpu: dict[str, float] = {}
     parents: dict[str, list[str]] = {}
     best_cfg: dict[str, tuple[float, str]] = {}
+    # (arm, space, sampler, pack); pack 0 is --pack (or the space file's pack:)
     if samplers:
-        arms = [(f"{s.method}@{smp}", s, smp) for s in spaces for smp in samplers]
-        methods = [arm for arm, _, _ in arms]  # the rank test is between every arm
+        arms = [(f"{s.method}@{smp}", s, smp, base.pack) for s in spaces for smp in samplers]
+        methods = [arm for arm, *_ in arms]  # the rank test is between every arm
+    elif packs:
+        arms = [(f"{s.method}@pack{k}", s, base.sampler, k) for s in spaces for k in packs]
+        methods = [arm for arm, *_ in arms]
     else:
-        arms = [(s.method, s, base.sampler) for s in spaces]
-        if random_arm and base.sampler != "random":
-            arms += [(s.method + RANDOM_SUFFIX, s, "random") for s in spaces]
-    startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, _ in arms}
+        arms = [(s.method, s, base.sampler, base.pack) for s in spaces]
+    if random_arm and base.sampler != "random" and not samplers:
+        arms += [(s.method + RANDOM_SUFFIX, s, "random", base.pack) for s in spaces]
+    # each arm's random-search reference: <method>@random (a pack arm's too)
+    ref = {m: m.split("@")[0] + RANDOM_SUFFIX for m in methods}
+    startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, *_ in arms}
     first = min(startup.values())  # every arm's first trials are random: a random config's median
-    for arm, _, _ in arms:
+    for arm, *_ in arms:
         per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm], seconds[arm] = [], 0.0, 0.0, [], [], []
         histories[arm] = []
     # Repeat-major order (r0 of every arm, then r1, ...): an interrupted comparison leaves the
     # arms balanced, and --resume continues where it stopped.
     try:
         for r in range(repeats):
-            for arm, space, sampler in arms:
+            for arm, space, sampler, pack in arms:
                 interrupts.check()  # a Ctrl-C between two studies
                 study = f"{cmp_name}-{arm.replace('@', '-')}-r{r}"
                 parent = tracker.find_study(study)
@@ -193,9 +209,10 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                     # No seeded default trial: every arm starts from the same kind of initial design.
                     try:
                         run_sweep(replace(base, space=space, sampler=sampler, seed=base.seed + r, name=study,
-                                          startup_trials=startup[arm],
+                                          startup_trials=startup[arm], pack=pack,
                                           experiment=experiment, resume=parent is not None, quiet=True,
-                                          seed_defaults=False, label=f"{space.method} {sampler} r{r}"))
+                                          seed_defaults=False, label=f"{space.method} {sampler} r{r}"
+                                          + (f" pack{pack}" if packs else "")))
                     except Interrupted as e:  # nothing after it runs; --resume continues this study first
                         raise Interrupted(f"comparison {cmp_name!r} stopped in {e}", cmp_name) from None
                     parent = tracker.find_study(study)
@@ -236,21 +253,20 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     floor = (min(finite) if mode == "max" else max(finite)) if finite else None
     stats = {m: method_stats(m, studies, target, mode, floor) for m, studies in per_method.items()}
     # Hyperparameters each method is tuned over: only those a trial samples (conditional spaces).
-    active = {arm: s.active_range() for arm, s, _ in arms}
+    active = {arm: s.active_range() for arm, s, *_ in arms}
     # The rank test is between the methods; each method's random-search arm is tested against it.
     test = rank_test({m: stats[m].ttt for m in methods}, base.trials)
-    vs_random = {m: {**rank_test({m: stats[m].ttt, m + RANDOM_SUFFIX: stats[m + RANDOM_SUFFIX].ttt}, base.trials),
-                     "auc_minus_random": stats[m].auc_mean - stats[m + RANDOM_SUFFIX].auc_mean,
-                     "paired": paired_test({m: stats[m].aucs, m + RANDOM_SUFFIX: stats[m + RANDOM_SUFFIX].aucs})}
-                 for m in methods if m + RANDOM_SUFFIX in stats}
+    vs_random = {m: {**rank_test({m: stats[m].ttt, ref[m]: stats[ref[m]].ttt}, base.trials),
+                     "auc_minus_random": stats[m].auc_mean - stats[ref[m]].auc_mean,
+                     "paired": paired_test({m: stats[m].aucs, ref[m]: stats[ref[m]].aucs})}
+                 for m in methods if ref[m] in stats and ref[m] != m}
     # With a gap target, also each method against its own plateau: how much tuning it needs to get
     # where it gets (read beside its final value).
     own = own_gap_ttt(per_method, mode, target_gap, first) if target_rule["rule"] == "gap" else {}
     own_test = rank_test({m: own[m]["ttt"] for m in methods if m in own}, base.trials) if own else None
     for m in methods:
-        if m in own and m + RANDOM_SUFFIX in own:
-            own[m]["vs_random"] = rank_test({m: own[m]["ttt"], m + RANDOM_SUFFIX: own[m + RANDOM_SUFFIX]["ttt"]},
-                                            base.trials)
+        if m in own and ref[m] in own and ref[m] != m:
+            own[m]["vs_random"] = rank_test({m: own[m]["ttt"], ref[m]: own[ref[m]]["ttt"]}, base.trials)
     # Repeat r of every arm shares its sampler seed and data: the per-repeat AUCs are paired.
     paired = paired_test({m: stats[m].aucs for m in methods})
     # What a study would deliver: the held-out value of its pick after t trials (mean and band).
@@ -270,11 +286,12 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     warnings = noise_warnings(margin, {m: stats[m].best_value for m in floors}, floors)
     # With ASHA: does a trial's value at each rung predict its final value? (per arm)
     rungs = {arm: rung_correlations(histories[arm], asha_rungs(ep), ep)
-             for arm, sp, _ in arms for ep in [sp.config(sp.low_point(), where=sp.path).epochs]
+             for arm, sp, *_ in arms for ep in [sp.config(sp.low_point(), where=sp.path).epochs]
              } if base.scheduler == "asha" else {}
     summary = {
         "name": cmp_name, "metric": metric, "mode": mode, "repeats": repeats, "trials": base.trials,
         "sampler": ",".join(samplers) if samplers else base.sampler, "startup_trials": first,
+        **({"packs": packs} if packs else {}),
         "initial_design": "ax" if ax_design else "fixed", "target_delta": delta, "target": target,
         "target_rule": target_rule,
         "rank_test": test, "paired_test": paired, "own_target_test": own_test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,

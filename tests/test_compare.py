@@ -186,3 +186,33 @@ def test_compare_with_ax_initial_design_gives_each_arm_its_own_startup(tmp_path)
     for m, n in (("latent", "6"), ("filtered", "5")):  # what each study's sampler was built with
         (pid,) = s["methods"][m]["study_runs"]
         assert c.get_run(pid).data.params["startup_trials"] == n
+
+
+def test_compare_of_pack_sizes_runs_each_space_packed_and_unpacked(tmp_path):
+    """``--packs 1,4 --random-arm``: arms latent@pack1, latent@pack4 and latent@random, same
+    seeds and budget; each study runs with its own pack size (recorded on its parent run, and
+    the pack4 arm's trials are members of packs of 4), and each pack arm is tested against the
+    method's random arm."""
+    lat, _ = spaces(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "compare", lat, "--packs", "1,4", "--random-arm",
+                        "--repeats", "1", "--trials", "4", "--sampler", "tpe", "--startup-trials", "2",
+                        "--out", str(tmp_path / "out"), "--name", "pk"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(s["methods"]) == {"latent@pack1", "latent@pack4", "latent@random"} and s["packs"] == [1, 4]
+    for arm in ("latent@pack1", "latent@pack4"):
+        assert s["methods"][arm]["vs_random"]["paired"]["arms"] == [arm, "latent@random"]
+    assert s["methods"]["latent@random"]["vs_random"] is None
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for arm, pack in (("latent@pack1", "1"), ("latent@pack4", "4")):
+        (pid,) = s["methods"][arm]["study_runs"]
+        run = c.get_run(pid)
+        assert run.data.params["pack"] == pack and run.data.params["sampler"] == "tpe"
+        kids = c.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'")
+        assert len(kids) == 4
+        assert {k.data.tags.get("bnnsearch.pack_size", "1") for k in kids} == {pack}
+    (pid,) = s["methods"]["latent@random"]["study_runs"]
+    assert c.get_run(pid).data.params["sampler"] == "random"

@@ -210,5 +210,7 @@ def test_arm_styles_tell_arms_apart():
 
     every = arm_styles([f"automl@{s}" for s in SAMPLERS if s != "random"])  # bandit and tpe-cover shared one
     assert len({c for c, _ in every.values()}) == len(SAMPLERS) - 1, every
+    packs = arm_styles(["latent@pack1", "latent@pack8", "latent@random"])  # compare --packs: three styles
+    assert len(set(packs.values())) == 3 and packs["latent@random"] == (method_color("latent"), True)
     two = arm_styles(["latent@tpe", "latent@gp", "filtered@tpe", "filtered@gp"])  # by method, then dash
     assert two["latent@tpe"] == (method_color("latent"), False) and two["latent@gp"] == (method_color("latent"), True)
