@@ -263,19 +263,31 @@ def work_dir(kind: str) -> Path:
     study that is killed and resumed again and again would fill the temp disk with checkpoints.
     The folder's name carries its owner, ``bnnsearch-<kind>-<host hash>-<pid>-...`` (the
     name, not a file inside: the folder's content travels in Ray checkpoints); a folder is an
-    orphan when its owner is on this host and no longer runs. Folders of another form (older
+    orphan when its owner is on this host and no longer runs. The host hash covers the host
+    name and the process-id namespace (containers that share a temp directory and a host name
+    but not their pids never judge each other's folders). Folders of another form (older
     versions) are left alone."""
     import re
-    import socket
-    import zlib
 
-    host = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+    host = _host_key()
     tmp = Path(tempfile.gettempdir())
     for d in tmp.glob(f"bnnsearch-*-{host}-*"):
         m = re.fullmatch(rf"bnnsearch-(?:trial|pack)-{host}-(\d+)-.+", d.name)
         if m and not _alive(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"bnnsearch-{kind}-{host}-{os.getpid()}-"))
+
+
+def _host_key() -> str:
+    """8 hex digits naming this host and process-id namespace (see work_dir)."""
+    import socket
+    import zlib
+
+    try:
+        pid_ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:  # not Linux
+        pid_ns = ""
+    return f"{zlib.crc32((socket.gethostname() + '/' + pid_ns).encode()):08x}"
 
 
 def _alive(pid: int) -> bool:

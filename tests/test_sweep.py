@@ -633,14 +633,16 @@ def test_sender_holds_results_back_and_hands_them_over_with_the_next_report(monk
 
 def test_a_trial_removes_the_scratch_folders_of_killed_workers_only(monkeypatch, tmp_path):
     """work_dir: folders whose owner (named in the folder) is a dead process on this host are
-    removed; those of live processes, of other hosts and of another form (older versions) stay."""
+    removed; those of live processes, of other hosts (or pid namespaces) and of another form (older
+    versions) stay."""
     import socket
     import zlib
 
     from bnnsearch import sweep as sw
 
     monkeypatch.setattr(sw.tempfile, "tempdir", str(tmp_path))
-    host = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+    host = sw._host_key()
+    assert host != f"{zlib.crc32(socket.gethostname().encode()):08x}"  # the pid namespace counts (Linux)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped: its pid names no process (unless reused at once, which would keep its folder)
     folders = {"dead": f"bnnsearch-pack-{host}-{dead.pid}-abc", "live": f"bnnsearch-trial-{host}-{os.getpid()}-abc",
