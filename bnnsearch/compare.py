@@ -329,6 +329,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                                   params={"repeats": repeats, "trials": base.trials, "sampler": base.sampler,
                                           "startup_trials": first, "target_delta": delta,
                                           **({"initial_design": "ax"} if ax_design else {}),
+                                          **({"packs": ",".join(map(str, packs))} if packs else {}),
                                           **({"target_gap": target_gap} if target_gap is not None else {})})
     tracker.set_tags(cmp_run, {"bnnsearch.kind": "comparison"})
     tracker.finish(cmp_run)  # finished before the export, so the dashboard shows this comparison

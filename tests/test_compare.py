@@ -216,3 +216,6 @@ def test_compare_of_pack_sizes_runs_each_space_packed_and_unpacked(tmp_path):
         assert {k.data.tags.get("bnnsearch.pack_size", "1") for k in kids} == {pack}
     (pid,) = s["methods"]["latent@random"]["study_runs"]
     assert c.get_run(pid).data.params["sampler"] == "random"
+    e = c.get_experiment_by_name("bnnsearch-compare/pk")
+    (comp,) = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'comparison'")
+    assert comp.data.params["packs"] == "1,4"
