@@ -63,8 +63,8 @@ def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler, monke
     from bnnsearch.sweep import earlier_results
 
     # Reports at most every 60 s (the driver passes REPORT_S to its trials): a trial holds epoch 1
-    # back whatever the machine's speed (at the default 2 s a cold worker's first epoch can take
-    # longer, and then reports on its own: seen on a loaded machine).
+    # back whatever the machine's speed (at the default 2 s a cold worker's first epoch, with its
+    # data, model and imports, can take longer and then reports on its own: seen in a CI run).
     monkeypatch.setattr(sw, "REPORT_S", 60.0)
     s = sweep(tmp_path, space_file(tmp_path, ALPHA), trials=5, sampler=sampler, startup_trials=2)
     assert s["counts"] == {"complete": 5, "stopped early": 0, "diverged": 0, "failed": 0}
