@@ -166,12 +166,15 @@ def cmd_sweep(args) -> int:
 
 
 def _packs(text: str | None) -> list[int] | None:
+    """--packs K1,K2 as integers; run_compare checks the sizes themselves."""
+    from .compare import PACKS_HINT
+
     if text is None:
         return None
     try:
         return [int(k) for k in text.split(",")]
     except ValueError:
-        raise UserError(f"--packs {text}: give distinct pack sizes >= 1, comma-separated (e.g. 1,8)") from None
+        raise UserError(f"--packs {text}: {PACKS_HINT}") from None
 
 
 def cmd_compare(args) -> int:

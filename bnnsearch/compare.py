@@ -26,6 +26,8 @@ from .errors import Interrupted, UserError
 from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
 
+PACKS_HINT = "give distinct pack sizes >= 1, comma-separated (e.g. 1,8)"  # in --packs errors (cli parses them)
+
 
 def _study_values(tracker, parent_id: str, trials: int, multi: bool = False) -> list[float | None]:
     """A study's values by trial index: its trial values, or (several objectives) the
@@ -136,8 +138,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     if samplers is not None and (not samplers or len(set(samplers)) != len(samplers)):
         raise UserError("--samplers: give distinct sampler names, comma-separated (e.g. tpe,tpe-flat)")
     if packs is not None and (not packs or len(set(packs)) != len(packs) or min(packs) < 1):
-        raise UserError(f"--packs {','.join(map(str, packs))}: give distinct pack sizes >= 1, comma-separated "
-                        "(e.g. 1,8)")
+        raise UserError(f"--packs {','.join(map(str, packs))}: {PACKS_HINT}")
     if packs and samplers:
         raise UserError("--packs and --samplers: give one of them (arms differ in one thing)")
     multi = spaces[0].multi

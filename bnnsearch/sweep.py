@@ -927,9 +927,10 @@ class MlflowCallback(tune.Callback):
                 self._flush(rid)
             self._flush_old()
             return
-        # each report's members and its worker's fields, held-back reports first (see _Sender)
-        reports = [(member_results(r) or {}, {x: r[x] for x in ("node_id", "resumed_from_epoch") if x in r})
-                   for r in [*earlier_results(result), result]]
+        # each report's members and its worker's fields, held-back reports first (see _Sender);
+        # this report's members are decoded above
+        reports = [(member_results(r) or {}, r) for r in earlier_results(result)] + [(members, result)]
+        reports = [(ms, {x: r[x] for x in ("node_id", "resumed_from_epoch") if x in r}) for ms, r in reports]
         for mid, params, k in members_of(trial.trial_id, trial.config):
             m = members.get(str(k))
             rid = self._run(trial, mid, params, k)
