@@ -131,3 +131,33 @@ def test_markdown_table_escapes_pipes_and_aligns_numbers():
 
     md = table([["a|b", 1.5, 2]], ["name", "x", "n"], align_right={1, 2}, markdown=True).splitlines()
     assert md == ["| name | x | n |", "| --- | ---: | ---: |", "| a\\|b | 1.5 | 2 |"]
+
+
+@pytest.mark.parametrize("code", [0, 2, 130])
+def test_the_command_exits_with_mains_status_and_an_interrupt_skips_the_final_teardown(monkeypatch, code):
+    """130 (an interrupt): the exit handlers run (Ray's shutdown among them), then os._exit, so
+    the interpreter's own teardown, where Ray's native code crashed after a Ctrl-C during set-up,
+    never runs. Any other status: a plain sys.exit."""
+    import atexit
+    import os
+
+    from bnnsearch import cli
+
+    calls = []
+
+    class Exited(BaseException):
+        pass
+
+    def hard_exit(status):
+        calls.append(("os._exit", status))
+        raise Exited
+
+    monkeypatch.setattr(cli, "main", lambda: code)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append(("exit handlers",)))
+    monkeypatch.setattr(os, "_exit", hard_exit)
+    with pytest.raises((Exited, SystemExit)) as e:
+        cli.entry()
+    if code == 130:
+        assert calls == [("exit handlers",), ("os._exit", 130)]
+    else:
+        assert calls == [] and e.value.code == code
