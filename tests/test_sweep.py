@@ -57,6 +57,21 @@ def mlflow_runs(tmp_path, summary):
     return c, c.get_run(summary["parent_run_id"]), kids
 
 
+def test_one_trial_at_a_time_a_model_based_study_repeats_exactly(ray_local, tmp_path):
+    """README "Repeatability": with --concurrency 1 the same command proposes the same
+    configurations in the same order and records the same values (TPE after 2 random trials,
+    so the model's proposals depend on the recorded values)."""
+    sp = space_file(tmp_path, ALPHA)
+    seqs = []
+    for name in ("first", "second"):
+        s = sweep(tmp_path, sp, trials=5, sampler="tpe", startup_trials=2, seed=3, concurrency=1, name=name)
+        _, _, kids = mlflow_runs(tmp_path, s)
+        seqs.append(sorted((int(k.data.tags["bnnsearch.trial_index"]), k.data.params["hparams.alpha"],
+                            k.data.params["hparams.gamma"], k.data.metrics["objective"]) for k in kids))
+    assert len(seqs[0]) == 5 and len({a for _, a, _, _ in seqs[0]}) == 5
+    assert seqs[0] == seqs[1]
+
+
 @pytest.mark.parametrize("sampler", ["random", "tpe", "gp", "botorch"])
 def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler, monkeypatch):
     from bnnsearch import sweep as sw
