@@ -72,6 +72,20 @@ def test_one_trial_at_a_time_a_model_based_study_repeats_exactly(ray_local, tmp_
     assert seqs[0] == seqs[1]
 
 
+def test_two_trials_at_a_time_random_search_draws_the_same_configurations(ray_local, tmp_path):
+    """README "Repeatability": random search's draws do not depend on results, so with trials
+    finishing in any order two runs try the same configurations with the same values."""
+    sp = space_file(tmp_path, ALPHA)
+    sets = []
+    for name in ("first", "second"):
+        s = sweep(tmp_path, sp, trials=5, sampler="random", seed=3, concurrency=2, name=name)
+        _, _, kids = mlflow_runs(tmp_path, s)
+        sets.append(sorted((k.data.params["hparams.alpha"], k.data.params["hparams.gamma"], k.data.metrics["objective"])
+                           for k in kids))
+    assert len({a for a, _, _ in sets[0]}) == 5
+    assert sets[0] == sets[1]
+
+
 @pytest.mark.parametrize("sampler", ["random", "tpe", "gp", "botorch"])
 def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler, monkeypatch):
     from bnnsearch import sweep as sw
