@@ -167,13 +167,13 @@ def cmd_sweep(args) -> int:
 
 def _packs(text: str | None) -> list[int] | None:
     """--packs K1,K2 as integers; run_compare checks the sizes themselves."""
-    from .compare import PACKS_HINT
-
     if text is None:
         return None
     try:
         return [int(k) for k in text.split(",")]
     except ValueError:
+        from .compare import PACKS_HINT
+
         raise UserError(f"--packs {text}: {PACKS_HINT}") from None
 
 

@@ -929,8 +929,10 @@ class MlflowCallback(tune.Callback):
             return
         # each report's members and its worker's fields, held-back reports first (see _Sender);
         # this report's members are decoded above
-        reports = [(member_results(r) or {}, r) for r in earlier_results(result)] + [(members, result)]
-        reports = [(ms, {x: r[x] for x in ("node_id", "resumed_from_epoch") if x in r}) for ms, r in reports]
+        def fields(r):
+            return {x: r[x] for x in ("node_id", "resumed_from_epoch") if x in r}
+
+        reports = [(member_results(r) or {}, fields(r)) for r in earlier_results(result)] + [(members, fields(result))]
         for mid, params, k in members_of(trial.trial_id, trial.config):
             m = members.get(str(k))
             rid = self._run(trial, mid, params, k)
