@@ -57,17 +57,20 @@ def mlflow_runs(tmp_path, summary):
     return c, c.get_run(summary["parent_run_id"]), kids
 
 
+def _twice(tmp_path, **kw):
+    """The child runs of the same study command run twice (two names, one store)."""
+    sp = space_file(tmp_path, ALPHA)
+    return [mlflow_runs(tmp_path, sweep(tmp_path, sp, trials=5, seed=3, name=name, **kw))[2]
+            for name in ("first", "second")]
+
+
 def test_one_trial_at_a_time_a_model_based_study_repeats_exactly(ray_local, tmp_path):
     """README "Repeatability": with --concurrency 1 the same command proposes the same
     configurations in the same order and records the same values (TPE after 2 random trials,
     so the model's proposals depend on the recorded values)."""
-    sp = space_file(tmp_path, ALPHA)
-    seqs = []
-    for name in ("first", "second"):
-        s = sweep(tmp_path, sp, trials=5, sampler="tpe", startup_trials=2, seed=3, concurrency=1, name=name)
-        _, _, kids = mlflow_runs(tmp_path, s)
-        seqs.append(sorted((int(k.data.tags["bnnsearch.trial_index"]), k.data.params["hparams.alpha"],
-                            k.data.params["hparams.gamma"], k.data.metrics["objective"]) for k in kids))
+    seqs = [sorted((int(k.data.tags["bnnsearch.trial_index"]), k.data.params["hparams.alpha"],
+                    k.data.params["hparams.gamma"], k.data.metrics["objective"]) for k in kids)
+            for kids in _twice(tmp_path, sampler="tpe", startup_trials=2, concurrency=1)]
     assert len(seqs[0]) == 5 and len({a for _, a, _, _ in seqs[0]}) == 5
     assert seqs[0] == seqs[1]
 
@@ -75,13 +78,8 @@ def test_one_trial_at_a_time_a_model_based_study_repeats_exactly(ray_local, tmp_
 def test_two_trials_at_a_time_random_search_draws_the_same_configurations(ray_local, tmp_path):
     """README "Repeatability": random search's draws do not depend on results, so with trials
     finishing in any order two runs try the same configurations with the same values."""
-    sp = space_file(tmp_path, ALPHA)
-    sets = []
-    for name in ("first", "second"):
-        s = sweep(tmp_path, sp, trials=5, sampler="random", seed=3, concurrency=2, name=name)
-        _, _, kids = mlflow_runs(tmp_path, s)
-        sets.append(sorted((k.data.params["hparams.alpha"], k.data.params["hparams.gamma"], k.data.metrics["objective"])
-                           for k in kids))
+    sets = [sorted((k.data.params["hparams.alpha"], k.data.params["hparams.gamma"], k.data.metrics["objective"])
+                   for k in kids) for kids in _twice(tmp_path, sampler="random", concurrency=2)]
     assert len({a for a, _, _ in sets[0]}) == 5
     assert sets[0] == sets[1]
 
