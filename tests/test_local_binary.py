@@ -187,13 +187,16 @@ def test_config_errors(tiny_cfg):
         tiny_cfg(method="local_binary", arch="mlp")
     with pytest.raises(ConfigError, match="trained only by method 'local_binary'"):
         tiny_cfg(method="latent", arch="local_mlp")
+    with pytest.raises(ConfigError, match="input_levels must be >= 1"):
+        tiny_cfg(method="local_binary", arch="local_mlp", arch_args={"widths": [30, 30], "input_levels": 0})
 
 
-def test_gates_hand_computed():
-    net = LocalBinaryNet(4, 3, (6, 6))
+@pytest.mark.parametrize("levels", [1, 2])
+def test_gates_hand_computed(levels):
+    net = LocalBinaryNet(4, 3, (6, 6), input_levels=levels)
     setup = get_method("local_binary").setup(net, LocalHparams(group_size=3), 5, RunInfo(5, 5, 2, (4,), 3, 10))
-    B, C = 2, 3
-    l1 = B * 4 * 6 * 11 + B * 6 * C * 11 + 9 * B * 6 + 2 * 24 + 10 * 24 + 40 * 24
+    B, C, n0 = 2, 3, 4 * levels  # the first layer sees 4 features x levels input bits
+    l1 = B * n0 * 6 * 11 + B * 6 * C * 11 + 9 * B * 6 + 2 * n0 * 6 + 10 * n0 * 6 + 40 * n0 * 6
     l2 = B * 6 * 6 * 11 + B * 6 * C * 11 + 2 * 36 + 10 * 36 + 40 * 36
     assert setup.state["gates_per_step"] == l1 + l2
 
@@ -232,3 +235,57 @@ def test_local_binary_without_arch_uses_local_mlp(tiny_cfg):
 
     cfg = resolve({"method": "local_binary", "data": "digits", "hparams": {"group_size": 5}})
     assert cfg.arch == "local_mlp"
+
+
+def test_thermometer_code_hand_computed():
+    """input_levels K: thresholds at the training values of rank floor(i (N-1) / (K+1)),
+    level-major, K input bits per feature; the first layer and the cost table grow with K."""
+    from types import SimpleNamespace
+
+    x = torch.stack([torch.arange(10.0), 10 * torch.arange(10.0).flip(0)], dim=1)  # N=10, 2 features
+    net = LocalBinaryNet(2, 3, (4,), input_levels=3)
+    m = get_method("local_binary")
+    m.prepare(net, SimpleNamespace(x_train=x))
+    # ranks floor(i * 9 / 4) for i = 1, 2, 3: 2, 4, 6 (0-based) -> values 2, 4, 6 and 20, 40, 60
+    assert net.threshold.tolist() == [2, 20, 4, 40, 6, 60]
+    assert net.binarize_input(torch.tensor([[5.0, 45.0], [6.0, 0.0]])).tolist() == [[1, 1, 1, 1, -1, -1],
+                                                                                   [1, -1, 1, -1, -1, -1]]
+    assert tuple(net.H0.shape) == (6, 4)
+    rows, _ = m.inference_cost(net, (2,))
+    assert rows[0].shape == "6x4" and rows[-1].name == "(input thresholds)" and rows[-1].mem_bits == 32 * 6
+
+
+def test_one_level_is_the_median():
+    """input_levels 1 (the default) keeps the median encoding, per feature and per image channel."""
+    from types import SimpleNamespace
+
+    x = torch.randn(50, 7)
+    net = LocalBinaryNet(7, 2, (4,))
+    get_method("local_binary").prepare(net, SimpleNamespace(x_train=x))
+    assert torch.equal(net.threshold, x.median(dim=0).values)
+    img = torch.randn(6, 2, 3, 3)  # per channel: every pixel of a channel shares its thresholds
+    net2 = LocalBinaryNet(18, 2, (4,), input_levels=2)
+    get_method("local_binary").prepare(net2, SimpleNamespace(x_train=img))
+    ch = img.transpose(0, 1).flatten(1)
+    n = ch.shape[1]
+    want = [ch.kthvalue(i * (n - 1) // 3 + 1, dim=1).values.repeat_interleave(9) for i in (1, 2)]
+    assert torch.equal(net2.threshold, torch.cat(want))
+
+
+def test_thermometer_code_lets_local_binary_learn_what_median_bits_hide(tiny_cfg, tmp_path):
+    """The class is the quartile of a real-valued feature: its median bit tells two quartiles
+    from the other two only, so no model of median bits gets past ~50 %; a 3-level thermometer
+    code holds the quartile, and the same training learns it."""
+    import numpy as np
+    from bnnsearch.engine import fit
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(2000, 4)).astype(np.float32)
+    np.savez(tmp_path / "quartiles.npz", x=x, y=np.digitize(x[:, 0], [-0.5, 0.0, 0.5]))
+    acc = {}
+    for levels in (1, 3):
+        cfg = tiny_cfg(method="local_binary", arch="local_mlp", data="npz", data_root=str(tmp_path / "quartiles.npz"),
+                       epochs=5, batch_size=20, arch_args={"widths": [30, 30], "input_levels": levels},
+                       hparams={"group_size": 5, "robustness": 0.0})
+        acc[levels] = fit(cfg).final["val/acc"]
+    assert acc[1] < 0.6 and acc[3] > 0.75, acc
