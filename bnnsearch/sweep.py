@@ -1049,7 +1049,8 @@ def _check_args(a: SweepArgs) -> None:
             ("--gpus-per-trial", a.gpus_per_trial, a.gpus_per_trial >= 0, ">= 0"),
             ("--max-failures", a.max_failures, a.max_failures >= -1, ">= 0, or -1 for unlimited retries"),
             ("--checkpoint-s", a.checkpoint_s, a.checkpoint_s >= 0, ">= 0 (0: every epoch)"),
-            ("--pack", a.pack, a.pack >= 0, ">= 1 (configurations trained together as one network)")):
+            ("--pack", a.pack, a.pack >= 0, ">= 1 (configurations trained together as one network; 0: the space "
+                                           "file's pack:)")):
         if not ok:
             raise UserError(f"{flag} {value:g}: must be {need}")
 

@@ -86,7 +86,7 @@ CASES = [  # (argv, what the one line must say)
     ([*SWEEP, "--concurrency", "-1"], "--concurrency -1: must be >= 0"),
     ([*SWEEP, "--max-failures", "-2"], "--max-failures -2: must be >= 0, or -1"),
     ([*SWEEP, "--checkpoint-s", "-1"], "--checkpoint-s -1: must be >= 0"),
-    ([*SWEEP, "--pack", "-2"], "--pack -2: must be >= 1"),
+    ([*SWEEP, "--pack", "-2"], "--pack -2: must be >= 1 (configurations trained together as one network; 0: the space file's pack:)"),
     (["sweep", "pack0.yaml"], "pack0.yaml: pack: pack must be an integer >= 1"),
     ([*SWEEP, "--trials", "0"], "--trials 0: must be >= 1"),
     ([*SWEEP, "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
