@@ -289,7 +289,7 @@ def _trained(method, hp, tmp_path):
     from bnnsearch.engine import fit, load_data
     from bnnsearch.modelio import BinaryNet
 
-    arch = {"arch_args": {"widths": [48, 48]}} if method == "local_binary" else {"arch": "mlp", "arch_args": {"widths": [32, 32]}}
+    arch = {"arch_args": {"widths": [48, 48], "input_levels": 3}} if method == "local_binary" else {"arch": "mlp", "arch_args": {"widths": [32, 32]}}
     cfg = resolve({"method": method, "data": "digits", "epochs": 2, "batch_size": 64, "seed": 1, "device": "cpu",
                    "threads": 1, "hparams": hp, "data_root": str(tmp_path / "data"), **arch})
     res = fit(cfg)
