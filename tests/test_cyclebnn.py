@@ -129,3 +129,20 @@ def test_epoch_unit_with_too_many_cycles_is_rejected(tiny_cfg):
     hp = cfg.hp()
     # P = 2: b = round(2 + 4 (1 - cos(pi k / 2)) / 2), k = 0, 1 -> 2, 4
     assert [cyclic_bits(t, 10, hp) for t in range(10)] == [2, 4] * 5
+
+
+@pytest.mark.parametrize("shape,dims", [((64, 32), (1,)), ((16, 8, 3, 3), (1, 2, 3)), ((32, 8, 5, 5), (1, 2, 3))])
+def test_two_pass_variance_equals_torch_var(shape, dims):
+    """The standardizations' variance (two passes, for speed) is torch.var's, value and
+    gradient, to float64 precision in float64 and to rounding in float32."""
+    from bnnsearch.nn.cyclic import _var
+
+    x = (torch.randn(*shape, dtype=torch.float64) * 3 + 1).requires_grad_(True)
+    g = torch.randn(*[1 if i in dims else s for i, s in enumerate(shape)], dtype=torch.float64)
+    ref = x.var(dim=dims, keepdim=True)
+    (gref,) = torch.autograd.grad((ref * g).sum(), x)
+    got = _var(x, dims)
+    (ggot,) = torch.autograd.grad((got * g).sum(), x)
+    assert torch.allclose(got, ref, rtol=1e-12, atol=0) and torch.allclose(ggot, gref, rtol=1e-10, atol=1e-12)
+    x32 = x.detach().float()
+    assert torch.allclose(_var(x32, dims), x32.var(dim=dims, keepdim=True), rtol=1e-5, atol=0)

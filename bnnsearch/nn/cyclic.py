@@ -52,6 +52,16 @@ class _CyclicBase(Quantizer):
         return 1 if self.precision_mode == "prequant_then_sign" else self.k
 
 
+def _var(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Unbiased variance over ``dims`` (kept), in two passes: the mean, then the squared
+    deviations. The same value as ``x.var(dim=dims, keepdim=True)`` up to rounding (a relative
+    1e-7), and about 10x faster on the CPU for weight- and activation-sized tensors, where
+    torch's Welford kernel was a fifth of a CycleBNN step."""
+    n = math.prod(x.shape[d] for d in dims)
+    d = x - x.mean(dim=dims, keepdim=True)
+    return (d * d).sum(dim=dims, keepdim=True) / (n - 1)
+
+
 @register_quantizer("cyclebnn_weight")
 class CyclicWeight(_CyclicBase):
     def __init__(self, sign0="plus", precision_mode="prequant_then_sign", bits=8, weight_std="std", out_channels=None):
@@ -67,7 +77,7 @@ class CyclicWeight(_CyclicBase):
             return w
         if self.weight_std == "meanstd":
             w = w - w.mean(dim=dims, keepdim=True)
-        return w * (2 * math.sqrt(2)) / torch.sqrt(w.var(dim=dims, keepdim=True) + 1e-5)
+        return w * (2 * math.sqrt(2)) / torch.sqrt(_var(w, dims) + 1e-5)
 
     def _binary(self, w, hard: bool):
         dims = tuple(range(1, w.ndim))
@@ -103,7 +113,7 @@ class CyclicAct(_CyclicBase):
     def forward(self, a):
         if self.training:
             dims = tuple(range(1, a.ndim))
-            a = a / torch.sqrt(a.var(dim=dims, keepdim=True) + 1e-5)
+            a = a / torch.sqrt(_var(a, dims) + 1e-5)
             lo, hi = a.detach().amin(), a.detach().amax()
             with torch.no_grad():  # EMA of the range for evaluation (no host sync: torch.where)
                 m = self.momentum
