@@ -1,7 +1,9 @@
 """Which studies of the six1d comparison are finished, and what they cost (no results: the
 comparison is not finished)."""
-import sqlite3, collections, sys
-c = sqlite3.connect(sys.argv[1] if len(sys.argv) > 1 else "/work/six1d/six1d.db")
+import sqlite3
+import collections
+import sys
+c = sqlite3.connect(sys.argv[1] if len(sys.argv) > 1 else "six1d.db")
 rows = c.execute("""select r.run_uuid, r.name, r.status, r.start_time, r.end_time from runs r
                     where r.run_uuid not in (select run_uuid from tags where key='mlflow.parentRunId')
                     and r.name like '% r%'""").fetchall()
