@@ -1,7 +1,8 @@
 """A careless user's mistakes, table-driven: each gets one clear line naming the file and key or
 the flag, exit code 2, no traceback, before any work starts (no Ray, no training), and nothing
-half-written (no study run, no results folder, no run directory, no empty tracking store). Add a row for every new case: the
-count can only go up. (The config-key cases of `train --set` are in test_cli.py.)"""
+half-written (no study run, no results folder, no run directory, no empty tracking store). Add a
+row for every new case: the count can only go up. (The config-key cases of `train --set` are in
+test_cli.py.)"""
 import pytest
 import yaml
 

@@ -115,10 +115,9 @@ class LocalBinaryNet(nn.Module):
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         # strictly above the median -> +1: with ">=" every background pixel of MNIST would be +1
-        x = x.flatten(1)
-        if self.input_levels > 1:  # thermometer: every feature once per level, as the thresholds
-            x = x.repeat(1, self.input_levels)
-        return torch.where(x > self.threshold, 1, -1).to(torch.int32)
+        # (B, 1, F) against the (levels, F) thresholds, flattened level-major like them
+        above = x.flatten(1)[:, None, :] > self.threshold.view(self.input_levels, -1)
+        return torch.where(above.flatten(1), 1, -1).to(torch.int32)
 
     def signs(self, l: int) -> torch.Tensor:
         """sign(H_l) as a float32 +-1 matrix (sign(0) = +1), built at once."""
@@ -340,10 +339,10 @@ class LocalBinary(Method):
         K, n = model.input_levels, flat.shape[1]
         lo, hi = flat.amin(dim=1), flat.amax(dim=1)
         two_valued = ((flat == lo[:, None]) | (flat == hi[:, None])).all(dim=1)
+        mid = (lo + hi) / 2
         levels = []
         for i in range(1, K + 1):
-            thr = flat.kthvalue(i * (n - 1) // (K + 1) + 1, dim=1).values
-            thr = torch.where(two_valued, (lo + hi) / 2, thr)
+            thr = torch.where(two_valued, mid, flat.kthvalue(i * (n - 1) // (K + 1) + 1, dim=1).values)
             if x.ndim == 4:
                 thr = thr[:, None].expand(x.shape[1], x.shape[2] * x.shape[3]).flatten()
             levels.append(thr)
