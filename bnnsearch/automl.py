@@ -456,10 +456,13 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
     doc = {"study": summary["study"], "objectives": [{"metric": m, "mode": d} for m, d in space.objectives],
            "constraints": [{"metric": m, kind: b} for m, kind, b in space.constraints],
            "reference_point": list(space.refs), "hypervolume": hv, "front": front}
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "pareto.json").write_text(json.dumps(doc, indent=1))
-    tracker = Tracker(summary["tracking_uri"], summary["experiment"])
-    tracker.log_json(summary["parent_run_id"], doc, "pareto.json")
+    from . import interrupts
+
+    with interrupts.held():  # the finished study's front is written whole, file and MLflow copy
+        outdir.mkdir(parents=True, exist_ok=True)
+        (outdir / "pareto.json").write_text(json.dumps(doc, indent=1))
+        tracker = Tracker(summary["tracking_uri"], summary["experiment"])
+        tracker.log_json(summary["parent_run_id"], doc, "pareto.json")
     summary.update(front=front, hypervolume=hv, out=str(outdir))
     return summary
 

@@ -241,7 +241,11 @@ def cmd_automl(args) -> int:
     if rows:
         print(table(rows, ["rank", "method", *keys, "trial", "network"], align_right=set(range(2, 2 + len(keys)))))
     print(f"wrote {s['out']}/pareto.json (also on the study's MLflow run)", flush=True)
-    if register is not None:
+    from . import interrupts
+
+    if register is not None and interrupts.pending():  # a Ctrl-C as the study wrote its record
+        print(f"\nnot retraining front point {args.pick or 1}: interrupted; nothing was registered", flush=True)
+    elif register is not None:
         from .automl import register_pick
 
         print(f"\nretraining front point {args.pick or 1} to register it as {register!r} ...", flush=True)
@@ -568,7 +572,12 @@ def main(argv: list[str] | None = None) -> int:
                 import mlflow  # noqa: F401
                 import optuna  # noqa: F401
                 from ray import tune  # noqa: F401
-        return args.func(args)
+        rc = args.func(args)
+        if rc == 0 and interrupts.pending():  # a Ctrl-C that came as a study wrote its (complete) record
+            print("\nbnnsearch: interrupted as the command finished; what it recorded is complete (nothing to "
+                  "resume)", file=sys.stderr)
+            return _exit_interrupted()
+        return rc
     except UserError as e:
         print(f"bnnsearch: error: {e}", file=sys.stderr)
         return 2

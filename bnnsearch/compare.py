@@ -235,6 +235,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                 bv = parent.data.tags.get("best_value")
                 if bv is not None and (arm not in best_cfg or (float(bv) > best_cfg[arm][0]) == (mode == "max")):
                     best_cfg[arm] = (float(bv), pid)
+        interrupts.check()  # a Ctrl-C as the last study wrote its record: no summary of a stopped command
     except KeyboardInterrupt:  # a Ctrl-C between two studies (inside one, run_sweep raises Interrupted)
         raise Interrupted(f"comparison {cmp_name!r} interrupted between studies; the finished ones are kept",
                           cmp_name) from None

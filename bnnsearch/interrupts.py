@@ -19,7 +19,7 @@ _state = {"count": 0, "in_tune": False, "what": "the command", "defer": False}
 def handler(sig, frame):
     _state["count"] += 1
     if _state["defer"] and _state["count"] == 1:
-        return  # inside deferred(): raised when the block ends
+        return  # inside deferred() or held(): remembered, acted on when the block ends
     if _state["count"] > 1 or _state["in_tune"]:
         print(f"\nbnnsearch: second interrupt: exiting now; {_state['what']} is incomplete, rerun with --resume to "
               "finish it", file=sys.stderr, flush=True)
@@ -45,6 +45,17 @@ class deferred:
         _state["defer"] = False
         if exc_type is None and _state["count"]:
             raise KeyboardInterrupt
+        return False
+
+
+class held(deferred):
+    """A record that must be written whole (a finished study's best config, tags and end): the
+    first Ctrl-C in it is remembered and *not* raised when it ends, so the record completes and
+    the command stops at its next ``check()`` (a comparison before its next study). A second
+    Ctrl-C still exits at once."""
+
+    def __exit__(self, exc_type, *exc):
+        _state["defer"] = False
         return False
 
 

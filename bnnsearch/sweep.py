@@ -1442,50 +1442,54 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
     interrupts.check()  # a Ctrl-C a library swallowed during set-up
     with interrupts.tune_loop(f"study {name!r}"):  # counts a Ctrl-C Ray Tune took as pending
         grid = tuner.fit()  # Ray Tune takes the first Ctrl-C: it stops the trials and saves the experiment
-    # A Ctrl-C is an interrupt even when it lands after the last trial finished (a comparison
-    # must not go on to its next study); an incomplete record is one whatever the cause.
-    # A time budget ends a study before its trial count (not an interrupt); Ray stops the trials
-    # still running then without a completion callback: they are recorded here, stopped early.
-    if a.time_budget_s and not interrupts.pending():
-        MlflowCallback(a, parent_id, tracker.uri, tracker, str(exp_dir)).close_budget_stops()
-    short = len(tracker.steps(parent_id, "trial_state")) < a.trials and not a.time_budget_s
-    if interrupts.pending() or short:
-        raise _interrupted(tracker, parent_id, a, name)
-    sampler_states = {}
-    study = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-    searcher = getattr(study, "search_alg", None) if study else None
-    ot = getattr(searcher, "_ot_study", None)
-    if ot is not None:  # what the sampler was told, by state (fresh studies; a restored one rebuilds it)
-        for t in ot.trials:
-            sampler_states[t.state.name] = sampler_states.get(t.state.name, 0) + 1
+    # From here the study's record is written whole: a Ctrl-C that lands while it is written (a
+    # fast study can end just before one) is remembered, the study is recorded either interrupted
+    # (the check below) or finished, never both, and the command stops at its next step.
+    with interrupts.held():
+        # A Ctrl-C is an interrupt even when it lands after the last trial finished (a comparison
+        # must not go on to its next study); an incomplete record is one whatever the cause.
+        # A time budget ends a study before its trial count (not an interrupt); Ray stops the trials
+        # still running then without a completion callback: they are recorded here, stopped early.
+        if a.time_budget_s and not interrupts.pending():
+            MlflowCallback(a, parent_id, tracker.uri, tracker, str(exp_dir)).close_budget_stops()
+        short = len(tracker.steps(parent_id, "trial_state")) < a.trials and not a.time_budget_s
+        if interrupts.pending() or short:
+            raise _interrupted(tracker, parent_id, a, name)
+        sampler_states = {}
+        study = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+        searcher = getattr(study, "search_alg", None) if study else None
+        ot = getattr(searcher, "_ot_study", None)
+        if ot is not None:  # what the sampler was told, by state (fresh studies; a restored one rebuilds it)
+            for t in ot.trials:
+                sampler_states[t.state.name] = sampler_states.get(t.state.name, 0) + 1
 
-    runs = {c.data.tags.get(TRIAL_TAG): c.info.run_id for c in tracker.child_runs(parent_id)}
-    rows = []
-    for r in grid:
-        last = r.metrics or {}
-        for mid, params, k in members_of(last.get("trial_id", ""), r.config or {}):
-            m = trial_metrics(last) if k is None else (member_results(last) or {}).get(str(k), {})
-            full = int(m.get("epoch", 0)) >= space.config(params, where="sampled config").epochs
-            status = ("failed" if r.error and not m.get("ended") else
-                      "diverged" if m.get("diverged") else ("complete" if full else "stopped early"))
-            rows.append({"trial": mid, "status": status, "objective": m.get("objective"),
-                         "objectives": [m.get(k) for k in objective_keys(space)], "feasible": feasible(m),
-                         "epochs": m.get("epoch", 0), "config": params, "path": r.path, "run_id": runs.get(mid)})
-    sign = -1 if space.mode == "max" else 1
-    ranked = sorted([r for r in rows if r["status"] == "complete" and r["feasible"]], key=lambda r: sign * r["objective"])
-    summary = {"study": name, "experiment": a.experiment_name(), "tracking_uri": tracker.uri, "parent_run_id": parent_id,
-               "storage": str(exp_dir), "metric": space.metric, "mode": space.mode, "trials": rows, "top": ranked,
-               "seconds": time.time() - t0}
-    if ranked:
-        best_cfg = trial_config(space, ranked[0]["config"], a.cpus_per_trial)
-        tracker.log_text(parent_id, dump(best_cfg), "best_config.yaml")
-        tracker.set_tags(parent_id, {"best_value": ranked[0]["objective"], "best_trial": ranked[0]["trial"]})
-        tracker.log_metrics(parent_id, {"best_value": ranked[0]["objective"]}, step=max(a.trials, len(rows)))
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped early", "diverged", "failed")}
-    # n_finished_trials: an interrupt set it; the finished study says its own (not a stale count)
-    tracker.set_tags(parent_id, {**{f"n_{k.replace(' ', '_')}": v for k, v in counts.items()},
-                                 "n_finished_trials": sum(counts.values()), "bnnsearch.status": "finished"})
-    tracker.finish(parent_id)
-    summary["counts"] = counts
-    summary["sampler_states"] = sampler_states
-    return summary
+        runs = {c.data.tags.get(TRIAL_TAG): c.info.run_id for c in tracker.child_runs(parent_id)}
+        rows = []
+        for r in grid:
+            last = r.metrics or {}
+            for mid, params, k in members_of(last.get("trial_id", ""), r.config or {}):
+                m = trial_metrics(last) if k is None else (member_results(last) or {}).get(str(k), {})
+                full = int(m.get("epoch", 0)) >= space.config(params, where="sampled config").epochs
+                status = ("failed" if r.error and not m.get("ended") else
+                          "diverged" if m.get("diverged") else ("complete" if full else "stopped early"))
+                rows.append({"trial": mid, "status": status, "objective": m.get("objective"),
+                             "objectives": [m.get(k) for k in objective_keys(space)], "feasible": feasible(m),
+                             "epochs": m.get("epoch", 0), "config": params, "path": r.path, "run_id": runs.get(mid)})
+        sign = -1 if space.mode == "max" else 1
+        ranked = sorted([r for r in rows if r["status"] == "complete" and r["feasible"]], key=lambda r: sign * r["objective"])
+        summary = {"study": name, "experiment": a.experiment_name(), "tracking_uri": tracker.uri, "parent_run_id": parent_id,
+                   "storage": str(exp_dir), "metric": space.metric, "mode": space.mode, "trials": rows, "top": ranked,
+                   "seconds": time.time() - t0}
+        if ranked:
+            best_cfg = trial_config(space, ranked[0]["config"], a.cpus_per_trial)
+            tracker.log_text(parent_id, dump(best_cfg), "best_config.yaml")
+            tracker.set_tags(parent_id, {"best_value": ranked[0]["objective"], "best_trial": ranked[0]["trial"]})
+            tracker.log_metrics(parent_id, {"best_value": ranked[0]["objective"]}, step=max(a.trials, len(rows)))
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped early", "diverged", "failed")}
+        # n_finished_trials: an interrupt set it; the finished study says its own (not a stale count)
+        tracker.set_tags(parent_id, {**{f"n_{k.replace(' ', '_')}": v for k, v in counts.items()},
+                                     "n_finished_trials": sum(counts.values()), "bnnsearch.status": "finished"})
+        tracker.finish(parent_id)
+        summary["counts"] = counts
+        summary["sampler_states"] = sampler_states
+        return summary

@@ -19,7 +19,10 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-FIXED = {"arch": "mlp", "arch_args": {"widths": [16, 16, 16]}, "data": "digits", "epochs": 6, "batch_size": 16,
+# 30 epochs: a trial lasts seconds (about 3 s on one core here), so a Ctrl-C sent a second after the
+# first trial ends, or half a second after one reports mid-way, lands while trials run. With 6
+# epochs (0.6 s a trial) the whole study could end before it (a CI run saw it).
+FIXED = {"arch": "mlp", "arch_args": {"widths": [16, 16, 16]}, "data": "digits", "epochs": 30, "batch_size": 16,
          "device": "cpu"}
 SPACES = {
     "filtered": {"alpha": {"float": [1e-4, 1e-1], "log": True}, "gamma": {"float": [0.01, 1.0], "log": True}},
@@ -27,10 +30,11 @@ SPACES = {
 }
 
 
-def space_file(tmp_path, method):
+def space_file(tmp_path, method, **fixed):
     p = tmp_path / f"{method}.yaml"
     p.write_text(yaml.safe_dump({"method": method, "objective": {"metric": "val/acc", "mode": "max"},
-                                 "fixed": {**FIXED, "data_root": str(tmp_path / "data")}, "params": SPACES[method]}))
+                                 "fixed": {**FIXED, "data_root": str(tmp_path / "data"), **fixed},
+                                 "params": SPACES[method]}))
     return str(p)
 
 
@@ -147,12 +151,13 @@ def test_ctrl_c_during_compare_stops_it_and_resume_completes_the_interrupted_stu
             "--out", str(tmp_path / "cmp")]
     proc = start_cli(args, tmp_path)
 
-    def trial_running():  # the study's first trial has reported an epoch: Ctrl-C lands inside the study
+    def trial_running():  # a trial has reported mid-way (not its end): Ctrl-C lands inside the study
         import sqlite3
 
         try:
             with sqlite3.connect(tmp_path / "mlflow.db") as db:
-                return db.execute("select count(*) from metrics where key = 'epoch'").fetchone()[0] > 0
+                return db.execute("select count(*) from metrics where key = 'epoch' and value < ?",
+                                  (FIXED["epochs"],)).fetchone()[0] > 0
         except sqlite3.Error:
             return False
     out, _ = ctrl_c_at(proc, "== filtered: repeat 1/1", wait_s=0.5, ready=trial_running)
@@ -240,3 +245,50 @@ def test_ctrl_c_during_a_time_budgeted_study_resumes_with_the_rest_of_its_budget
     span = (max(k.info.end_time for k in new) - min(k.info.start_time for k in new)) / 1000
     assert span < left + (budget - left) / 2, (span, left)
     assert _budget_left(exp_dir) <= 0
+
+
+def test_ctrl_c_as_the_last_study_records_its_end_completes_the_record_and_stops_the_comparison(tmp_path,
+                                                                                                 monkeypatch):
+    """A fast study can end just before a Ctrl-C lands, while its finished record is written
+    (best config, tags, end). The SIGINT (a real one, sent to this process as the second study
+    logs its best config) must not cut that record in half — a KILLED "interrupted" study that
+    carries a best config, seen in CI — and must stop the comparison: both studies are recorded
+    finished, whole, and no summary is written."""
+    import ray
+    from bnnsearch import interrupts
+    from bnnsearch.compare import run_compare
+    from bnnsearch.errors import Interrupted
+    from bnnsearch.spaces import load_space
+    from bnnsearch.sweep import SweepArgs
+    from bnnsearch.tracking import Tracker
+
+    log_text, logged = Tracker.log_text, []
+
+    def ctrl_c_in_the_second_best_config(self, run_id, text, name):
+        if name == "best_config.yaml":
+            logged.append(run_id)
+            if len(logged) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the handler runs here, in the middle of the record
+        return log_text(self, run_id, text, name)
+
+    monkeypatch.setattr(Tracker, "log_text", ctrl_c_in_the_second_best_config)
+    spaces = [load_space(space_file(tmp_path, m, epochs=2)) for m in ("filtered", "latent")]
+    base = SweepArgs(space=spaces[0], trials=2, sampler="random", concurrency=2, quiet=True,
+                     storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    before = signal.getsignal(signal.SIGINT)
+    interrupts.install()
+    try:
+        with pytest.raises(Interrupted):
+            run_compare(spaces, base, 1, 0.005, tmp_path / "cmp")
+    finally:
+        signal.signal(signal.SIGINT, before)
+        interrupts._state.update(count=0, defer=False, in_tune=False)
+        ray.shutdown()
+    assert len(logged) == 2
+    c, e, parents = studies(tmp_path, "bnnsearch-compare/compare-filtered-latent")
+    assert len(parents) == 2
+    for p in parents:
+        assert p.info.status == "FINISHED" and p.data.tags["bnnsearch.status"] == "finished"
+        assert "best_config.yaml" in {a.path for a in c.list_artifacts(p.info.run_id)} and "best_value" in p.data.tags
+    assert not (tmp_path / "cmp" / "summary.json").exists()
