@@ -26,6 +26,7 @@ from .errors import Interrupted, UserError
 from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
 
+NOISE_CACHE = "noise_floor_runs.json"  # in --out: each noise-floor re-training's value, kept for --resume
 PACKS_HINT = "give distinct pack sizes >= 1, comma-separated (e.g. 1,8)"  # in --packs errors (cli parses them)
 
 
@@ -55,10 +56,13 @@ def _by_index(children: list, key: str | None, trials: int) -> list[float | None
     return [by_index.get(i) for i in range(1, trials + 1)]
 
 
-def noise_floor(config_yaml: str, metric: str, seeds: int) -> dict:
+def noise_floor(config_yaml: str, metric: str, seeds: int, cache: Path | None = None) -> dict:
     """Re-train one configuration with ``seeds`` other seeds (in this process, no Ray): the
     seed-to-seed spread of its final ``metric`` is the noise floor that differences between arms
-    and targets must clear."""
+    and targets must clear. With ``cache`` (a JSON file) each re-training's value is saved as it
+    ends, keyed by the configuration's text, seed and metric, and one found there is not trained
+    again: an interrupted comparison's --resume keeps the re-trainings it already paid for."""
+    import hashlib
     import statistics
 
     from .config import resolve, safe_load
@@ -66,15 +70,34 @@ def noise_floor(config_yaml: str, metric: str, seeds: int) -> dict:
 
     raw = safe_load(config_yaml)
     base_seed = int(raw.get("seed", 0))
+    sha = hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
+    done = _read_json(cache) if cache is not None else {}
     values, used = [], []
     for k in range(1, seeds + 1):
         seed = base_seed + 1000 * k  # never the seed the study trained
-        res = fit(resolve({**raw, "seed": seed}, "best config"))
-        values.append(float(res.final.get(metric, math.nan)))
+        key = f"{sha}:{seed}:{metric}"
+        if key not in done:
+            res = fit(resolve({**raw, "seed": seed}, "best config"))
+            done[key] = float(res.final.get(metric, math.nan))
+            if cache is not None:  # whole or not at all: a Ctrl-C mid-write must not lose the others
+                tmp = cache.with_name(cache.name + ".tmp")
+                tmp.write_text(json.dumps(done, indent=1))
+                tmp.replace(cache)
+        values.append(done[key])
         used.append(seed)
     finite = [v for v in values if math.isfinite(v)]
     return {"seeds": used, "values": values, "mean": statistics.fmean(finite) if finite else math.nan,
             "std": statistics.stdev(finite) if len(finite) > 1 else math.nan}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the saved noise-floor re-trainings ({e}); delete the file to "
+                        "train them again") from None
 
 
 def noise_warnings(margin: float, best: dict[str, float], floors: dict[str, dict]) -> list[str]:
@@ -239,49 +262,54 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     except KeyboardInterrupt:  # a Ctrl-C between two studies (inside one, run_sweep raises Interrupted)
         raise Interrupted(f"comparison {cmp_name!r} interrupted between studies; the finished ones are kept",
                           cmp_name) from None
-    all_values = [v for studies in per_method.values() for s in studies for v in s]
-    if not any(v is not None and math.isfinite(v) for v in all_values):
-        raise UserError(f"comparison {cmp_name!r}: no trial of any study reached a full-budget value, so no target "
-                        f"can be defined (see the trials' errors in MLflow experiment {experiment!r})")
-    if target_gap is None:
-        target, target_rule = target_value(all_values, mode, delta, metric), {
-            "rule": "delta", "description": f"best of all studies minus {delta} points"}
-    else:
-        target, info = gap_target(per_method, mode, target_gap, first)
-        target_rule = {"rule": "gap", **info, "description": (
-            f"{target_gap:g} of the way from a random config's median ({info['random_median']:.4g}) to the best "
-            f"arm's median final value ({info['best_arm']}: {info['best_arm_median']:.4g})")}
-    finite = [v for v in all_values if v is not None and math.isfinite(v)]
-    floor = (min(finite) if mode == "max" else max(finite)) if finite else None
-    stats = {m: method_stats(m, studies, target, mode, floor) for m, studies in per_method.items()}
-    # Hyperparameters each method is tuned over: only those a trial samples (conditional spaces).
-    active = {arm: s.active_range() for arm, s, *_ in arms}
-    # The rank test is between the methods; each method's random-search arm is tested against it.
-    test = rank_test({m: stats[m].ttt for m in methods}, base.trials)
-    vs_random = {m: {**rank_test({m: stats[m].ttt, ref[m]: stats[ref[m]].ttt}, base.trials),
-                     "auc_minus_random": stats[m].auc_mean - stats[ref[m]].auc_mean,
-                     "paired": paired_test({m: stats[m].aucs, ref[m]: stats[ref[m]].aucs})}
-                 for m in methods if ref[m] in stats and ref[m] != m}
-    # With a gap target, also each method against its own plateau: how much tuning it needs to get
-    # where it gets (read beside its final value).
-    own = own_gap_ttt(per_method, mode, target_gap, first) if target_rule["rule"] == "gap" else {}
-    own_test = rank_test({m: own[m]["ttt"] for m in methods if m in own}, base.trials) if own else None
-    for m in methods:
-        if m in own and ref[m] in own and ref[m] != m:
-            own[m]["vs_random"] = rank_test({m: own[m]["ttt"], ref[m]: own[ref[m]]["ttt"]}, base.trials)
-    # Repeat r of every arm shares its sampler seed and data: the per-repeat AUCs are paired.
-    paired = paired_test({m: stats[m].aucs for m in methods})
-    # What a study would deliver: the held-out value of its pick after t trials (mean and band).
-    incumbent = {m: [incumbent_test(v, t, mode) for v, t in zip(per_method[m], tests[m])] for m in per_method}
-    inc_band = {m: mean_band(c) for m, c in incumbent.items()}
-    # Efficiency against cost: CPU seconds of training spent until the target was reached.
-    stt = {m: [None if c is None else c * base.cpus_per_trial for c in
-               (cost_to_target(v, t, target, mode) for v, t in zip(per_method[m], seconds[m]))] for m in per_method}
-    best_yaml = {m: tracker.download_text(best_cfg[m][1], "best_config.yaml") for m in best_cfg}
-    floors = {}
-    for m in best_yaml if noise_seeds else []:
-        print(f"== noise floor: {m}'s best config with {noise_seeds} other seeds", flush=True)
-        floors[m] = noise_floor(best_yaml[m], metric, noise_seeds)
+    # after the studies: the statistics and the noise floor (its re-trainings are kept as they end)
+    try:
+        all_values = [v for studies in per_method.values() for s in studies for v in s]
+        if not any(v is not None and math.isfinite(v) for v in all_values):
+            raise UserError(f"comparison {cmp_name!r}: no trial of any study reached a full-budget value, so no target "
+                            f"can be defined (see the trials' errors in MLflow experiment {experiment!r})")
+        if target_gap is None:
+            target, target_rule = target_value(all_values, mode, delta, metric), {
+                "rule": "delta", "description": f"best of all studies minus {delta} points"}
+        else:
+            target, info = gap_target(per_method, mode, target_gap, first)
+            target_rule = {"rule": "gap", **info, "description": (
+                f"{target_gap:g} of the way from a random config's median ({info['random_median']:.4g}) to the best "
+                f"arm's median final value ({info['best_arm']}: {info['best_arm_median']:.4g})")}
+        finite = [v for v in all_values if v is not None and math.isfinite(v)]
+        floor = (min(finite) if mode == "max" else max(finite)) if finite else None
+        stats = {m: method_stats(m, studies, target, mode, floor) for m, studies in per_method.items()}
+        # Hyperparameters each method is tuned over: only those a trial samples (conditional spaces).
+        active = {arm: s.active_range() for arm, s, *_ in arms}
+        # The rank test is between the methods; each method's random-search arm is tested against it.
+        test = rank_test({m: stats[m].ttt for m in methods}, base.trials)
+        vs_random = {m: {**rank_test({m: stats[m].ttt, ref[m]: stats[ref[m]].ttt}, base.trials),
+                         "auc_minus_random": stats[m].auc_mean - stats[ref[m]].auc_mean,
+                         "paired": paired_test({m: stats[m].aucs, ref[m]: stats[ref[m]].aucs})}
+                     for m in methods if ref[m] in stats and ref[m] != m}
+        # With a gap target, also each method against its own plateau: how much tuning it needs to get
+        # where it gets (read beside its final value).
+        own = own_gap_ttt(per_method, mode, target_gap, first) if target_rule["rule"] == "gap" else {}
+        own_test = rank_test({m: own[m]["ttt"] for m in methods if m in own}, base.trials) if own else None
+        for m in methods:
+            if m in own and ref[m] in own and ref[m] != m:
+                own[m]["vs_random"] = rank_test({m: own[m]["ttt"], ref[m]: own[ref[m]]["ttt"]}, base.trials)
+        # Repeat r of every arm shares its sampler seed and data: the per-repeat AUCs are paired.
+        paired = paired_test({m: stats[m].aucs for m in methods})
+        # What a study would deliver: the held-out value of its pick after t trials (mean and band).
+        incumbent = {m: [incumbent_test(v, t, mode) for v, t in zip(per_method[m], tests[m])] for m in per_method}
+        inc_band = {m: mean_band(c) for m, c in incumbent.items()}
+        # Efficiency against cost: CPU seconds of training spent until the target was reached.
+        stt = {m: [None if c is None else c * base.cpus_per_trial for c in
+                   (cost_to_target(v, t, target, mode) for v, t in zip(per_method[m], seconds[m]))] for m in per_method}
+        best_yaml = {m: tracker.download_text(best_cfg[m][1], "best_config.yaml") for m in best_cfg}
+        floors = {}
+        for m in best_yaml if noise_seeds else []:
+            print(f"== noise floor: {m}'s best config with {noise_seeds} other seeds", flush=True)
+            floors[m] = noise_floor(best_yaml[m], metric, noise_seeds, cache=out / NOISE_CACHE)
+    except KeyboardInterrupt:
+        raise Interrupted(f"comparison {cmp_name!r} interrupted after its studies; they and the noise-floor "
+                          f"re-trainings done so far ({out / NOISE_CACHE}) are kept", cmp_name) from None
     # the target's margin below the best arm's final value, in the metric's units
     margin = (abs(target_rule["best_arm_median"] - target) if target_rule["rule"] == "gap"
               else delta / 100.0 if metric.endswith("/acc") else delta)
@@ -311,36 +339,39 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                     for m, s in stats.items()},
         "noise_warnings": warnings,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
-    with open(out / "curves.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["method", "repeat", "trial", "value", "best_so_far", "mean", "band_low", "band_high",
-                    "boot_low", "boot_high", "test_value", "incumbent_test", "incumbent_test_mean", "trial_seconds"])
-        from .efficiency import best_so_far
+    # The outputs are written whole (a Ctrl-C here is remembered; the command then exits 130):
+    # no half-written summary, no comparison run left RUNNING.
+    with interrupts.held():
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
+        with open(out / "curves.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["method", "repeat", "trial", "value", "best_so_far", "mean", "band_low", "band_high",
+                        "boot_low", "boot_high", "test_value", "incumbent_test", "incumbent_test_mean", "trial_seconds"])
+            from .efficiency import best_so_far
 
-        for m, studies in per_method.items():
-            st = stats[m]
-            for r, s in enumerate(studies):
-                for i, (v, b) in enumerate(zip(s, best_so_far(s, mode)), 1):
-                    w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1], st.boot_low[i - 1],
-                                st.boot_high[i - 1], tests[m][r][i - 1],
-                                incumbent[m][r][i - 1], inc_band[m][0][i - 1], seconds[m][r][i - 1]])
-    plots = _plots(stats, per_method, target, summary, out)
-    cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
-                                                 "study_runs": json.dumps(parents), "verdict": test["verdict"]},
-                                  params={"repeats": repeats, "trials": base.trials, "sampler": base.sampler,
-                                          "startup_trials": first, "target_delta": delta,
-                                          **({"initial_design": "ax"} if ax_design else {}),
-                                          **({"packs": ",".join(map(str, packs))} if packs else {}),
-                                          **({"target_gap": target_gap} if target_gap is not None else {})})
-    tracker.set_tags(cmp_run, {"bnnsearch.kind": "comparison"})
-    tracker.finish(cmp_run)  # finished before the export, so the dashboard shows this comparison
-    from dashboards import build_html
+            for m, studies in per_method.items():
+                st = stats[m]
+                for r, s in enumerate(studies):
+                    for i, (v, b) in enumerate(zip(s, best_so_far(s, mode)), 1):
+                        w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1], st.boot_low[i - 1],
+                                    st.boot_high[i - 1], tests[m][r][i - 1],
+                                    incumbent[m][r][i - 1], inc_band[m][0][i - 1], seconds[m][r][i - 1]])
+        plots = _plots(stats, per_method, target, summary, out)
+        cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
+                                                     "study_runs": json.dumps(parents), "verdict": test["verdict"]},
+                                      params={"repeats": repeats, "trials": base.trials, "sampler": base.sampler,
+                                              "startup_trials": first, "target_delta": delta,
+                                              **({"initial_design": "ax"} if ax_design else {}),
+                                              **({"packs": ",".join(map(str, packs))} if packs else {}),
+                                              **({"target_gap": target_gap} if target_gap is not None else {})})
+        tracker.set_tags(cmp_run, {"bnnsearch.kind": "comparison"})
+        tracker.finish(cmp_run)  # finished before the export, so the dashboard shows this comparison
+        from dashboards import build_html
 
-    (out / "dashboard.html").write_text(build_html(tracker.uri))
-    (out / "summary.md").write_text(compare_report(summary, markdown=True) + "\n")
-    for p in [out / "summary.json", out / "summary.md", out / "curves.csv", *plots, out / "dashboard.html"]:
-        tracker.client.log_artifact(cmp_run, str(p))
+        (out / "dashboard.html").write_text(build_html(tracker.uri))
+        (out / "summary.md").write_text(compare_report(summary, markdown=True) + "\n")
+        for p in [out / "summary.json", out / "summary.md", out / "curves.csv", *plots, out / "dashboard.html"]:
+            tracker.client.log_artifact(cmp_run, str(p))
     summary["comparison_run_id"] = cmp_run
     summary["out"] = str(out)
     summary["plots"] = [str(p) for p in plots]

@@ -1,4 +1,5 @@
 """Aggregation math of `bnnsearch compare` on hand-made study results."""
+import json
 import math
 
 import pytest
@@ -108,6 +109,30 @@ def test_noise_floor_retrains_with_other_seeds_and_warnings_compare_to_it(tmp_pa
     w = noise_warnings(0.05, {"a": 0.88, "b": 0.93, "c": 0.925}, floors)  # b ~ c only: 0.005 < 0.04
     assert w == ["1 of 3 pairs of arms have best values closer than twice the seed-to-seed spread of their "
                  "difference: b ~ c (0.005 < 0.04)"]
+
+
+def test_noise_floor_cache_keeps_each_retraining_by_config_seed_and_metric(tmp_path, monkeypatch):
+    """A saved re-training is reused only for the same configuration text, seed and metric; an
+    unreadable cache is a clear error naming the file."""
+    import bnnsearch.engine
+    import yaml
+    from bnnsearch.compare import noise_floor
+    from bnnsearch.errors import UserError
+
+    cfg = yaml.safe_dump({"method": "filtered", "arch": "mlp", "arch_args": {"widths": [16, 16]}, "data": "digits",
+                          "epochs": 1, "device": "cpu", "seed": 3, "data_root": str(tmp_path)})
+    cache = tmp_path / "nf.json"
+    fit, seeds = bnnsearch.engine.fit, []
+    monkeypatch.setattr(bnnsearch.engine, "fit", lambda c: seeds.append(c.seed) or fit(c))
+    nf = noise_floor(cfg, "val/acc", 2, cache=cache)
+    assert seeds == [1003, 2003] and nf == noise_floor(cfg, "val/acc", 2, cache=cache) and seeds == [1003, 2003]
+    assert noise_floor(cfg, "val/acc", 3, cache=cache)["values"][:2] == nf["values"] and seeds[2:] == [3003]
+    noise_floor(cfg, "val/loss", 2, cache=cache)  # another metric: trained again
+    noise_floor(cfg.replace("epochs: 1", "epochs: 2"), "val/acc", 2, cache=cache)  # another config: trained again
+    assert seeds[3:] == [1003, 2003, 1003, 2003] and len(json.loads(cache.read_text())) == 7
+    cache.write_text("{not json")
+    with pytest.raises(UserError, match="nf.json: cannot read the saved noise-floor re-trainings"):
+        noise_floor(cfg, "val/acc", 2, cache=cache)
 
 
 def test_cost_to_target_sums_the_cost_of_the_trials_it_took():

@@ -4,6 +4,8 @@ An interrupted study exits 130, prints the exact --resume command, leaves its pa
 (tagged interrupted, no best config) and no child run RUNNING; that command completes exactly
 what is missing. A comparison stops at its interrupted study (no later study starts) and its
 --resume completes that study instead of skipping it. A second Ctrl-C exits at once."""
+import dataclasses
+import json
 import os
 import shlex
 import signal
@@ -292,3 +294,34 @@ def test_ctrl_c_as_the_last_study_records_its_end_completes_the_record_and_stops
         assert p.info.status == "FINISHED" and p.data.tags["bnnsearch.status"] == "finished"
         assert "best_config.yaml" in {a.path for a in c.list_artifacts(p.info.run_id)} and "best_value" in p.data.tags
     assert not (tmp_path / "cmp" / "summary.json").exists()
+
+    # --resume: both studies are finished (skipped); a Ctrl-C during the noise floor's third
+    # re-training stops it, keeping the two done; the next --resume trains only the other two.
+    import bnnsearch.engine
+
+    fit, fits = bnnsearch.engine.fit, []
+
+    def ctrl_c_in_the_third_fit(cfg, *a, **kw):
+        fits.append(cfg.seed)
+        if len(fits) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        return fit(cfg, *a, **kw)
+
+    monkeypatch.setattr(bnnsearch.engine, "fit", ctrl_c_in_the_third_fit)
+    interrupts.install()
+    try:
+        with pytest.raises(Interrupted, match="noise-floor re-trainings done so far"):
+            run_compare(spaces, dataclasses.replace(base, resume=True), 1, 0.005, tmp_path / "cmp", noise_seeds=2)
+        assert len(json.loads((tmp_path / "cmp" / "noise_floor_runs.json").read_text())) == 2
+        interrupts._state.update(count=0)
+        s = run_compare(spaces, dataclasses.replace(base, resume=True), 1, 0.005, tmp_path / "cmp", noise_seeds=2)
+    finally:
+        signal.signal(signal.SIGINT, before)
+        interrupts._state.update(count=0, defer=False, in_tune=False)
+        ray.shutdown()
+    assert len(fits) == 3 + 2  # the interrupted third re-training is done again, the first two are not
+    for m in ("filtered", "latent"):
+        nf = s["methods"][m]["noise_floor"]
+        assert len(nf["values"]) == 2 and all(0 < v <= 1 for v in nf["values"])
+    assert (tmp_path / "cmp" / "summary.json").exists()
