@@ -325,3 +325,37 @@ def test_ctrl_c_as_the_last_study_records_its_end_completes_the_record_and_stops
         nf = s["methods"][m]["noise_floor"]
         assert len(nf["values"]) == 2 and all(0 < v <= 1 for v in nf["values"])
     assert (tmp_path / "cmp" / "summary.json").exists()
+
+
+def test_ctrl_c_as_a_sweep_records_its_end_exits_130_with_the_study_finished(tmp_path, monkeypatch, capsys):
+    """The command-line side of the same race: `bnnsearch sweep` whose study gets a SIGINT while
+    it logs its best config prints its summary, says the record is complete and exits 130."""
+    import ray
+    from bnnsearch import interrupts
+    from bnnsearch.cli import main
+    from bnnsearch.tracking import Tracker
+
+    log_text = Tracker.log_text
+
+    def ctrl_c_in_the_best_config(self, run_id, text, name):
+        if name == "best_config.yaml":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        return log_text(self, run_id, text, name)
+
+    monkeypatch.setattr(Tracker, "log_text", ctrl_c_in_the_best_config)
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        rc = main(["sweep", space_file(tmp_path, "filtered", epochs=2), "--trials", "2", "--sampler", "random"])
+    finally:
+        signal.signal(signal.SIGINT, before)
+        interrupts._state.update(count=0, defer=False, in_tune=False)
+        ray.shutdown()
+    out = capsys.readouterr()
+    assert rc == 130, out.out[-2000:] + out.err[-2000:]
+    assert "interrupted as the command finished; what it recorded is complete" in out.err
+    assert "study filtered-random-s0: 2 complete" in out.out
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
+    assert parent.info.status == "FINISHED" and parent.data.tags["bnnsearch.status"] == "finished"
+    assert "best_config.yaml" in {a.path for a in c.list_artifacts(parent.info.run_id)}
