@@ -244,7 +244,8 @@ def cmd_automl(args) -> int:
     from . import interrupts
 
     if register is not None and interrupts.pending():  # a Ctrl-C as the study wrote its record
-        print(f"\nnot retraining front point {args.pick or 1}: interrupted; nothing was registered", flush=True)
+        print(f"\nnot retraining front point {args.pick or 1}: interrupted; nothing was registered. Register it "
+              f"with:\n  {resume_command(getattr(args, 'argv', sys.argv[1:]), a.name)}", flush=True)
     elif register is not None:
         from .automl import register_pick
 
@@ -572,10 +573,11 @@ def main(argv: list[str] | None = None) -> int:
                 import mlflow  # noqa: F401
                 import optuna  # noqa: F401
                 from ray import tune  # noqa: F401
+        args.argv = argv  # for a command that prints how to continue it
         rc = args.func(args)
         if rc == 0 and interrupts.pending():  # a Ctrl-C that came as a study wrote its (complete) record
-            print("\nbnnsearch: interrupted as the command finished; what it recorded is complete (nothing to "
-                  "resume)", file=sys.stderr)
+            print("\nbnnsearch: interrupted as the command finished; what it recorded is complete",
+                  file=sys.stderr)
             return _exit_interrupted()
         return rc
     except UserError as e:

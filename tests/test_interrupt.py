@@ -355,7 +355,52 @@ def test_ctrl_c_as_a_sweep_records_its_end_exits_130_with_the_study_finished(tmp
     out = capsys.readouterr()
     assert rc == 130, out.out[-2000:] + out.err[-2000:]
     assert "interrupted as the command finished; what it recorded is complete" in out.err
-    assert "study filtered-random-s0: 2 complete" in out.out
+    assert "study filtered-random-s0: 2 complete" in out.out and "continue it with" not in out.err
     c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
     assert parent.info.status == "FINISHED" and parent.data.tags["bnnsearch.status"] == "finished"
     assert "best_config.yaml" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+
+
+def test_ctrl_c_as_an_automl_study_records_its_end_registers_nothing_and_says_how(tmp_path, monkeypatch, capsys):
+    """`automl --register` whose study gets a SIGINT while it logs its best config: the study and
+    its front are recorded whole, nothing is retrained or registered, exit 130, and the command it
+    prints (--resume --register) registers the front point without training any trial again."""
+    import ray
+    from bnnsearch import interrupts
+    from bnnsearch.cli import main
+    from bnnsearch.tracking import Tracker
+
+    log_text = Tracker.log_text
+
+    def ctrl_c_in_the_best_config(self, run_id, text, name):
+        if name == "best_config.yaml":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        return log_text(self, run_id, text, name)
+
+    monkeypatch.setattr(Tracker, "log_text", ctrl_c_in_the_best_config)
+    monkeypatch.chdir(tmp_path)
+    p = automl_space_file(tmp_path, {**FIXED, "epochs": 2}, {"filtered": SPACES["filtered"], "latent": SPACES["latent"]})
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        rc = main(["automl", p, "--trials", "2", "--sampler", "random", "--register", "reg"])
+        out = capsys.readouterr()
+        assert rc == 130, out.out[-2000:] + out.err[-2000:]
+        assert "nothing was registered" in out.out and "wrote runs/automl-digits-random-s0/pareto.json" in out.out
+        c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        assert not c.search_registered_models()
+        cmd = shlex.split(out.out.split("Register it with:")[1].strip().splitlines()[0])
+        assert cmd[:2] == ["bnnsearch", "automl"] and cmd[-5:] == ["--register", "reg", "--name",
+                                                                   "automl-digits-random-s0", "--resume"]
+        monkeypatch.setattr(Tracker, "log_text", log_text)
+        interrupts._state.update(count=0)
+        rc = main(cmd[1:])
+        out = capsys.readouterr()
+        assert rc == 0, out.out[-2000:] + out.err[-2000:]
+    finally:
+        signal.signal(signal.SIGINT, before)
+        interrupts._state.update(count=0, defer=False, in_tune=False)
+        ray.shutdown()
+    assert "registered models:/reg/1" in out.out and "[1/2]" not in out.out  # no trial trained again
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/automl")
+    assert parent.info.status == "FINISHED" and "pareto.json" in {a.path for a in c.list_artifacts(parent.info.run_id)}
