@@ -58,6 +58,25 @@ def ctrl_c_at(proc, marker, wait_s=1.0, twice=False, ready=None):
     return "".join(seen) + rest, time.time() - t1
 
 
+def sigint_as_best_config_is_logged(monkeypatch, nth=1):
+    """Patch Tracker.log_text to send this process a real SIGINT as the nth study logs its
+    best_config.yaml (the handler runs there, mid-record); returns the run ids it saw log one."""
+    from bnnsearch.tracking import Tracker
+
+    log_text, logged = Tracker.log_text, []
+
+    def patched(self, run_id, text, name):
+        if name == "best_config.yaml":
+            logged.append(run_id)
+            if len(logged) == nth:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+        return log_text(self, run_id, text, name)
+
+    monkeypatch.setattr(Tracker, "log_text", patched)
+    return logged
+
+
 def resume_line(out):
     lines = out.splitlines()
     i = lines.index("continue it with:")
@@ -262,19 +281,8 @@ def test_ctrl_c_as_the_last_study_records_its_end_completes_the_record_and_stops
     from bnnsearch.errors import Interrupted
     from bnnsearch.spaces import load_space
     from bnnsearch.sweep import SweepArgs
-    from bnnsearch.tracking import Tracker
 
-    log_text, logged = Tracker.log_text, []
-
-    def ctrl_c_in_the_second_best_config(self, run_id, text, name):
-        if name == "best_config.yaml":
-            logged.append(run_id)
-            if len(logged) == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.2)  # the handler runs here, in the middle of the record
-        return log_text(self, run_id, text, name)
-
-    monkeypatch.setattr(Tracker, "log_text", ctrl_c_in_the_second_best_config)
+    logged = sigint_as_best_config_is_logged(monkeypatch, nth=2)
     spaces = [load_space(space_file(tmp_path, m, epochs=2)) for m in ("filtered", "latent")]
     base = SweepArgs(space=spaces[0], trials=2, sampler="random", concurrency=2, quiet=True,
                      storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -333,17 +341,8 @@ def test_ctrl_c_as_a_sweep_records_its_end_exits_130_with_the_study_finished(tmp
     import ray
     from bnnsearch import interrupts
     from bnnsearch.cli import main
-    from bnnsearch.tracking import Tracker
 
-    log_text = Tracker.log_text
-
-    def ctrl_c_in_the_best_config(self, run_id, text, name):
-        if name == "best_config.yaml":
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.2)
-        return log_text(self, run_id, text, name)
-
-    monkeypatch.setattr(Tracker, "log_text", ctrl_c_in_the_best_config)
+    sigint_as_best_config_is_logged(monkeypatch)
     monkeypatch.chdir(tmp_path)
     before = signal.getsignal(signal.SIGINT)
     try:
@@ -368,17 +367,8 @@ def test_ctrl_c_as_an_automl_study_records_its_end_registers_nothing_and_says_ho
     import ray
     from bnnsearch import interrupts
     from bnnsearch.cli import main
-    from bnnsearch.tracking import Tracker
 
-    log_text = Tracker.log_text
-
-    def ctrl_c_in_the_best_config(self, run_id, text, name):
-        if name == "best_config.yaml":
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.2)
-        return log_text(self, run_id, text, name)
-
-    monkeypatch.setattr(Tracker, "log_text", ctrl_c_in_the_best_config)
+    sigint_as_best_config_is_logged(monkeypatch)
     monkeypatch.chdir(tmp_path)
     p = automl_space_file(tmp_path, {**FIXED, "epochs": 2}, {"filtered": SPACES["filtered"], "latent": SPACES["latent"]})
     before = signal.getsignal(signal.SIGINT)
@@ -392,7 +382,8 @@ def test_ctrl_c_as_an_automl_study_records_its_end_registers_nothing_and_says_ho
         cmd = shlex.split(out.out.split("Register it with:")[1].strip().splitlines()[0])
         assert cmd[:2] == ["bnnsearch", "automl"] and cmd[-5:] == ["--register", "reg", "--name",
                                                                    "automl-digits-random-s0", "--resume"]
-        monkeypatch.setattr(Tracker, "log_text", log_text)
+        monkeypatch.undo()  # log_text as it was (and the working directory: set it again)
+        monkeypatch.chdir(tmp_path)
         interrupts._state.update(count=0)
         rc = main(cmd[1:])
         out = capsys.readouterr()
