@@ -45,7 +45,14 @@ def cmd_train(args) -> int:
         writer[0](m)
         show(m)
 
-    res = fit(cfg, report)
+    try:
+        res = fit(cfg, report)
+    except KeyboardInterrupt:
+        if not writer:
+            raise  # nothing written yet: the usual "before anything was recorded"
+        print(f"\nbnnsearch: interrupted: {out}/ holds config.yaml and the epochs finished so far in metrics.jsonl "
+              "(an incomplete run: no cost.json, no summary); `train` has no resume, run it again", file=sys.stderr)
+        return _exit_interrupted()
     (out / "cost.json").write_text(json.dumps([r.__dict__ for r in res.cost_rows], indent=1))
     best = max(res.history, key=lambda m: m["val/acc"])
     last = res.final

@@ -21,6 +21,42 @@ def cfg_file(tmp_path):
     return p
 
 
+def test_ctrl_c_during_train_says_the_run_is_incomplete(cfg_file, tmp_path, capsys, monkeypatch):
+    """A real SIGINT after epoch 1 of 2: exit 130, a message naming the folder as incomplete, the
+    epoch that finished in metrics.jsonl and no cost.json (only complete runs have one)."""
+    import os
+    import signal
+    import time
+
+    import bnnsearch.cli as cli
+    from bnnsearch import interrupts
+
+    progress = cli._progress
+
+    def sigint_after_epoch_1(total):
+        show = progress(total)
+
+        def patched(m):
+            show(m)
+            if m["epoch"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+        return patched
+
+    monkeypatch.setattr(cli, "_progress", sigint_after_epoch_1)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "run"
+    try:
+        rc = main(["train", str(cfg_file), "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGINT, before)
+        interrupts._state.update(count=0, defer=False, in_tune=False)
+    err = capsys.readouterr().err
+    assert rc == 130 and f"interrupted: {out}/ holds config.yaml and the epochs finished so far" in err
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (out / "cost.json").exists()
+
+
 def test_train_writes_resolved_config_and_metrics(cfg_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(cfg_file), "--out", str(out), "--set", "hparams.gamma=0.2", "--set", "seed=3"]) == 0
