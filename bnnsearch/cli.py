@@ -29,7 +29,7 @@ def _progress(total_epochs: int):
 def cmd_train(args) -> int:
     from .config import load_config
     from .engine import fit
-    from .runio import MetricsWriter, write_config
+    from .runio import MetricsWriter, write_config, write_text_whole
     from .textui import fmt, table
 
     cfg = load_config(args.config, args.set or [])
@@ -53,7 +53,8 @@ def cmd_train(args) -> int:
         print(f"\nbnnsearch: interrupted: {out}/ holds config.yaml and the epochs finished so far in metrics.jsonl "
               "(an incomplete run: no cost.json, no summary); `train` has no resume, run it again", file=sys.stderr)
         return _exit_interrupted()
-    (out / "cost.json").write_text(json.dumps([r.__dict__ for r in res.cost_rows], indent=1))
+    # cost.json marks the run complete: written whole, so a kill mid-write never fakes a finished run
+    write_text_whole(out / "cost.json", json.dumps([r.__dict__ for r in res.cost_rows], indent=1))
     best = max(res.history, key=lambda m: m["val/acc"])
     last = res.final
     rows = [

@@ -23,6 +23,7 @@ from .efficiency import (RANDOM_SUFFIX, asha_rungs, cost_to_target, gap_target, 
                          target_value, test_metric)
 from . import interrupts
 from .errors import Interrupted, UserError
+from .runio import write_text_whole
 from .spaces import SearchSpace
 from .sweep import SweepArgs, run_sweep
 
@@ -80,9 +81,7 @@ def noise_floor(config_yaml: str, metric: str, seeds: int, cache: Path | None = 
             res = fit(resolve({**raw, "seed": seed}, "best config"))
             done[key] = float(res.final.get(metric, math.nan))
             if cache is not None:  # whole or not at all: a Ctrl-C mid-write must not lose the others
-                tmp = cache.with_name(cache.name + ".tmp")
-                tmp.write_text(json.dumps(done, indent=1))
-                tmp.replace(cache)
+                write_text_whole(cache, json.dumps(done, indent=1))
         values.append(done[key])
         used.append(seed)
     finite = [v for v in values if math.isfinite(v)]

@@ -24,6 +24,7 @@ import torch
 
 from .errors import UserError
 from .registry import Registry
+from .runio import write_whole
 
 DATASETS: Registry[tuple[type, Callable]] = Registry("dataset")
 
@@ -153,7 +154,6 @@ def _cached(cache: Path, make: Callable[[], Raw]) -> Raw:
     CPU per worker). An unreadable cache (a write cut short) is made again; a read-only
     data_root only costs the parse. Each writer writes its own temporary file and renames it,
     so workers filling the same cache at once never read a half-written one."""
-    import uuid
     import zipfile
 
     if cache.exists():
@@ -164,13 +164,11 @@ def _cached(cache: Path, make: Callable[[], Raw]) -> Raw:
             pass
     raw = make()
     arrays = {k: v for k in ("x", "y", "x_test", "y_test") if (v := getattr(raw, k)) is not None}
-    tmp = cache.parent / f".{cache.stem}-{uuid.uuid4().hex}.npz"
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)
+        write_whole(cache, lambda tmp: np.savez(tmp, **arrays), unique=True)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass  # a read-only data root: the data is generated again next time
     return raw
 
 

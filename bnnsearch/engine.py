@@ -31,6 +31,7 @@ from .errors import UserError
 from .methods import RunInfo, get_method
 from .methods.base import Pack, member_losses, unpackable_hparams, upcast
 from .nn import rng
+from .runio import write_whole
 
 CKPT_NAME = "state.pt"
 
@@ -421,9 +422,7 @@ def fit_pack(
                 # flag anticipates divergence (final), not a stop a report returns (re-asked after
                 # a resume). With on_epoch the stops are decided before the save.
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = ckpt_path.with_suffix(".tmp")
-                torch.save(state, tmp)
-                tmp.replace(ckpt_path)
+                write_whole(ckpt_path, lambda tmp: torch.save(state, tmp))
             if on_epoch is not None:
                 if after_checkpoint is not None:
                     after_checkpoint()

@@ -3,16 +3,49 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import RunConfig, dump
+if TYPE_CHECKING:  # (config imports data, which writes its cache with write_whole)
+    from .config import RunConfig
 
 
 def finite_or_none(v):
     return v if not isinstance(v, float) or math.isfinite(v) else None
 
 
+def write_whole(path: Path, write: Callable[[Path], object], unique: bool = False) -> None:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a hidden sibling file that then
+    replaces ``path`` in one rename (atomic on POSIX), so a Ctrl-C or a kill mid-write leaves the
+    previous file, never a truncated one; a failed write removes the temporary. ``unique`` names the
+    temporary per call, for processes that may write the same path at once (else a kill's leftover
+    is overwritten next time). The temporary keeps ``path``'s suffix: ``np.savez`` appends ``.npz``
+    to a name without it."""
+    path = Path(path)
+    tag = f"-{uuid.uuid4().hex}" if unique else ""
+    tmp = path.with_name(f".{path.stem}{tag}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    write_whole(path, lambda tmp: tmp.write_text(text))
+
+
+def copy_whole(src: Path, dst: Path) -> None:
+    write_whole(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
 def write_config(out: Path, cfg: RunConfig) -> None:
+    from .config import dump
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump(cfg))
 

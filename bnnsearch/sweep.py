@@ -33,6 +33,7 @@ from ray import tune
 from .cost import STATIC_COST
 from . import interrupts
 from .errors import Interrupted, UserError
+from .runio import copy_whole
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
@@ -1191,9 +1192,7 @@ def _backup_tuner_pkl(exp_dir: Path) -> None:
     fresh-clone run of the two-SIGKILL test: EOFError in Tuner.restore)."""
     src = Path(exp_dir) / _TUNER_PKL
     if src.exists() and src.stat().st_size > 0:
-        tmp = Path(exp_dir) / (_TUNER_BAK + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(Path(exp_dir) / _TUNER_BAK)
+        copy_whole(src, Path(exp_dir) / _TUNER_BAK)
 
 
 def _repair_tuner_pkl(exp_dir: Path) -> None:
@@ -1201,9 +1200,7 @@ def _repair_tuner_pkl(exp_dir: Path) -> None:
     trainable, configs — is the same in every run of the study)."""
     src, bak = Path(exp_dir) / _TUNER_PKL, Path(exp_dir) / _TUNER_BAK
     if bak.exists() and (not src.exists() or src.stat().st_size == 0):
-        tmp = Path(exp_dir) / (_TUNER_PKL + ".tmp")
-        shutil.copyfile(bak, tmp)
-        tmp.replace(src)
+        copy_whole(bak, src)
 
 
 _STATE_BAK = "bnnsearch_state"  # the last whole set of Ray's snapshot files (one session's)
@@ -1307,9 +1304,7 @@ def _repair_snapshot(exp_dir: Path) -> bool:
     for f in newest:
         f.unlink()
     for f in sorted(bak.iterdir()) if bak else []:
-        tmp = exp_dir / (f.name + ".tmp")
-        shutil.copyfile(f, tmp)
-        tmp.replace(exp_dir / f.name)
+        copy_whole(f, exp_dir / f.name)
     return True
 
 
