@@ -25,7 +25,8 @@ methods with one model-based sampler per method beneath is not built yet.]
 
 Objectives: any of the accuracy/loss metrics, the static inference cost (``cost/mem_bits``,
 ``cost/bops``, ``cost/ops``, ``cost/flops``, ``cost/macs``, ``cost/params``,
-``cost/compression``) or the trial's training time (``time/total_s``). A diverged trial gets the
+``cost/compression``) or the trial's training time (``time/total_s``, or the process CPU
+seconds ``time/total_cpu_s``, which other work on the machine inflates less). A diverged trial gets the
 worst value of every objective (never on a front). Constraints go to Optuna as
 ``trial.set_constraint`` values (feasible when <= 0); a trial over a limit is never "best" and
 never on the front. The hypervolume reference point is fixed per study, so the hypervolume
@@ -49,7 +50,7 @@ from .methods import get_method
 from .spaces import (OBJECTIVE_METRICS, RUN_KEYS, Param, SearchSpace, _absolute, _check_pairs, _check_values, _decode,
                      _encode, _param, _set, flat_values)
 
-AUTOML_METRICS = OBJECTIVE_METRICS + STATIC_COST + ("time/total_s",)
+AUTOML_METRICS = OBJECTIVE_METRICS + STATIC_COST + ("time/total_s", "time/total_cpu_s")
 MAX_OBJECTIVES = 3
 METHOD = "method"  # the top-level parameter of an AutoML space
 

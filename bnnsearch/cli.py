@@ -66,7 +66,8 @@ def cmd_train(args) -> int:
     print(f"\ncost: {fmt(last['cost/ops'])} OPs/sample ({fmt(last['cost/bops'])} BOPs, {fmt(last['cost/flops'])} FLOPs), "
           f"{fmt(last['cost/mem_bits'] / 8 / 1024)} KiB, {last['cost/compression']:.1f}x smaller than fp32; "
           f"time {last['time/total_s']:.1f}s"
-          + (f" (+ {last['time/compile_s']:.1f}s compiling)" if "time/compile_s" in last else ""))
+          + (f" (+ {last['time/compile_s']:.1f}s compiling)" if "time/compile_s" in last else "")
+          + f", {last['time/total_cpu_s']:.1f} CPU s")
     if res.diverged:
         print("the run DIVERGED (non-finite loss); metrics of the last epoch are worst-case values")
     print(f"wrote {out}/config.yaml, metrics.jsonl, cost.json")

@@ -10,7 +10,7 @@ losses as ``inf``, never NaN.
 Report keys per epoch: ``epoch``, ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
 ``test/loss``, ``test/acc``, ``bin/flip_ratio`` (seed 002 Eq. 18, per step, averaged over the
 epoch) and ``bin/flip_from_init`` (global and ``/<layer>``), ``sched/<name>``, ``cost/*``,
-``time/epoch_s``, ``time/total_s``, ``diverged``, plus the method's own entries; with
+``time/epoch_s``, ``time/total_s``, ``time/cpu_s``, ``time/total_cpu_s``, ``diverged``, plus the method's own entries; with
 ``compile: true`` also ``time/compile_s`` (see ``fit_pack``).
 """
 from __future__ import annotations
@@ -201,7 +201,10 @@ def fit_pack(
     trained in it (its fair share); ``pack/epoch_s`` is the whole pack's, ``pack/size`` K.
     With ``compile: true`` the seconds spent compiling are not in ``time/epoch_s`` and
     ``time/total_s``: ``time/compile_s`` reports them apart (so far in the run; a member's share
-    in a pack, whose whole is ``pack/compile_s``).
+    in a pack, whose whole is ``pack/compile_s``). ``time/cpu_s`` and ``time/total_cpu_s`` are the
+    process's CPU seconds over the same epochs (every thread's; a member's share in a pack,
+    compiling included): a cost that another job sharing the machine inflates far less than wall
+    time, which it stretches by waiting. On a GPU they count the host's work only.
 
     ``on_epoch({k: metrics})``, when given, is called once per epoch with every member that
     trained in it, instead of the per-member reports; it returns the members to stop, which
@@ -273,7 +276,7 @@ def fit_pack(
 
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-    start_epoch, step, elapsed, compiled = 0, 0, 0.0, 0.0
+    start_epoch, step, elapsed, compiled, cpu_used = 0, 0, 0.0, 0.0, 0.0
 
     ckpt_path = Path(checkpoint_dir) / CKPT_NAME if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
@@ -294,6 +297,7 @@ def fit_pack(
         aug_gen.set_state(st["aug_gen"].to(aug_gen.get_state().device))
         start_epoch, step, elapsed = st["epoch"], st["step"], st["elapsed"]
         compiled = st.get("compile_s", 0.0)  # absent in checkpoints written before it was recorded
+        cpu_used = st.get("cpu_s")  # None (not reported) when the checkpoint predates it: unknown, not 0
 
     if k_n > 1:
         pack.fuse()  # after a restore: the fused optimizer state starts from the members' own
@@ -307,7 +311,7 @@ def fit_pack(
             if not any(pack.active):
                 break
             live = [i for i, a in enumerate(pack.active) if a]
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             c0 = _compile_seconds() if cfg.compile else 0.0
             perm = torch.randperm(n_train, generator=shuffle_gen).to(device, non_blocking=True)
             loss_sum = torch.zeros(k_n, device=device, dtype=torch.float64)
@@ -384,7 +388,9 @@ def fit_pack(
             flat = torch.cat(blocks).tolist()  # the one host sync of the epoch, for every member
             comp = _compile_seconds() - c0 if cfg.compile else 0.0
             epoch_s = time.perf_counter() - t0 - comp  # compile seconds are reported apart
+            epoch_cpu = time.process_time() - cpu0  # every thread of this process, compiling included
             elapsed += epoch_s
+            cpu_used = None if cpu_used is None else cpu_used + epoch_cpu
             compiled += comp
             pos = 0
             for j, (extras, dev_keys) in zip(live, extras_all):
@@ -393,6 +399,9 @@ def fit_pack(
                 vals, pos = flat[pos : pos + width], pos + width
                 extras.update(zip(dev_keys, vals[width - len(dev_keys):]))
                 metrics = _epoch_metrics(m, epoch, vals, n_l[j], steps_per_epoch, extras, epoch_s / len(live), elapsed / len(live) if k_n > 1 else elapsed)
+                if cpu_used is not None:
+                    metrics["time/cpu_s"] = epoch_cpu / len(live)
+                    metrics["time/total_cpu_s"] = cpu_used / len(live) if k_n > 1 else cpu_used
                 if cfg.compile:
                     metrics["time/compile_s"] = compiled / len(live) if k_n > 1 else compiled
                 if k_n > 1:
@@ -416,7 +425,7 @@ def fit_pack(
                         "active": pack.active[j] and not m.result.diverged,
                     } for j, m in enumerate(members)],
                     "shuffle_gen": shuffle_gen.get_state(), "aug_gen": aug_gen.get_state(),
-                    "epoch": epoch + 1, "step": step, "elapsed": elapsed, "compile_s": compiled,
+                    "epoch": epoch + 1, "step": step, "elapsed": elapsed, "compile_s": compiled, "cpu_s": cpu_used,
                 }
                 # With per-member reports a member is deactivated only after its report: the saved
                 # flag anticipates divergence (final), not a stop a report returns (re-asked after

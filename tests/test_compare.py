@@ -79,6 +79,12 @@ def test_compare_end_to_end_and_resume(tmp_path):
             secs = [float(x["trial_seconds"] or 0) for x in rows if x["method"] == m and x["repeat"] == str(rep)]
             assert (c is None) == (t is None) and (t is None or c == pytest.approx(sum(secs[:t])))
     assert "CPU s to target" in r.stdout
+    # ... and the CPU seconds the trial processes measured (time/total_cpu_s), summed the same way
+    for m, st in s["methods"].items():
+        for rep, (t, c) in enumerate(zip(st["ttt"], st["process_cpu_seconds_to_target"])):
+            cpu = [float(x["trial_cpu_seconds"]) for x in rows if x["method"] == m and x["repeat"] == str(rep)]
+            assert all(v > 0 for v in cpu) and (c is None) == (t is None) and (t is None or c == pytest.approx(sum(cpu[:t])))
+    assert "process CPU seconds to target (median;" in r.stdout
     md = (out / "summary.md").read_text()  # the same findings as Markdown, for a write-up
     assert md.startswith("| method | HPs | studies | best val/acc |") and "\n- target: " in md
     assert sum(line.startswith("| latent") for line in md.splitlines()) == 2  # latent, latent@random

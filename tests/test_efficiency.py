@@ -239,3 +239,16 @@ def test_arm_styles_tell_arms_apart():
     assert len(set(packs.values())) == 3 and packs["latent@random"] == (method_color("latent"), True)
     two = arm_styles(["latent@tpe", "latent@gp", "filtered@tpe", "filtered@gp"])  # by method, then dash
     assert two["latent@tpe"] == (method_color("latent"), False) and two["latent@gp"] == (method_color("latent"), True)
+
+
+def test_measured_cost_to_target_is_unknown_when_a_trained_trial_did_not_record_it():
+    from bnnsearch.compare import measured_cost_to_target
+
+    values = [[0.5, 0.9, 0.7], [0.2, 0.3, 0.4]]  # target 0.8: study 0 at trial 2, study 1 never
+    cpu, wall = [[2.0, 3.0, 4.0], [1.0, 1.0, 1.0]], [[1.0, 1.5, 2.0], [0.5, 0.5, 0.5]]
+    assert measured_cost_to_target(values, cpu, wall, 0.8, "max") == [5.0, None]
+    failed = [[None, 0.9, 0.7], values[1]]  # a trial that failed before training: no cost, counts 0
+    assert measured_cost_to_target(failed, [[None, 3.0, 4.0], cpu[1]], [[None, 1.5, 2.0], wall[1]], 0.8, "max") == [
+        3.0, None]
+    # a trial that trained (wall seconds) without CPU seconds: the whole arm is unknown, not 0
+    assert measured_cost_to_target(values, [[2.0, 3.0, 4.0], [1.0, None, 1.0]], wall, 0.8, "max") is None

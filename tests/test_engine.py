@@ -79,6 +79,34 @@ def test_checkpoint_resume_continues_exactly(tiny_cfg, tmp_path):
     assert _strip(resumed) == _strip(full)
 
 
+
+def test_cpu_seconds_come_from_the_process_clock_add_up_and_survive_a_resume(tiny_cfg, tmp_path, monkeypatch):
+    """time/cpu_s is the epoch's process CPU time (time.process_time, here a fake clock that
+    advances 1.5 s per reading: 1.5 s per epoch), a pack member's share of it, and
+    time/total_cpu_s its running sum, which a checkpoint carries across a resume; a checkpoint
+    written before it was recorded resumes without it (unknown, not restarted from 0)."""
+    import time
+
+    from bnnsearch.engine import CKPT_NAME, fit_pack
+
+    clock = iter(range(0, 10**6, 3))
+    monkeypatch.setattr(time, "process_time", lambda: next(clock) / 2)
+    cfg = tiny_cfg(epochs=3)
+    h = fit(cfg).history
+    assert [m["time/cpu_s"] for m in h] == [1.5] * 3 and [m["time/total_cpu_s"] for m in h] == [1.5, 3.0, 4.5]
+    pair = fit_pack([tiny_cfg(epochs=2, hparams={"lr": lr}) for lr in (1e-3, 1e-2)])
+    assert [[m["time/total_cpu_s"] for m in r.history] for r in pair] == [[0.75, 1.5]] * 2
+    ck = tmp_path / "ck"
+    fit(cfg, lambda m: m["epoch"] == 2, checkpoint_dir=ck)
+    assert [m["time/total_cpu_s"] for m in fit(cfg, checkpoint_dir=ck).history] == [1.5, 3.0, 4.5]
+    fit(cfg, lambda m: m["epoch"] == 1, checkpoint_dir=tmp_path / "old")
+    st = torch.load(tmp_path / "old" / CKPT_NAME, weights_only=True)
+    del st["cpu_s"]
+    torch.save(st, tmp_path / "old" / CKPT_NAME)
+    resumed = fit(cfg, checkpoint_dir=tmp_path / "old").history
+    assert len(resumed) == 3 and "time/total_cpu_s" not in resumed[-1] and "time/total_s" in resumed[-1]
+
+
 @pytest.mark.slow
 def test_compile_trains_as_eager_and_compiles_in_every_run(tiny_cfg, tmp_path, monkeypatch):
     """compile: true (Inductor, here on the CPU) trains the same network as eager — in float64
