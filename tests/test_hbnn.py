@@ -42,6 +42,51 @@ def test_mobius_identity_and_sphere_exp():
     assert torch.allclose(out.norm(dim=1), torch.full((5,), r, dtype=torch.float64))
 
 
+
+def _expmap_by_definition(x, v, c):
+    """exp_x(v) written out (geoopt / Ganea et al. 2018): Moebius addition, then projection."""
+    from bnnsearch.nn.hyperbolic import _norm, project
+
+    sc = math.sqrt(c)
+    lam = 2 / (1 - c * (x * x).sum(-1, keepdim=True))
+    n = _norm(v)
+    return project(mobius_add(x, torch.tanh(sc * lam * n / 2) * v / (sc * n), c), c)
+
+
+def _sphere_exp_by_definition(p, v, r):
+    vt = v - (v * p).sum(-1, keepdim=True) / (r * r) * p
+    n = vt.norm(dim=-1, keepdim=True)
+    return torch.cos(n / r) * p + r * torch.sin(n / r) * vt / n
+
+
+def test_the_reduced_exp_maps_equal_their_definitions_values_and_gradients():
+    """expmap and sphere_exp compute the exponential maps from row reductions (fewer full-size
+    operations); in float64 they equal the maps as defined, inside the ball and where the
+    projection clips, and so do the gradients (on the sphere: p's tangential part, the part
+    RiemannianSGD steps along)."""
+    g = torch.Generator().manual_seed(3)
+    for r, v_scale in ((0.05, 0.05), (0.5, 0.05), (1.0, 0.3), (10.0, 0.05), (0.05, 5.0)):  # last: clipped
+        c = 1 / r**2
+        d = torch.randn(3, 64, generator=g, dtype=torch.float64)
+        d = d / d.norm(dim=1, keepdim=True)
+        v = (torch.randn(60, 64, generator=g, dtype=torch.float64) * v_scale).requires_grad_()
+        up = torch.randn(60, 64, generator=g, dtype=torch.float64)
+        for manifold in ("ball", "sphere"):
+            p = (d * r * (0.7 if manifold == "ball" else 1.0))[torch.arange(60) % 3].requires_grad_()
+            fast, ref = (expmap, _expmap_by_definition) if manifold == "ball" else (sphere_exp, _sphere_exp_by_definition)
+            a = fast(p, v, c if manifold == "ball" else r)
+            b = ref(p, v, c if manifold == "ball" else r)
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-13 * r), (manifold, r, (a - b).abs().max().item())
+            ga = torch.autograd.grad((a * up).sum(), (p, v))
+            gb = torch.autograd.grad((b * up).sum(), (p, v))
+            assert torch.allclose(ga[1], gb[1], rtol=1e-10, atol=1e-12), (manifold, r)
+            if manifold == "sphere":
+                ga, gb = ([q - (q * p).sum(-1, keepdim=True) / r**2 * p for q in (x[0],)] for x in (ga, gb))
+            assert torch.allclose(ga[0], gb[0], rtol=1e-10, atol=1e-12), (manifold, r)
+        if v_scale > 1:
+            assert (_expmap_by_definition(p.detach(), v.detach(), c).norm(dim=1) * math.sqrt(c) > 0.99999 - 1e-12).all()
+
+
 def test_gradients_reach_latent_and_cluster():
     q = HyperbolicSign(out_channels=6, n=12, radius=0.05, cluster_size=3, cluster_init=0.5)
     w = torch.randn(6, 3, 2, 2, requires_grad=True)

@@ -57,18 +57,42 @@ def logmap0(y: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def expmap(x: torch.Tensor, v: torch.Tensor, c: float) -> torch.Tensor:
+    """exp_x(v) = project(x (+)_c tanh(sqrt(c) lam_x |v| / 2) v / (sqrt(c) |v|)), lam_x = 2 / (1 - c|x|^2).
+
+    The Moebius sum and the projection are linear in x and v with per-row coefficients built from
+    three row reductions (|x|^2, |v|^2, x.v): out = (a x + b v) f, with the norm of a x + b v that
+    the projection needs expanded from the same reductions. That is the formula of ``mobius_add``
+    then ``project`` (equal to 1e-15 in float64, gradients too: tests/test_hbnn.py) with 6 instead
+    of ~25 operations on the full weight; it runs for every binary layer in every forward pass.
+    (Small networks on a CPU pay mostly per-operation overhead: an HBNN epoch of mlp 256x3 on
+    mnist1d took ~12 % less CPU time than with the direct formula, 1 thread, 2026-12-04.)"""
     sc = math.sqrt(c)
-    lam = 2 / (1 - c * (x * x).sum(-1, keepdim=True)).clamp_min(MIN_NORM)
-    n = _norm(v)
-    second = torch.tanh(sc * lam * n / 2) * v / (sc * n)
-    return project(mobius_add(x, second, c), c)
+    x2 = (x * x).sum(-1, keepdim=True)
+    v2 = (v * v).sum(-1, keepdim=True)
+    xv = (x * v).sum(-1, keepdim=True)
+    n = v2.sqrt().clamp_min(MIN_NORM)
+    lam = 2 / (1 - c * x2).clamp_min(MIN_NORM)
+    s = torch.tanh(sc * lam * n / 2) / (sc * n)  # the Moebius sum's second term is s v
+    xy, y2 = s * xv, s * s * v2
+    den = (1 + 2 * c * xy + c * c * x2 * y2).clamp_min(MIN_NORM)
+    a = (1 + 2 * c * xy + c * y2) / den
+    b = (1 - c * x2) * s / den
+    norm = (a * a * x2 + 2 * a * b * xv + b * b * v2).clamp_min(0).sqrt().clamp_min(MIN_NORM)
+    maxnorm = (1 - BALL_EPS) / sc
+    f = torch.where(norm > maxnorm, maxnorm / norm, torch.ones_like(norm))  # project into the ball
+    return (a * f) * x + (b * f) * v
 
 
 def sphere_exp(p: torch.Tensor, v: torch.Tensor, r: float) -> torch.Tensor:
-    """exp on the sphere of radius r at p (|p| = r), of v projected onto the tangent space."""
-    vt = v - (v * p).sum(-1, keepdim=True) / (r * r) * p
-    n = _norm(vt)
-    return torch.cos(n / r) * p + r * torch.sin(n / r) * vt / n
+    """exp on the sphere of radius r at p (|p| = r), of v projected onto the tangent space:
+    cos(n/r) p + r sin(n/r) vt / n, vt = v - (v.p / r^2) p, n = |vt| = sqrt(|v|^2 - (v.p)^2 / r^2),
+    as (coefficient) p + (coefficient) v from two row reductions. The gradient in p's tangent
+    space (all that RiemannianSGD uses) equals the direct formula's; its radial part differs."""
+    vp = (v * p).sum(-1, keepdim=True)
+    v2 = (v * v).sum(-1, keepdim=True)
+    n = (v2 - vp * vp / (r * r)).clamp_min(0).sqrt().clamp_min(MIN_NORM)
+    k = r * torch.sin(n / r) / n
+    return (torch.cos(n / r) - k * vp / (r * r)) * p + k * v
 
 
 def rbnn_surrogate(x: torch.Tensor, t: float) -> torch.Tensor:
