@@ -196,7 +196,13 @@ def cmd_compare(args) -> int:
                     allow_mixed=getattr(args, "allow_mixed", False), random_arm=getattr(args, "random_arm", False),
                     noise_seeds=getattr(args, "noise_seeds", 0), target_gap=getattr(args, "target_gap", None),
                     samplers=args.samplers.split(",") if getattr(args, "samplers", None) else None,
-                    ax_design=args.startup_trials == "ax", packs=_packs(getattr(args, "packs", None)))
+                    ax_design=args.startup_trials == "ax", packs=_packs(getattr(args, "packs", None)),
+                    status=getattr(args, "status", False))
+    if getattr(args, "status", False):
+        from .compare import progress_report
+
+        print(progress_report(s))
+        return 0
     print(compare_report(s), flush=True)
     print(f"\nwrote {s['out']}/summary.json, summary.md, curves.csv, " + ", ".join(Path(p).name for p in s["plots"])
           + ", dashboard.html")
@@ -495,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--packs", default=None, metavar="K1,K2",
                     help="run every space with each of these pack sizes (arms <method>@pack<K>, same seeds and "
                          "budget), e.g. 1,8: what packing's batches of proposals cost the sampler in trials")
+    cp.add_argument("--status", action="store_true",
+                    help="train nothing: print how far this comparison has got (finished studies per arm, the "
+                         "trials of an unfinished one, training seconds, an estimate of what is left) and exit")
     cp.add_argument("--allow-mixed", action="store_true",
                     help="compare spaces that train on different data (refused by default: their values differ in kind)")
     add_sweep_flags(cp, "compare")

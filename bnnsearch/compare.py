@@ -99,6 +99,84 @@ def _read_json(path: Path) -> dict:
                         "train them again") from None
 
 
+def study_name(cmp_name: str, arm: str, r: int) -> str:
+    """The study of repeat r (from 0) of an arm of a comparison."""
+    return f"{cmp_name}-{arm.replace('@', '-')}-r{r}"
+
+
+def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list[str], repeats: int, trials: int,
+                     concurrency: int) -> dict:
+    """How far a comparison has got, read from its MLflow store (nothing trains, nothing is
+    created): per arm the finished studies, the trials recorded by an unfinished one, and the
+    training seconds (the trials' ``time/total_s``) spent so far; and an estimate of what is left:
+    each arm's unfinished studies at the mean of its finished ones, less what an unfinished study
+    already spent, divided by ``concurrency`` for wall time (the noise floor's re-trainings come
+    on top). No values: an unfinished comparison is not summarised."""
+    from mlflow.tracking import MlflowClient
+
+    from .sweep import MlflowCallback
+    from .tracking import Tracker, check_store
+
+    uri = check_store(uri, must_exist=True)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UserError(f"--status: no comparison {cmp_name!r} in {uri} (no experiment {experiment!r}); "
+                        "give the same spaces and flags as the command that runs it")
+    tracker = Tracker.from_client(client, exp.experiment_id)
+    rows, spent, left, unknown = [], 0.0, 0.0, []
+    for arm in arms:
+        done, partial, secs, arm_spent = [], [], [], 0.0
+        for r in range(repeats):
+            parent = tracker.find_study(study_name(cmp_name, arm, r))
+            if parent is None:
+                continue
+            kids = tracker.child_runs(parent.info.run_id)
+            t = sum(k.data.metrics.get("time/total_s", 0.0) for k in kids)
+            arm_spent += t
+            if parent.info.status == "FINISHED":
+                done.append(r)
+                secs.append(t)
+            else:
+                n = sum(MlflowCallback.INDEX in k.data.tags for k in kids)  # trials recorded as ended
+                partial.append({"repeat": r + 1, "trials": n, "status": parent.info.status})
+        mean = sum(secs) / len(secs) if secs else None
+        if mean is not None:  # what its unfinished studies already spent is part of what they cost
+            left += max(0.0, (repeats - len(done)) * mean - (arm_spent - sum(secs)))
+        elif len(done) < repeats:
+            unknown.append(arm)
+        spent += arm_spent
+        rows.append({"arm": arm, "finished": len(done), "repeats": repeats, "unfinished": partial,
+                     "training_s": arm_spent, "mean_s_per_finished_study": mean})
+    n_done = sum(r["finished"] for r in rows)
+    return {"name": cmp_name, "experiment": experiment, "tracking_uri": uri, "arms": rows, "trials": trials,
+            "studies": len(arms) * repeats, "finished": n_done, "training_s": spent,
+            "left_training_s": None if unknown else left, "left_wall_s": None if unknown else left / max(1, concurrency),
+            "no_estimate": unknown, "concurrency": concurrency}
+
+
+_STATE = {"RUNNING": "running, or stopped by a kill", "KILLED": "interrupted", "FAILED": "failed"}
+
+
+def progress_report(p: dict) -> str:
+    from .textui import table
+
+    rows = [[r["arm"], f"{r['finished']}/{r['repeats']}",
+             ", ".join(f"repeat {u['repeat']}: {u['trials']}/{p['trials']} trials ({_STATE.get(u['status'], u['status'])})" for u in r["unfinished"]) or "-",
+             round(r["training_s"]), "-" if r["mean_s_per_finished_study"] is None else round(r["mean_s_per_finished_study"])]
+            for r in p["arms"]]
+    lines = [f"comparison {p['name']!r}: {p['finished']} of {p['studies']} studies finished ({len(p['arms'])} arms x "
+             f"{p['arms'][0]['repeats']} repeats, {p['trials']} trials each); its summary is written when all are",
+             table(rows, ["arm", "finished", "unfinished study", "training s", "training s per finished study"],
+                   align_right={3, 4})]
+    left = ("no estimate of what is left: no finished study yet for " + ", ".join(p["no_estimate"])
+            if p["no_estimate"] else
+            f"about {p['left_training_s']:,.0f} training s left (the finished studies' mean per arm), about "
+            f"{p['left_wall_s'] / 3600:.1f} h at --concurrency {p['concurrency']}, plus the noise floor if asked")
+    lines.append(f"training seconds so far: {p['training_s']:,.0f}; {left}")
+    return "\n".join(lines)
+
+
 def noise_warnings(margin: float, best: dict[str, float], floors: dict[str, dict]) -> list[str]:
     """Where the target's margin (how far below the best arm's final value it lies, in the
     metric's units) is within the noise floor, and which arms' best values are closer than twice
@@ -127,7 +205,7 @@ def noise_warnings(margin: float, best: dict[str, float], floors: dict[str, dict
 def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta: float, out: str | Path,
                 name: str | None = None, allow_mixed: bool = False, random_arm: bool = False,
                 noise_seeds: int = 0, target_gap: float | None = None, samplers: list[str] | None = None,
-                ax_design: bool = False, packs: list[int] | None = None) -> dict:
+                ax_design: bool = False, packs: list[int] | None = None, status: bool = False) -> dict:
     """``random_arm``: every method also runs its space with random search (arm ``<method>@random``,
     same seeds and budget): a method's efficiency relative to random search says how much its
     sampler's model helps, i.e. how easy the method is to tune. ``noise_seeds``: each arm's best
@@ -144,7 +222,10 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
 
     Multi-objective spaces (AutoML) compare the hypervolume of each study after each trial
     (mode max; the target defaults to ``--target-gap 0.9``, a delta in hypervolume units means
-    little); every space must have the same objectives and reference point."""
+    little); every space must have the same objectives and reference point.
+
+    ``status``: train nothing; return how far the comparison has got (``compare_progress``).
+    """
     from .sweep import SAMPLERS
     from .tracking import Tracker
 
@@ -186,9 +267,10 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     cmp_name = name or "compare-" + "-".join(methods) + ("-" + "-".join(samplers) if samplers else "") + (
         "".join(f"-pack{k}" for k in packs) if packs else "")
     experiment = base.experiment or f"bnnsearch-compare/{cmp_name}"
-    tracker = Tracker(base.tracking_uri, experiment)
+    tracker = None if status else Tracker(base.tracking_uri, experiment)
     out = Path(out or f"runs/{cmp_name}")
-    out.mkdir(parents=True, exist_ok=True)
+    if not status:
+        out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     per_method: dict[str, list[list[float | None]]] = {}
     tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
@@ -213,6 +295,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         arms += [(s.method + RANDOM_SUFFIX, s, "random", base.pack) for s in spaces]
     # each arm's random-search reference: <method>@random (a pack arm's too)
     ref = {m: m.split("@")[0] + RANDOM_SUFFIX for m in methods}
+    if status:
+        return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
+                                base.trials, base.concurrency)
     startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, *_ in arms}
     first = min(startup.values())  # every arm's first trials are random: a random config's median
     for arm, *_ in arms:
@@ -224,7 +309,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         for r in range(repeats):
             for arm, space, sampler, pack in arms:
                 interrupts.check()  # a Ctrl-C between two studies
-                study = f"{cmp_name}-{arm.replace('@', '-')}-r{r}"
+                study = study_name(cmp_name, arm, r)
                 parent = tracker.find_study(study)
                 if parent is None or parent.info.status != "FINISHED":
                     if parent is not None and not base.resume:

@@ -148,6 +148,7 @@ CASES = [  # (argv, what the one line must say)
     (["dashboard", "--export", "d.html", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["dashboard", "--export", "adir"], "--export adir: is a directory"),
     (["dashboard", "--port", "99999"], "--port 99999: must be a TCP port"),
+    (["compare", "space.yaml", "--status"], "mlflow.db does not exist (nothing recorded there"),
 ]
 
 
@@ -192,6 +193,18 @@ def test_best_names_a_missing_experiment(files, capsys):
     assert main(["best", "x", "--experiment", "nope"]) == 2
     err = capsys.readouterr().err
     assert "--experiment 'nope': no such experiment" in err and "bnnsearch/digits/mlp" in err
+
+
+def test_compare_status_names_a_comparison_that_is_not_in_the_store(files, capsys):
+    from bnnsearch.tracking import Tracker
+
+    Tracker(f"sqlite:///{files}/mlflow.db", "bnnsearch/digits/mlp")
+    before = sorted(p.name for p in files.iterdir())
+    assert main(["compare", "space.yaml", "--status", "--name", "mine"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bnnsearch: error: --status: no comparison 'mine' in sqlite:///{files}/mlflow.db (no experiment "
+                   "'bnnsearch-compare/mine'); give the same spaces and flags as the command that runs it"]
+    assert sorted(p.name for p in files.iterdir()) == before  # no results folder
 
 
 def test_outputs_go_into_new_folders(files, capsys):

@@ -189,6 +189,14 @@ def test_ctrl_c_during_compare_stops_it_and_resume_completes_the_interrupted_stu
     c, e, parents = studies(tmp_path, experiment)
     assert [p.data.tags["bnnsearch.study"] for p in parents] == ["compare-filtered-latent-filtered-r0"]
     assert_interrupted(c, e, parents[0])
+    # --status reads how far it got: nothing finished, the interrupted study's counted trials
+    counted = sum("bnnsearch.trial_index" in k.data.tags
+                  for k in c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"))
+    st = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *args, "--status"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120)
+    assert st.returncode == 0, st.stdout[-3000:] + st.stderr[-3000:]
+    assert "0 of 2 studies finished" in st.stdout and f"repeat 1: {counted}/4 trials (interrupted)" in st.stdout
+    assert "no estimate of what is left: no finished study yet for filtered, latent" in st.stdout
     cmd = resume_line(out)
     done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *cmd[1:]], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
@@ -198,6 +206,15 @@ def test_ctrl_c_during_compare_stops_it_and_resume_completes_the_interrupted_stu
     assert len(parents) == 2
     for p in parents:
         assert_complete(c, e, p, trials)
+    st = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *args, "--status"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120)
+    assert "2 of 2 studies finished" in st.stdout and "about 0 training s left" in st.stdout, st.stdout
+    rows = {line.split()[0]: line.split() for line in st.stdout.splitlines() if line.startswith(("filtered ", "latent "))}
+    for p in parents:  # each arm's training seconds: its study's trials' time/total_s
+        kids = c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
+        arm = p.data.tags["bnnsearch.study"].split("-")[-2]
+        assert rows[arm][1] == "1/1" and rows[arm][2] == "-"
+        assert int(rows[arm][3].replace(",", "")) == round(sum(k.data.metrics["time/total_s"] for k in kids))
 
 
 @pytest.mark.parametrize("delay", [1.0, 2.5])
