@@ -161,8 +161,10 @@ _STATE = {"RUNNING": "running, or stopped by a kill", "KILLED": "interrupted", "
 def progress_report(p: dict) -> str:
     from .textui import table
 
-    rows = [[r["arm"], f"{r['finished']}/{r['repeats']}",
-             ", ".join(f"repeat {u['repeat']}: {u['trials']}/{p['trials']} trials ({_STATE.get(u['status'], u['status'])})" for u in r["unfinished"]) or "-",
+    def unfinished(u):
+        return f"repeat {u['repeat']}: {u['trials']}/{p['trials']} trials ({_STATE.get(u['status'], u['status'])})"
+
+    rows = [[r["arm"], f"{r['finished']}/{r['repeats']}", ", ".join(map(unfinished, r["unfinished"])) or "-",
              round(r["training_s"]), "-" if r["mean_s_per_finished_study"] is None else round(r["mean_s_per_finished_study"])]
             for r in p["arms"]]
     lines = [f"comparison {p['name']!r}: {p['finished']} of {p['studies']} studies finished ({len(p['arms'])} arms x "
@@ -267,21 +269,6 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     cmp_name = name or "compare-" + "-".join(methods) + ("-" + "-".join(samplers) if samplers else "") + (
         "".join(f"-pack{k}" for k in packs) if packs else "")
     experiment = base.experiment or f"bnnsearch-compare/{cmp_name}"
-    tracker = None if status else Tracker(base.tracking_uri, experiment)
-    out = Path(out or f"runs/{cmp_name}")
-    if not status:
-        out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    per_method: dict[str, list[list[float | None]]] = {}
-    tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
-    seconds: dict[str, list[list[float | None]]] = {}  # each trial's training seconds, by trial index
-    proc_cpu: dict[str, list[list[float | None]]] = {}  # each trial's measured process CPU seconds, by index
-    histories: dict[str, list[dict[int, float]]] = {}
-    test_key = test_metric(metric)
-    cpu: dict[str, float] = {}
-    gpu: dict[str, float] = {}
-    parents: dict[str, list[str]] = {}
-    best_cfg: dict[str, tuple[float, str]] = {}
     # (arm, space, sampler, pack); pack 0 is --pack (or the space file's pack:)
     if samplers:
         arms = [(f"{s.method}@{smp}", s, smp, base.pack) for s in spaces for smp in samplers]
@@ -298,6 +285,20 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     if status:
         return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
                                 base.trials, base.concurrency)
+    tracker = Tracker(base.tracking_uri, experiment)
+    out = Path(out or f"runs/{cmp_name}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    per_method: dict[str, list[list[float | None]]] = {}
+    tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
+    seconds: dict[str, list[list[float | None]]] = {}  # each trial's training seconds, by trial index
+    proc_cpu: dict[str, list[list[float | None]]] = {}  # each trial's measured process CPU seconds, by index
+    histories: dict[str, list[dict[int, float]]] = {}
+    test_key = test_metric(metric)
+    cpu: dict[str, float] = {}
+    gpu: dict[str, float] = {}
+    parents: dict[str, list[str]] = {}
+    best_cfg: dict[str, tuple[float, str]] = {}
     startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, *_ in arms}
     first = min(startup.values())  # every arm's first trials are random: a random config's median
     for arm, *_ in arms:
