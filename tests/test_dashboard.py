@@ -58,6 +58,7 @@ def _check_page(dom):
     assert sum(g["points"] for g in got) >= 16 and sum(g["dashed_legend"] for g in got) >= 1
     assert any(g["pcticks"] for g in got) and ">cosine</text>" in dom
     assert "the architecture was not searched" in dom  # one network size: said, not drawn as a column
+    assert "objective vs measured training CPU seconds" in dom  # what each trial cost to train, as measured
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it where apt-get works)")
