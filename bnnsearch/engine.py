@@ -10,8 +10,8 @@ losses as ``inf``, never NaN.
 Report keys per epoch: ``epoch``, ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
 ``test/loss``, ``test/acc``, ``bin/flip_ratio`` (seed 002 Eq. 18, per step, averaged over the
 epoch) and ``bin/flip_from_init`` (global and ``/<layer>``), ``sched/<name>``, ``cost/*``,
-``time/epoch_s``, ``time/total_s``, ``time/cpu_s``, ``time/total_cpu_s``, ``diverged``, plus the method's own entries; with
-``compile: true`` also ``time/compile_s`` (see ``fit_pack``).
+``time/epoch_s``, ``time/total_s``, ``time/cpu_s``, ``time/total_cpu_s``, ``diverged``, plus
+the method's own entries; with ``compile: true`` also ``time/compile_s`` (see ``fit_pack``).
 """
 from __future__ import annotations
 
