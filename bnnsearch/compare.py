@@ -99,6 +99,11 @@ def _read_json(path: Path) -> dict:
                         "train them again") from None
 
 
+def _training_seconds(children: list) -> float:
+    """A study's training seconds: every trial's engine time (``time/total_s``), from its child runs."""
+    return sum(k.data.metrics.get("time/total_s", 0.0) for k in children)
+
+
 def study_name(cmp_name: str, arm: str, r: int) -> str:
     """The study of repeat r (from 0) of an arm of a comparison."""
     return f"{cmp_name}-{arm.replace('@', '-')}-r{r}"
@@ -132,7 +137,7 @@ def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list
             if parent is None:
                 continue
             kids = tracker.child_runs(parent.info.run_id)
-            t = sum(k.data.metrics.get("time/total_s", 0.0) for k in kids)
+            t = _training_seconds(kids)
             arm_spent += t
             if parent.info.status == "FINISHED":
                 done.append(r)
@@ -339,7 +344,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                     histories[arm] += [{m.step: m.value for m in tracker.client.get_metric_history(k.info.run_id,
                                                                                                     "objective")}
                                        for k in kids if k.data.tags.get("bnnsearch.status") == "complete"]
-                secs = sum(k.data.metrics.get("time/total_s", 0.0) for k in kids)  # every trial's engine time
+                secs = _training_seconds(kids)
                 cpu[arm] += secs * base.cpus_per_trial
                 gpu[arm] += secs * base.gpus_per_trial
                 bv = parent.data.tags.get("best_value")
