@@ -15,7 +15,10 @@ WORK=${SIX1D_WORK:-$(dirname "$REPO")/six1d}
 CODE=784fcf524a8a374ebdbacc59602019b5c3ed8e4a
 mkdir -p "$WORK"
 cd "$WORK"
-[ -d code ] || git -C "$REPO" worktree add --detach "$WORK/code" "$CODE"
+if [ ! -d code ]; then
+    git -C "$REPO" worktree prune  # a worktree registered here before but gone (a moved work folder)
+    git -C "$REPO" worktree add --detach "$WORK/code" "$CODE"
+fi
 [ "$(git -C code rev-parse HEAD)" = "$CODE" ] || { echo "$WORK/code is not at $CODE" >&2; exit 2; }
 rm -rf spaces && cp -r "$HERE/spaces" spaces
 if [ ! -e six1d.db ] && compgen -G "$HERE/state/chunk-*.tar.xz" > /dev/null; then

@@ -174,10 +174,13 @@ def check(work: Path, live: sqlite3.Connection, todo: list[str]) -> None:
 
 
 def main() -> None:
+    global STATE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("action", choices=["save", "restore"])
     ap.add_argument("--work", type=Path, required=True, help="the study's work folder (run.sh's)")
+    ap.add_argument("--state", type=Path, default=STATE, help=f"the chunks' folder (default {STATE})")
     a = ap.parse_args()
+    STATE = a.state.resolve()
     save(a.work) if a.action == "save" else restore(a.work)
 
 
