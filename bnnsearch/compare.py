@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .efficiency import (RANDOM_SUFFIX, asha_rungs, cost_to_target, gap_target, incumbent_test, mean_band,
-                         method_stats, own_gap_ttt, pad_budget, paired_test, rank_test, rung_correlations,
+                         method_stats, own_gap_ttt, pad_budget, paired_test, pairwise_paired, rank_test, rung_correlations,
                          target_value, test_metric)
 from . import interrupts
 from .errors import Interrupted, UserError
@@ -391,6 +391,17 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         # What a study would deliver: the held-out value of its pick after t trials (mean and band).
         incumbent = {m: [incumbent_test(v, t, mode) for v, t in zip(per_method[m], tests[m])] for m in per_method}
         inc_band = {m: mean_band(c) for m, c in incumbent.items()}
+        # ... and each study's pick after the whole budget, compared repeat by repeat (what a user of
+        # one study gets; free of the best-of-N validation bias): all methods, every pair (Holm), and
+        # each method against its random-search arm. Every pair of methods' AUCs too.
+        picks = {m: [c[-1] if c else math.nan for c in incumbent[m]] for m in per_method}
+        pick_test = None if test_key is None else {
+            "metric": test_key, "paired": paired_test({m: picks[m] for m in methods}),
+            "pairwise": pairwise_paired({m: picks[m] for m in methods}, mode) if len(methods) > 2 else []}
+        for m, vr in vs_random.items():
+            if test_key is not None:
+                vr["pick_paired"] = paired_test({m: picks[m], ref[m]: picks[ref[m]]})
+        pairwise_auc = pairwise_paired({m: stats[m].aucs for m in methods}, mode) if len(methods) > 2 else []
         # Efficiency against cost: CPU seconds of training spent until the target was reached.
         stt = {m: [None if c is None else c * base.cpus_per_trial for c in
                    (cost_to_target(v, t, target, mode) for v, t in zip(per_method[m], seconds[m]))] for m in per_method}
@@ -418,7 +429,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         **({"packs": packs} if packs else {}),
         "initial_design": "ax" if ax_design else "fixed", "target_delta": delta, "target": target,
         "target_rule": target_rule,
-        "rank_test": test, "paired_test": paired, "own_target_test": own_test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
+        "rank_test": test, "paired_test": paired, "pairwise_auc": pairwise_auc, "pick_test": pick_test,
+        "own_target_test": own_test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
                         "hyperparameters": {"active_min": active[m][0], "active_max": active[m][1]},
                         "startup_trials": startup[m],
@@ -516,6 +528,9 @@ def compare_report(s: dict, markdown: bool = False) -> str:
             if ov:
                 paired += (f"; to own target {ov['test']}: p = "
                            f"{'n/a' if ov['p_value'] is None else format(ov['p_value'], '.3g')} -> {ov['verdict']}")
+            pk = vr.get("pick_paired") or {}
+            if pk.get("test"):
+                paired += f"; pick's held-out value paired: p = {pk['p_value']:.3g} -> {pk['verdict']}"
             notes.append(f"{m} vs random search: AUC {vr['auc_minus_random']:+.4g}; trials-to-target {vr['test']}: "
                          f"p = {'n/a' if p is None else format(p, '.3g')} -> {vr['verdict']}{paired}")
     for m, st in s["methods"].items():
@@ -550,9 +565,38 @@ def compare_report(s: dict, markdown: bool = False) -> str:
         tests.append(f"each method's own target ({s['target_rule']['fraction']:g} of the way from its random configs' "
                      f"median to its best arm's median final value; its arms share it): {own['test']}: p = "
                      f"{'n/a' if own['p_value'] is None else format(own['p_value'], '.3g')} -> {own['verdict']}")
+    pk = s.get("pick_test")
+    if pk and pk["paired"]["test"]:
+        pp = pk["paired"]
+        tests.append(f"{pk['metric']} of each study's pick after {s['trials']} trials, paired by repeat: {pp['test']} "
+                     f"over {pp['n_pairs']} repeats: p = {pp['p_value']:.3g} -> {pp['verdict']}")
+    pairs = pairwise_table(s, markdown)
     if markdown:
-        return "\n".join([head, "", *(f"- {x}" for x in notes + tests)])
-    return "\n".join(["", head, *notes, "", *tests])
+        return "\n".join([head, "", *(f"- {x}" for x in notes + tests), *(["", pairs] if pairs else [])])
+    return "\n".join(["", head, *notes, "", *tests, *(["", pairs] if pairs else [])])
+
+
+def pairwise_table(s: dict, markdown: bool = False) -> str:
+    """Every pair of methods, paired by repeat (Wilcoxon signed-rank, p Holm-adjusted over the
+    pairs): the AUC and, where there is a held-out metric, each study's pick's held-out value.
+    Empty with fewer than three methods (the paired test above is then that pair)."""
+    from .textui import table
+
+    auc = s.get("pairwise_auc") or []
+    pick = (s.get("pick_test") or {}).get("pairwise") or []
+    if not auc:
+        return ""
+
+    def cells(r):
+        d = "-" if r["mean_difference"] is None else f"{r['mean_difference']:+.3g}"
+        return [f"{d} ({r['wins']}/{r['n_pairs']})", "-" if r["p_holm"] is None else f"{r['p_holm']:.3g}"]
+
+    rows = [[f"{a['arms'][0]} - {a['arms'][1]}", *cells(a), *(cells(b) if b else [])]
+            for a, b in zip(auc, pick or [None] * len(auc))]
+    cols = ["pair (paired by repeat)", "AUC: mean difference (wins)", "p (Holm)"]
+    if pick:
+        cols += [f"{s['pick_test']['metric']} of pick: mean difference (wins)", "p (Holm)"]
+    return table(rows, cols, align_right=set(range(1, len(cols))), markdown=markdown)
 
 
 def measured_cost_to_target(values: list[list], costs: list[list], seconds: list[list], target: float,

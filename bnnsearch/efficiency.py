@@ -318,6 +318,43 @@ def paired_test(aucs: dict[str, list[float]], alpha: float = 0.05) -> dict:
     return {**out, "test": name, "p_value": p, "verdict": "significant" if p < alpha else "not significant"}
 
 
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment for a family of tests (it controls the family-wise error
+    rate, with no assumption about how the tests depend on each other): the i-th smallest of m
+    p-values times (m - i + 1), made non-decreasing, capped at 1. ``None`` (no test) stays None
+    and does not count in m."""
+    done = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(done):
+        running = max(running, min(1.0, (len(done) - rank) * p))
+        out[i] = running
+    return out
+
+
+def pairwise_paired(values: dict[str, list[float | None]], mode: str = "max", alpha: float = 0.05) -> list[dict]:
+    """Every pair of arms compared repeat by repeat (``paired_test`` with two arms: Wilcoxon
+    signed-rank over the repeats where both have a value), the p-values Holm-adjusted over the
+    pairs, and the verdict read from the adjusted p. Per pair: ``arms``, ``n_pairs``,
+    ``mean_difference`` (first minus second), ``wins`` (repeats where the first is better, by
+    ``mode``), ``p_value`` (unadjusted), ``p_holm``, ``verdict``."""
+    arms = list(values)
+    rows = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            t = paired_test({a: values[a], b: values[b]}, alpha)
+            pairs = [(x, y) for x, y in zip(values[a], values[b])
+                     if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+            wins = sum((x > y) if mode == "max" else (x < y) for x, y in pairs)
+            rows.append({"arms": [a, b], "n_pairs": t["n_pairs"], "mean_difference": t.get("mean_difference"),
+                         "wins": wins, "test": t["test"], "p_value": t["p_value"]})
+    for r, ph in zip(rows, holm([r["p_value"] for r in rows])):
+        r["p_holm"] = ph
+        r["verdict"] = ("needs two paired repeats" if ph is None
+                        else "significant" if ph < alpha else "not significant")
+    return rows
+
+
 def rank_test(ttts: dict[str, list[int | None]], budget: int, alpha: float = 0.05) -> dict:
     """Is the difference in trials-to-target between methods statistically meaningful?"""
     from scipy import stats

@@ -68,6 +68,17 @@ def test_compare_end_to_end_and_resume(tmp_path):
                 pick = max(range(i + 1), key=lambda j: (vals[j], -j))
                 assert float(x["incumbent_test"]) == tests[pick]
     assert "test/acc of pick" in r.stdout
+    # each study's pick after the whole budget, compared repeat by repeat: curves.csv's last incumbent
+    from bnnsearch.efficiency import paired_test
+
+    last = {m: [float([x for x in rows if x["method"] == m and x["repeat"] == rep][-1]["incumbent_test"])
+                for rep in ("0", "1")] for m in s["methods"]}
+    assert s["pick_test"]["metric"] == "test/acc"
+    assert s["pick_test"]["paired"] == paired_test({"latent": last["latent"], "filtered": last["filtered"]})
+    for m in ("latent", "filtered"):
+        assert s["methods"][m]["vs_random"]["pick_paired"] == paired_test({m: last[m], m + "@random": last[m + "@random"]})
+    assert s["pairwise_auc"] == [] and s["pick_test"]["pairwise"] == []  # two methods: the paired test is the pair
+    assert "test/acc of each study's pick after 3 trials, paired by repeat:" in r.stdout
     # the noise floor: each arm's best config re-trained with two other seeds
     for m, st in s["methods"].items():
         nf = st["noise_floor"]
@@ -225,3 +236,25 @@ def test_compare_of_pack_sizes_runs_each_space_packed_and_unpacked(tmp_path):
     e = c.get_experiment_by_name("bnnsearch-compare/pk")
     (comp,) = c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'comparison'")
     assert comp.data.params["packs"] == "1,4"
+
+
+def test_pairwise_table_lists_every_pair_of_methods_with_holm_adjusted_p():
+    from bnnsearch.compare import pairwise_table
+    from bnnsearch.efficiency import pairwise_paired
+
+    aucs = {"a": [0.9, 0.8, 0.85, 0.7, 0.95, 0.6], "b": [0.8, 0.75, 0.8, 0.6, 0.9, 0.55],
+            "c": [0.85, 0.85, 0.7, 0.65, 0.99, 0.5]}
+    picks = {"a": [0.5, 0.6, 0.7, 0.8, 0.9, 1.0], "b": [0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+             "c": [0.4, 0.5, 0.6, 0.7, 0.8, None]}
+    s = {"pairwise_auc": pairwise_paired(aucs),
+         "pick_test": {"metric": "test/acc", "pairwise": pairwise_paired(picks)}}
+    lines = pairwise_table(s, markdown=True).splitlines()
+    assert lines[0] == ("| pair (paired by repeat) | AUC: mean difference (wins) | p (Holm) "
+                        "| test/acc of pick: mean difference (wins) | p (Holm) |")
+    # a beats b in all 6 repeats: exact p 2/64, times 3 pairs (the smallest of three); picks of a and
+    # b are equal (p 1); a beats c in 5 paired repeats (c's sixth has no value): exact p 2/32, which
+    # ties with b - c's for the smallest of three, so both become 3 x 2/32 (Holm keeps them ordered)
+    assert lines[2] == "| a - b | +0.0667 (6/6) | 0.0938 | +0 (0/6) | 1 |"
+    assert lines[3].startswith("| a - c |") and lines[3].endswith("| +0.1 (5/5) | 0.188 |")
+    assert len(lines) == 5
+    assert pairwise_table({"pairwise_auc": [], "pick_test": None}) == ""

@@ -252,3 +252,37 @@ def test_measured_cost_to_target_is_unknown_when_a_trained_trial_did_not_record_
         3.0, None]
     # a trial that trained (wall seconds) without CPU seconds: the whole arm is unknown, not 0
     assert measured_cost_to_target(values, [[2.0, 3.0, 4.0], [1.0, None, 1.0]], wall, 0.8, "max") is None
+
+
+def test_holm_adjustment_hand_computed():
+    from bnnsearch.efficiency import holm
+
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06 (kept non-decreasing), 0.06
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([None, 0.01, None]) == [None, 0.01, None]  # no test: not in the family (m = 1)
+
+
+def test_pairwise_paired_wilcoxon_per_pair_then_holm():
+    from scipy import stats
+
+    from bnnsearch.efficiency import pairwise_paired
+
+    a = [0.9, 0.8, 0.85, 0.7, 0.95, 0.6]
+    b = [0.8, 0.75, 0.8, 0.6, 0.9, 0.55]  # a better in all 6 repeats: exact p = 2 / 64
+    c = [0.85, 0.85, 0.7, 0.65, 0.99, 0.5]
+    rows = pairwise_paired({"a": a, "b": b, "c": c})
+    assert [r["arms"] for r in rows] == [["a", "b"], ["a", "c"], ["b", "c"]]
+    ab, ac, bc = rows
+    assert ab["p_value"] == pytest.approx(2 / 64) and ab["wins"] == 6 and ab["n_pairs"] == 6
+    assert ab["mean_difference"] == pytest.approx(sum(x - y for x, y in zip(a, b)) / 6)
+    assert ac["p_value"] == pytest.approx(stats.wilcoxon(a, c).pvalue)
+    assert ac["wins"] == sum(x > y for x, y in zip(a, c)) and bc["wins"] == sum(x > y for x, y in zip(b, c))
+    raw = sorted(r["p_value"] for r in rows)
+    assert ab["p_holm"] == pytest.approx(min(1, 3 * raw[0]))  # the smallest, times m = 3
+    assert ab["verdict"] == "not significant"  # 0.031 alone, 0.094 after Holm over three pairs
+    # "better" follows the mode; a repeat without a value drops out of that pair only
+    lo = pairwise_paired({"a": [1.0, 2.0, None], "b": [2.0, 3.0, 1.0]}, mode="min")
+    assert lo[0]["wins"] == 2 and lo[0]["n_pairs"] == 2
+    one = pairwise_paired({"a": [1.0, None], "b": [2.0, 3.0]})
+    assert one[0]["p_holm"] is None and one[0]["verdict"] == "needs two paired repeats"
