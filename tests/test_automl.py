@@ -455,6 +455,43 @@ def test_automl_study_front_registry_and_evaluate(in_tmp, capsys):
     assert all(p["run_id"] in page for p in doc["front"])
 
 
+
+@pytest.mark.slow
+def test_automl_on_measured_cpu_seconds_under_a_bops_limit(in_tmp, capsys):
+    """The cost objectives besides memory: accuracy against the CPU seconds each trial's process
+    measured (``time/total_cpu_s``, a measured and so noisy objective) under a hard limit on the
+    modelled BOPs. Each trial's recorded objectives are its own final metrics, its feasibility is
+    its BOPs against the limit, and the front is the one recomputed from MLflow's record."""
+    from mlflow.tracking import MlflowClient
+
+    from bnnsearch.cli import main
+
+    objectives = [("val/acc", "max"), ("time/total_cpu_s", "min")]
+    limit = 2000.0  # a binary 16x16 or 32x32 hidden layer fits (256, 1024 BOPs), 64x64 (4096) does not
+    space = automl_file(in_tmp, objectives=[{"metric": "val/acc", "mode": "max"},  # a measured cost needs a ref
+                                            {"metric": "time/total_cpu_s", "mode": "min", "ref": 600.0}],
+                        constraints={"cost/bops": {"max": limit}})
+    assert main(["automl", str(space), "--trials", "6", "--startup-trials", "6", "--out", "out"]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+    c = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
+    exp = c.get_experiment_by_name("bnnsearch/digits/automl")
+    (parent,) = c.search_runs([exp.experiment_id], "tags.`bnnsearch.kind` = 'study'")
+    kids = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(kids) == 6
+    pts = []
+    for k in kids:
+        obj = json.loads(k.data.tags["bnnsearch.objectives"])
+        assert obj == [k.data.metrics["val/acc"], k.data.metrics["time/total_cpu_s"]] and obj[1] > 0
+        feasible = k.data.tags["bnnsearch.feasible"] == "1"
+        assert feasible == (k.data.metrics["cost/bops"] <= limit)
+        pts.append({"objectives": obj, "status": k.data.tags["bnnsearch.status"], "feasible": feasible,
+                    "run": k.info.run_id})
+    assert {p["feasible"] for p in pts} == {True, False}  # seed 0's draws lie on both sides of the limit
+    doc = json.loads((in_tmp / "out" / "pareto.json").read_text())
+    assert sorted(p["run"] for p in pareto_front(pts, objectives)) == sorted(p["run_id"] for p in doc["front"])
+    assert doc["front"] and all(p["objectives"]["time/total_cpu_s"] > 0 for p in doc["front"])
+
+
 @pytest.mark.slow
 def test_time_budget_ends_a_study_that_is_not_an_interrupt(in_tmp, capsys):
     from bnnsearch.cli import main
