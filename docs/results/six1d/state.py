@@ -25,7 +25,6 @@ import collections
 import hashlib
 import io
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
