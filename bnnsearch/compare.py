@@ -398,9 +398,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         pick_test = None if test_key is None else {
             "metric": test_key, "paired": paired_test({m: picks[m] for m in methods}),
             "pairwise": pairwise_paired({m: picks[m] for m in methods}, mode) if len(methods) > 2 else []}
-        for m, vr in vs_random.items():
-            if test_key is not None:
-                vr["pick_paired"] = paired_test({m: picks[m], ref[m]: picks[ref[m]]})
+        for m, vr in vs_random.items() if test_key is not None else ():
+            vr["pick_paired"] = paired_test({m: picks[m], ref[m]: picks[ref[m]]})
         pairwise_auc = pairwise_paired({m: stats[m].aucs for m in methods}, mode) if len(methods) > 2 else []
         # Efficiency against cost: CPU seconds of training spent until the target was reached.
         stt = {m: [None if c is None else c * base.cpus_per_trial for c in

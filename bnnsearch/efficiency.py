@@ -12,7 +12,9 @@ that produced no full-budget value — pruned or failed — which improves nothi
 * area under the best-so-far curve (its mean over trial indices, so comparable across budgets;
   indices before a study's first value count as the worst value of the comparison);
 * a rank test of trials-to-target between methods: Mann-Whitney U for two methods,
-  Kruskal-Wallis for more; p < alpha reads "significant", otherwise "not significant".
+  Kruskal-Wallis for more; p < alpha reads "significant", otherwise "not significant";
+* paired by repeat (repeat r of every arm shares sampler seed and data): Wilcoxon signed-rank for
+  two arms, Friedman for more, and every pair of arms with Holm-adjusted p-values.
 """
 from __future__ import annotations
 
