@@ -8,8 +8,9 @@ committed survives. ``save`` (run after the study stopped) writes one new chunk,
   xz compresses about 3x better than the database file (the first chunk also holds the schema);
 - the files of ``mlartifacts/`` (run artifacts: configs, best_config.yaml) and ``out/`` (the
   noise-floor cache) that are new, changed or gone;
-- in full, the Ray state (``runs/<study>``) of every study the store marks as not finished: what
-  ``--resume`` needs to continue it. Finished studies are read from the store alone.
+- the Ray state (``runs/<study>``) of every study the store marks as not finished, without the
+  checkpoints of its trials that ended (``ray_files``): what ``--resume`` needs to continue it.
+  Finished studies are read from the store alone.
 
 ``restore`` rebuilds the work folder's store from all chunks (the Ray state from the last one).
 ``save`` checks itself: it rebuilds into a temporary folder and compares every table's rows and
@@ -25,6 +26,7 @@ import collections
 import hashlib
 import io
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -68,6 +70,30 @@ def files(root: Path, dirs: list[str]) -> dict[str, str]:
             if p.is_file() and not p.is_symlink():
                 got[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return got
+
+
+def ray_files(work: Path, study: str) -> dict[str, str]:
+    """What ``--resume`` needs of an unfinished study's Ray folder: every file except the
+    checkpoints of trials that every experiment snapshot in the folder (Ray's and bnnsearch's kept
+    copy) marks TERMINATED. Ray restores none of those, and they are most of the folder (about
+    3.7 MB a checkpoint for local_binary). An unreadable snapshot keeps every checkpoint."""
+    d = work / "runs" / study
+    ended: set[str] | None = None
+    for f in [*d.glob("experiment_state-*.json"), *d.glob("bnnsearch_state/experiment_state-*.json")]:
+        try:
+            states = [json.loads(st) for st, _ in json.loads(f.read_bytes())["trial_data"]]
+            done = {st["trial_id"] for st in states if st.get("status") == "TERMINATED"}
+        except (OSError, ValueError, KeyError, TypeError):
+            done = set()
+        ended = done if ended is None else ended & done
+    out = {}
+    for rel, h in files(work, [f"runs/{study}"]).items():
+        parts = Path(rel).parts  # runs, <study>, <trainable>_<trial id>_<n>_..., checkpoint_..., ...
+        m = re.search(r"_([0-9a-f]{8})_\d+_", parts[2]) if len(parts) > 4 else None
+        if m and parts[3].startswith("checkpoint_") and m.group(1) in (ended or set()):
+            continue
+        out[rel] = h
+    return out
 
 
 def unfinished_studies(con: sqlite3.Connection) -> list[str]:
@@ -137,7 +163,7 @@ def save(work: Path) -> Path:
             lines += sorted(f'["{t}", "-", {k}]' for k in (old - rows[t]).elements())
             lines += sorted(f'["{t}", "+", {k}]' for k in (rows[t] - old).elements())
         changed = sorted(p for p, h in now.items() if bfiles.get(p) != h)
-        changed += sorted(files(work, [f"runs/{s}" for s in todo]))
+        changed += sorted(p for s in todo for p in ray_files(work, s))
         meta = {"schema": schema(live), "removed": sorted(set(bfiles) - set(now)), "unfinished_studies": todo}
     STATE.mkdir(exist_ok=True)
     out = STATE / f"chunk-{len(chunks()):03d}.tar.xz"
@@ -166,8 +192,8 @@ def check(work: Path, live: sqlite3.Connection, todo: list[str]) -> None:
         bcon = sqlite3.connect(back / DB)
         if schema(bcon) != schema(live) or table_rows(bcon) != table_rows(live):
             sys.exit("state.py: the rebuilt store differs from the live one; chunk removed")
-        dirs = list(FILE_DIRS) + [f"runs/{s}" for s in todo]
-        if files(back, dirs) != files(work, dirs) or files(back, ["runs"]) != files(work, [f"runs/{s}" for s in todo]):
+        ray = {p: h for s in todo for p, h in ray_files(work, s).items()}
+        if files(back, list(FILE_DIRS)) != files(work, list(FILE_DIRS)) or files(back, ["runs"]) != ray:
             sys.exit("state.py: the rebuilt files differ from the live ones; chunk removed")
         bcon.close()
 
