@@ -561,8 +561,13 @@ def _searcher_cls():
             # replayed as a new trial, which would train the same config twice.
             in_ray = _ray_trial_ids(Path(journal).parent)
             self._replay = []
-            for e in read_journal(Path(journal).parent):
-                if e["trial_id"] in known:
+            entries = read_journal(Path(journal).parent)
+            # A trial replayed after an earlier kill lives on as its replay (same config, same
+            # MLflow run), whose own entry decides: replaying the original again would train the
+            # config twice.
+            replayed = {e.get("replay_of") for e in entries} - {None}
+            for e in entries:
+                if e["trial_id"] in known or e["trial_id"] in replayed:
                     continue
                 if e.get("pack", e["trial_id"]) in in_ray:
                     self._ot_study.enqueue_trial(e["params"])

@@ -577,6 +577,17 @@ def test_restore_adopts_trials_ray_kept_but_the_sampler_never_saw(tmp_path):
     assert r._replay == [("t3", journal["t3"])]
     r.on_trial_complete("t2", {"objective": 0.5, "epoch": 2})  # t2's outcome reaches the sampler
     assert [t.value for t in r._ot_study.trials if t.params == journal["t2"]] == [0.5]
+    # A second kill: t3 was replayed as t4 after the searcher's next snapshot. Whether Ray kept
+    # t4 (adopted) or not (t4 replayed), t3 is never replayed again: its config would train twice.
+    r.save(str(tmp_path / "searcher2.pkl"))
+    r.suggest("t4")
+    assert read_journal(exp)[-1] == {"trial_id": "t4", "params": journal["t3"], "replay_of": "t3"}
+    for in_ray, replay in ((("t1", "t2", "t4"), []), (("t1", "t2"), [("t4", journal["t3"])])):
+        (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(
+            {"trial_data": [[json.dumps({"trial_id": t}), "{}"] for t in in_ray]}))
+        r2 = searcher()
+        r2.restore(str(tmp_path / "searcher2.pkl"))
+        assert r2._replay == replay and ("t4" in r2._ot_trials) == ("t4" in in_ray)
 
 
 def test_trials_read_a_relative_data_root_where_the_command_ran(ray_local, tmp_path, monkeypatch):
