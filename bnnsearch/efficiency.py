@@ -292,6 +292,13 @@ def bootstrap_band(curves: list[list[float]], level: float = 0.95, n: int = 2000
     return [float(x) for x in lo], [float(x) for x in hi]
 
 
+def paired_rows(values: dict[str, list[float | None]]) -> list[list[float]]:
+    """The repeats where every arm has a finite value: one row per repeat, arms in dict order."""
+    n = min((len(v) for v in values.values()), default=0)
+    rows = [[values[a][r] for a in values] for r in range(n)]
+    return [row for row in rows if all(x is not None and math.isfinite(x) for x in row)]
+
+
 def paired_test(aucs: dict[str, list[float]], alpha: float = 0.05) -> dict:
     """Arms compared repeat by repeat: repeat r of every arm used the same sampler seed and the
     same data, so per-repeat AUCs are paired. Two arms: Wilcoxon signed-rank on the differences
@@ -300,9 +307,7 @@ def paired_test(aucs: dict[str, list[float]], alpha: float = 0.05) -> dict:
     from scipy import stats
 
     arms = list(aucs)
-    n = min((len(v) for v in aucs.values()), default=0)
-    rows = [[aucs[a][r] for a in arms] for r in range(n)]
-    rows = [row for row in rows if all(x is not None and math.isfinite(x) for x in row)]
+    rows = paired_rows(aucs)
     out = {"arms": arms, "n_pairs": len(rows)}
     if len(arms) < 2 or len(rows) < 2:
         return {**out, "test": None, "p_value": None, "verdict": "needs two arms and two paired repeats"}
@@ -344,10 +349,9 @@ def pairwise_paired(values: dict[str, list[float | None]], mode: str = "max", al
     rows = []
     for i, a in enumerate(arms):
         for b in arms[i + 1:]:
-            t = paired_test({a: values[a], b: values[b]}, alpha)
-            pairs = [(x, y) for x, y in zip(values[a], values[b])
-                     if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
-            wins = sum((x > y) if mode == "max" else (x < y) for x, y in pairs)
+            pair = {a: values[a], b: values[b]}
+            t = paired_test(pair, alpha)
+            wins = sum((x > y) if mode == "max" else (x < y) for x, y in paired_rows(pair))
             rows.append({"arms": [a, b], "n_pairs": t["n_pairs"], "mean_difference": t.get("mean_difference"),
                          "wins": wins, "test": t["test"], "p_value": t["p_value"]})
     for r, ph in zip(rows, holm([r["p_value"] for r in rows])):
