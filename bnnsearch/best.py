@@ -8,13 +8,11 @@ from .tracking import STUDY_TAG, Tracker
 def best_trials(target: str, uri: str | None, experiment: str | None, top: int) -> tuple[list[dict], str]:
     """Top ``top`` finished full-budget trials of study ``target`` (or of experiment ``target``),
     and the best trial's resolved config YAML."""
-    from mlflow.tracking import MlflowClient
-
-    from .tracking import check_store, default_tracking_uri
+    from .tracking import default_tracking_uri, read_store
 
     if top < 1:
         raise UserError(f"--top {top}: must be >= 1")
-    client = MlflowClient(tracking_uri=check_store(uri, must_exist=True))
+    _, client = read_store(uri)
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:

@@ -117,13 +117,10 @@ def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list
     each arm's unfinished studies at the mean of its finished ones, less what an unfinished study
     already spent, divided by ``concurrency`` for wall time (the noise floor's re-trainings come
     on top). No values: an unfinished comparison is not summarised."""
-    from mlflow.tracking import MlflowClient
-
     from .sweep import MlflowCallback
-    from .tracking import Tracker, check_store
+    from .tracking import Tracker, read_store
 
-    uri = check_store(uri, must_exist=True)
-    client = MlflowClient(tracking_uri=uri)
+    uri, client = read_store(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"--status: no comparison {cmp_name!r} in {uri} (no experiment {experiment!r}); "

@@ -64,6 +64,19 @@ def check_store(uri: str | None, must_exist: bool = False, flag: str = "--tracki
     return uri
 
 
+def read_store(uri: str | None, flag: str = "--tracking-uri"):
+    """For commands that only read: the checked URI of an existing store (``check_store`` with
+    ``must_exist``: opening a missing SQLite file would create an empty store) and an
+    MlflowClient on it, with MLflow's info logging quiet."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    uri = check_store(uri, must_exist=True, flag=flag)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # after import: mlflow sets it on import
+    return uri, MlflowClient(tracking_uri=uri)
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -244,13 +257,7 @@ class Tracker:
 def snapshot(uri: str | None = None) -> dict:
     """Everything bnnsearch recorded in a tracking store, as plain dicts (for dashboards):
     {experiments: [{id, name, studies: [...], trials: [...], comparisons: [...]}], uri}."""
-    import logging
-
-    from mlflow.tracking import MlflowClient
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    uri = check_store(uri, must_exist=True)
-    client = MlflowClient(tracking_uri=uri)
+    uri, client = read_store(uri)
 
     def as_dict(r):
         return {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
