@@ -54,7 +54,7 @@ bench: install
 	$(PY) benchmarks/train_speed.py
 
 lint: install
-	$(PY) -m pip install --quiet ruff && $(VENV)/bin/ruff check bnnsearch tests benchmarks
+	$(PY) -m pip install --quiet ruff && $(VENV)/bin/ruff check bnnsearch tests benchmarks dashboards
 
 clean:
 	rm -rf $(VENV) runs bnnsearch_runs .pytest_cache
