@@ -356,8 +356,12 @@ def cmd_dashboard(args) -> int:
         Path(args.export).write_text(build_html(args.tracking_uri, args.mlflow_ui))
         print(f"wrote {args.export} (one self-contained HTML file)")
         return 0
+    from .tracking import check_store
+
+    # A page request that finds no store could only answer with an error: say it now, once.
+    uri = check_store(args.tracking_uri, must_exist=True)
     try:
-        serve(args.tracking_uri, args.port, args.mlflow_ui, args.refresh)
+        serve(uri, args.port, args.mlflow_ui, args.refresh)
     except OSError as e:
         raise UserError(f"--port {args.port}: cannot serve the dashboard ({e.strerror})") from None
     return 0

@@ -2,7 +2,10 @@
 refreshes itself, so it follows studies while they run."""
 from __future__ import annotations
 
+import html
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from bnnsearch.errors import UserError
 
 from .page import build_html
 
@@ -13,8 +16,12 @@ def serve(uri: str | None, port: int, ui: str, refresh_s: int = 30, host: str = 
             if self.path not in ("/", "/index.html", "/export.html"):
                 self.send_error(404)
                 return
-            body = build_html(uri, ui, refresh_s=0 if self.path == "/export.html" else refresh_s).encode()
-            self.send_response(200)
+            try:
+                body, code = build_html(uri, ui, refresh_s=0 if self.path == "/export.html" else refresh_s), 200
+            except UserError as e:  # the store went away or stopped answering after the start
+                body, code = f"<!doctype html><title>bnnsearch dashboard</title><p>{html.escape(str(e))}</p>", 503
+            body = body.encode()
+            self.send_response(code)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -148,6 +148,8 @@ CASES = [  # (argv, what the one line must say)
     (["dashboard", "--export", "d.html", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["dashboard", "--export", "adir"], "--export adir: is a directory"),
     (["dashboard", "--port", "99999"], "--port 99999: must be a TCP port"),
+    (["dashboard", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
+    (["dashboard", "--tracking-uri", "http://127.0.0.1:1"], "no MLflow server answers there"),
     (["compare", "space.yaml", "--status"], "mlflow.db does not exist (nothing recorded there"),
 ]
 

@@ -20,6 +20,37 @@ def test_empty_store_says_what_to_do(tmp_path):
     assert "No bnnsearch studies in this store yet" in html and "<svg" not in html
 
 
+def test_served_page_reports_a_store_that_went_away(tmp_path):
+    """A request after the store vanished answers 503 with the reason, not a dropped connection."""
+    import socket
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from bnnsearch.tracking import Tracker
+    from dashboards.server import serve
+
+    db = tmp_path / "s.db"
+    Tracker(f"sqlite:///{db}", "nothing-yet")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    threading.Thread(target=serve, args=(f"sqlite:///{db}", port, "http://ui"), daemon=True).start()
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(100):
+        try:
+            page = urllib.request.urlopen(url, timeout=30).read().decode()
+            break
+        except urllib.error.URLError:
+            time.sleep(0.1)
+    assert "No bnnsearch studies in this store yet" in page
+    db.unlink()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=30)
+    assert e.value.code == 503 and "s.db does not exist" in e.value.read().decode()
+
+
 def test_charts_keep_everything_inside_and_legends_beside():
     from _svgcheck import charts, check_chart
 
