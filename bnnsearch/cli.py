@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, named
 
 DEMO_DIR = Path(__file__).parent / "defaults"
 
@@ -47,6 +47,8 @@ def cmd_train(args) -> int:
 
     try:
         res = fit(cfg, report)
+    except UserError as e:
+        raise named(args.config, e) from None
     except KeyboardInterrupt:
         if not writer:
             raise  # nothing written yet: the usual "before anything was recorded"

@@ -10,6 +10,12 @@ class UserError(Exception):
     """A mistake in the user's input; the message names the file/key or flag."""
 
 
+def named(path: str, e: UserError) -> UserError:
+    """``e`` with the file it came from in front (a dataset missing for a config file's ``data``
+    names the dataset, not the file), unless its message names the file already."""
+    return e if str(e).startswith(f"{path}:") else UserError(f"{path}: {e}")
+
+
 class ConfigError(UserError):
     """An invalid configuration value or key."""
 

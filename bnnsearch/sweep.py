@@ -32,7 +32,7 @@ from ray import tune
 
 from .cost import STATIC_COST
 from . import interrupts
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, named
 from .runio import copy_whole
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
@@ -1133,7 +1133,10 @@ def run_sweep(a: SweepArgs) -> dict:
     # The dataset is there and the fixed config builds (the driver builds each trial's model for
     # its cost table anyway): a missing data file is one clear error before any run, directory or
     # Ray instance exists, not a study whose every trial fails.
-    build(space.config(space.low_point(), where=space.path), "cpu")
+    try:
+        build(space.config(space.low_point(), where=space.path), "cpu")
+    except UserError as e:
+        raise named(space.path, e) from None
     exp_dir = storage / name
     tracker = Tracker(a.tracking_uri, a.experiment_name())
     parent = tracker.find_study(name)

@@ -82,7 +82,7 @@ CASES = [  # (argv, what the one line must say)
     (["train", "dead.yaml"], "dead.yaml: hparams: scaling with init_scale 0"),  # a net that never trains
     (["space", "dead_space.yaml"], "dead_space.yaml: params.scaling: value True is invalid: config.hparams: scaling with init_scale 0"),
     (["train", "syntax.yaml"], "syntax.yaml: not valid YAML at line 3, column 5"),
-    (["train", "nodata_config.yaml"], "data mnist: files not found"),
+    (["train", "nodata_config.yaml"], "nodata_config.yaml: data mnist: files not found"),
     (["space", "group.yaml"], "group.yaml: params.group_size: value 7 is invalid"),
     ([*SWEEP, "--concurrency", "-1"], "--concurrency -1: must be >= 0"),
     ([*SWEEP, "--max-failures", "-2"], "--max-failures -2: must be >= 0, or -1"),
@@ -102,7 +102,7 @@ CASES = [  # (argv, what the one line must say)
     ([*SWEEP, "--tracking-uri", "sqlite:///notadb"], "notadb is not an SQLite database"),
     ([*SWEEP, "--tracking-uri", "sqlite:///adir"], "adir is a directory, not an SQLite database"),
     ([*SWEEP, "--tracking-uri", "sqlite:///no/such/dir/m.db"], "folder no/such/dir does not exist"),
-    (["sweep", "nodata.yaml"], "data mnist: files not found"),
+    (["sweep", "nodata.yaml"], "nodata.yaml: data mnist: files not found"),
     (["compare", "space.yaml", "mnist5k.yaml"], "the spaces train on different data"),
     (["compare", "space.yaml", "mnist5k.yaml", "--target-delta", "-1"], "--target-delta -1: must be >= 0"),
     (["compare", "space.yaml", "mnist5k.yaml", "--repeats", "0"], "--repeats 0: must be >= 1"),
