@@ -46,6 +46,10 @@ class MlpArgs:
     def validate(self):
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError("widths must be a non-empty list of positive integers")
+        if len(self.widths) + 1 - self.fp_first - self.fp_last < 1:
+            raise ValueError(f"widths {list(self.widths)} make {len(self.widths) + 1} linear layers, and with the first "
+                             "and last kept in full precision none is binary: give one more width, or set fp_first "
+                             "or fp_last to false")
 
 
 class MLP(nn.Module):

@@ -411,21 +411,31 @@ def load_space(path: str | Path) -> SearchSpace:
     lows = space.low_point()
     if fixed_error is not None and not _some_value_resolves(space, params, lows):
         raise fixed_error  # the fixed part fails whatever the searched values are
-    for p in params:
-        _check_values(space, p, lows, f"{where}: params.{p.name}")
+    # A parameter none of whose values resolves with the others at their low points is not blamed
+    # until every parameter is checked: another one's first choice may be what fails.
+    deferred = [e for p in params if (e := _check_values(space, p, lows, f"{where}: params.{p.name}", strict=False))]
+    if deferred:
+        raise deferred[0]
     _check_pairs(space, lows, where)
     return space
 
 
-def _check_values(space: SearchSpace, p: Param, base: dict, key: str, extra: str = "") -> None:
+def _check_values(space: SearchSpace, p: Param, base: dict, key: str, extra: str = "",
+                  strict: bool = True) -> ConfigError | None:
     """Every bound and choice of p (every value of an integer range of up to 512) resolves as a
-    full run config with the others at ``base``, in a context where p acts."""
+    full run config with the others at ``base``, in a context where p acts. Raises the first
+    failure, except (``strict`` False) when no value of p resolves: then returns it."""
     base = {**base, **{parent: allowed[0] for parent, allowed in p.when}}
+    first, some_ok = None, False
     for v in _all_values(p) or _edge_values(p):
         try:
             space.config({**base, p.name: v}, where="config")
+            some_ok = True
         except ConfigError as e:
-            raise ConfigError(f"value {p.decode(v)!r} is invalid{extra}: {e}", key) from None
+            first = first or ConfigError(f"value {p.decode(v)!r} is invalid{extra}: {e}", key)
+    if first is not None and (strict or some_ok):
+        raise first
+    return first
 
 
 def _edge_values(p: Param) -> list:

@@ -64,6 +64,9 @@ def files(tmp_path, monkeypatch):
                                                     "params": {"group_size": {"categorical": [4, 8]}}}}})
     w("pair.yaml", {"method": "latent", "fixed": {"data": "digits"},
                     "params": {"init_scale": {"categorical": [1.0, 0.0]}, "scaling": {"categorical": [False, True]}}})
+    w("onewidth.yaml", {**CONFIG, "arch_args": {"widths": [16]}})  # first and last FP: nothing binary
+    w("onewidth_space.yaml", {**SPACE, "fixed": {k: v for k, v in SPACE["fixed"].items() if k != "arch_args"},
+                              "params": {**SPACE["params"], "arch_args.widths": {"categorical": [[16], [16, 16]]}}})
     w("notadb", "just text\n")
     w("afile", "x")
     (tmp_path / "adir").mkdir()
@@ -78,6 +81,11 @@ CASES = [  # (argv, what the one line must say)
     (["train", "epochs.yaml"], "epochs.yaml: epochs: must be >= 1, got -3"),
     (["train", "batch.yaml"], "batch.yaml: batch_size: must be >= 1, got 0"),
     (["train", "key.yaml"], "key.yaml: bogus: unknown key 'bogus'"),  # the file, then the key
+    (["train", "onewidth.yaml"], "onewidth.yaml: arch_args: widths [16] make 2 linear layers, and with the first and "
+                                 "last kept in full precision none is binary"),
+    (["cost", "onewidth.yaml"], "onewidth.yaml: arch_args: widths [16] make 2 linear layers"),
+    # the first choice fails with every alpha: the widths are named, not alpha
+    (["sweep", "onewidth_space.yaml"], "onewidth_space.yaml: params.arch_args.widths: value [16] is invalid"),
     (["train", "hpkey.yaml"], "hpkey.yaml: hparams.alpha: expected a number, got 'fast'"),
     (["train", "dead.yaml"], "dead.yaml: hparams: scaling with init_scale 0"),  # a net that never trains
     (["space", "dead_space.yaml"], "dead_space.yaml: params.scaling: value True is invalid: config.hparams: scaling with init_scale 0"),
