@@ -84,6 +84,7 @@ class RunConfig:
 
 def resolve(raw: dict, where: str = "config") -> RunConfig:
     """Validate a raw mapping and return it with every default filled in."""
+    _hparam_outside_hparams(raw, where)
     cfg = parse_dataclass(RunConfig, raw, where)
     method = get_method(cfg.method, subkey(where, "method"))
     if "arch" not in raw and method.archs is not None:  # e.g. local_binary trains only local_mlp
@@ -103,6 +104,20 @@ def resolve(raw: dict, where: str = "config") -> RunConfig:
     except ValueError as e:
         raise ConfigError(str(e), subkey(where, "hparams")) from None
     return dataclasses.replace(cfg, hparams=to_dict(hp), arch_args=to_dict(arch), data_args=to_dict(data))
+
+
+def _hparam_outside_hparams(raw: dict, where: str) -> None:
+    """A method hyperparameter given as a top-level key (``lr: 0.1``, ``--set lr=0.1``) belongs
+    under ``hparams``: say so, instead of only listing the run config's keys."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    try:
+        fields = {f.name for f in dataclasses.fields(get_method(raw.get("method")).Hparams)}
+    except (ConfigError, TypeError):  # no or unknown method: parse_dataclass reports it
+        return
+    for k in raw:
+        if k not in names and k in fields:
+            raise ConfigError(f"{k!r} is a hyperparameter of method {raw['method']}: put it under hparams "
+                              f"(hparams: {{{k}: ...}}, or --set hparams.{k}=...)", subkey(where, k))
 
 
 class SafeLoader(yaml.SafeLoader):

@@ -67,6 +67,8 @@ def files(tmp_path, monkeypatch):
     w("onewidth.yaml", {**CONFIG, "arch_args": {"widths": [16]}})  # first and last FP: nothing binary
     w("onewidth_space.yaml", {**SPACE, "fixed": {k: v for k, v in SPACE["fixed"].items() if k != "arch_args"},
                               "params": {**SPACE["params"], "arch_args.widths": {"categorical": [[16], [16, 16]]}}})
+    w("hp_top.yaml", {**CONFIG, "alpha": 1e-3})
+    w("hp_fixed.yaml", {**SPACE, "fixed": {**SPACE["fixed"], "gamma": 0.1}})
     w("notadb", "just text\n")
     w("afile", "x")
     (tmp_path / "adir").mkdir()
@@ -83,6 +85,9 @@ CASES = [  # (argv, what the one line must say)
     (["train", "key.yaml"], "key.yaml: bogus: unknown key 'bogus'"),  # the file, then the key
     (["train", "onewidth.yaml"], "onewidth.yaml: arch_args: widths [16] make 2 linear layers, and with the first and "
                                  "last kept in full precision none is binary"),
+    (["train", "hp_top.yaml"], "hp_top.yaml: alpha: 'alpha' is a hyperparameter of method filtered: put it under hparams"),
+    (["train", "config.yaml", "--set", "gamma=0.5"], "config.yaml: gamma: 'gamma' is a hyperparameter of method filtered"),
+    (["sweep", "hp_fixed.yaml"], "hp_fixed.yaml: fixed.gamma: 'gamma' is a hyperparameter of method filtered"),
     (["cost", "onewidth.yaml"], "onewidth.yaml: arch_args: widths [16] make 2 linear layers"),
     # the first choice fails with every alpha: the widths are named, not alpha
     (["sweep", "onewidth_space.yaml"], "onewidth_space.yaml: params.arch_args.widths: value [16] is invalid"),
