@@ -118,9 +118,13 @@ class HBNN(Method):
         opt_w, opt_f, opt_fp, hp = setup.ctx
         cluster_step = setup.state["step"] % hp.cluster_every == 0
         if hp.update_mode == "alternating" and cluster_step:
-            # (i) w_tilde frozen: a Riemannian step on the cluster points only
-            opt_f.zero_grad(set_to_none=True)
-            F.cross_entropy(forward(model, x).float(), y).backward()
+            # (i) w_tilde frozen: a Riemannian step on the cluster points only. Their gradients
+            # alone are asked for: no other weight gradient is computed (the full-precision first
+            # layer's is the largest matmul of the backward pass), the same values as backward().
+            params = [p for g in opt_f.param_groups for p in g["params"]]
+            grads = torch.autograd.grad(F.cross_entropy(forward(model, x).float(), y), params, allow_unused=True)
+            for p, g in zip(params, grads):
+                p.grad = g
             opt_f.step()
         # (iii) F frozen (or, simultaneous: everything from one pass)
         for opt in (opt_w, opt_f, opt_fp):
