@@ -220,6 +220,27 @@ class Pack:
         (losses[live].sum() if len(live) < len(self.members) else losses.sum()).backward()
         self.module.scatter_grads()
 
+    def backward_for(self, losses: torch.Tensor, positions: list[int]) -> None:
+        """``backward`` for the live members' optimizers at these positions only: autograd is
+        asked for their parameters' gradients (their stacked parameters' where stacked), and no
+        other gradient is computed; every other member parameter is left without one."""
+        slices = self.module.slices()
+        live = self.live()
+        targets: dict[int, torch.Tensor] = {}
+        for k in live:
+            for pos in positions:
+                for g in self.setups[k].optimizers[pos].param_groups:
+                    for p in g["params"]:
+                        t = slices[id(p)][0] if id(p) in slices else p
+                        targets[id(t)] = t
+        for p in self.module.parameters():
+            p.grad = None
+        loss = losses[live].sum() if len(live) < len(self.members) else losses.sum()
+        ts = list(targets.values())
+        for t, g in zip(ts, torch.autograd.grad(loss, ts, allow_unused=True)):
+            t.grad = g
+        self.module.scatter_grads()
+
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(binary stored weights, full-precision parameters) of the trainable parameters."""

@@ -145,8 +145,7 @@ class HBNN(Method):
         hp = ctxs[0][3]
         cluster_step = pack.setups[live[0]].state["step"] % hp.cluster_every == 0
         if hp.update_mode == "alternating" and cluster_step:
-            pack.zero_grad([1])
-            pack.backward(member_losses(forward(pack.module, x), y))
+            pack.backward_for(member_losses(forward(pack.module, x), y), [1])
             pack.step([1])
         pack.zero_grad([0, 1, 2])
         logits = forward(pack.module, x)
