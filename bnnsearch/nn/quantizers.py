@@ -26,21 +26,43 @@ register_quantizer = QUANTIZERS.register
 SIGN0_POLICIES = ("plus", "random", "zero")
 
 
+def _pm1(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """+1 where ``mask``, else -1: ``torch.where(mask, 1.0, -1.0)`` without its scalar operands,
+    which make where about 3x slower per element on the CPU (torch 2.14)."""
+    return mask.to(dtype).mul_(2).sub_(1)
+
+
 def sign0(x: torch.Tensor, policy: str = "plus") -> torch.Tensor:
     """sign with an explicit policy for exact zeros."""
     if policy == "plus":
-        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        return _pm1(x >= 0, x.dtype)  # NaN -> -1, as where(x >= 0, 1, -1)
     if policy == "zero":
         return torch.sign(x)
     if policy == "random":
-        coin = torch.where(rng.rand_like(x) < 0.5, -1.0, 1.0).to(x.dtype)
+        coin = _pm1(rng.rand_like(x) >= 0.5, x.dtype)
         return torch.where(x == 0, coin, torch.sign(x))
     raise ValueError(f"unknown sign0 policy {policy!r}; choose one of {SIGN0_POLICIES}")
 
 
+class _ClipGrad(torch.autograd.Function):
+    """Value x, gradient ``where(|x| <= 1, g, 0)``: what ``torch.where(|x| <= 1, x, x.detach())``
+    computes, without its forward where and with a masked fill for its backward one (a where
+    with a scalar operand, about 3x slower per element on the CPU)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g.masked_fill(~(x.abs() <= 1.0), 0.0)  # NaN x: 0, as the where
+
+
 def _clip_surrogate(x: torch.Tensor) -> torch.Tensor:
     """Value x, gradient 1{|x| <= 1} (boundary included, unlike clamp's gradient)."""
-    return torch.where(x.abs() <= 1.0, x, x.detach())
+    return _ClipGrad.apply(x)
 
 
 def _straight(surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
