@@ -51,13 +51,13 @@ class _ClipGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(~(x.abs() <= 1.0))  # a mask, as the where kept (NaN x: dropped, as there)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g.masked_fill(~(x.abs() <= 1.0), 0.0)  # NaN x: 0, as the where
+        (drop,) = ctx.saved_tensors
+        return g.masked_fill(drop, 0.0)
 
 
 def _clip_surrogate(x: torch.Tensor) -> torch.Tensor:
