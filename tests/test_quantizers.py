@@ -16,6 +16,9 @@ def _grad(q, x):
 def test_sign0_policies():
     x = torch.tensor([-1.0, 0.0, 2.0])
     assert sign0(x, "plus").tolist() == [-1.0, 1.0, 1.0]
+    # a negative zero is a zero (+1); NaN is not >= 0 (-1); the dtype is the input's
+    edge = sign0(torch.tensor([-0.0, float("nan")], dtype=torch.float64), "plus")
+    assert edge.tolist() == [1.0, -1.0] and edge.dtype == torch.float64
     assert sign0(x, "zero").tolist() == [-1.0, 0.0, 1.0]
     torch.manual_seed(0)
     r = sign0(torch.zeros(1000), "random")
@@ -36,6 +39,8 @@ def test_forward_is_sign_in_train_and_eval(name):
 def test_backward_closed_forms():
     assert torch.equal(_grad(make_quantizer("ste_sign"), X), torch.ones_like(X))
     assert torch.equal(_grad(make_quantizer("ste_clip"), X), (X.abs() <= 1).double())
+    nan = torch.tensor([float("nan"), 0.5], dtype=torch.float64)
+    assert _grad(make_quantizer("ste_clip"), nan).tolist() == [0.0, 1.0]  # NaN is not within the clip
     approx = torch.clamp(2 - 2 * X.abs(), min=0)
     assert torch.allclose(_grad(make_quantizer("approx_sign"), X), approx)
 
