@@ -216,18 +216,20 @@ class Pack:
         (each member's own optimizers zero its unstacked ones, as when it trains alone)."""
         for p in self.module.parameters():
             p.grad = None
-        live = self.live()
-        (losses[live].sum() if len(live) < len(self.members) else losses.sum()).backward()
+        self._live_sum(losses).backward()
         self.module.scatter_grads()
+
+    def _live_sum(self, losses: torch.Tensor) -> torch.Tensor:
+        live = self.live()
+        return losses[live].sum() if len(live) < len(self.members) else losses.sum()
 
     def backward_for(self, losses: torch.Tensor, positions: list[int]) -> None:
         """``backward`` for the live members' optimizers at these positions only: autograd is
         asked for their parameters' gradients (their stacked parameters' where stacked), and no
         other gradient is computed; every other member parameter is left without one."""
         slices = self.module.slices()
-        live = self.live()
         targets: dict[int, torch.Tensor] = {}
-        for k in live:
+        for k in self.live():
             for pos in positions:
                 for g in self.setups[k].optimizers[pos].param_groups:
                     for p in g["params"]:
@@ -235,9 +237,8 @@ class Pack:
                         targets[id(t)] = t
         for p in self.module.parameters():
             p.grad = None
-        loss = losses[live].sum() if len(live) < len(self.members) else losses.sum()
         ts = list(targets.values())
-        for t, g in zip(ts, torch.autograd.grad(loss, ts, allow_unused=True)):
+        for t, g in zip(ts, torch.autograd.grad(self._live_sum(losses), ts, allow_unused=True)):
             t.grad = g
         self.module.scatter_grads()
 
