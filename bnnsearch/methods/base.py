@@ -237,10 +237,15 @@ class Pack:
                         targets[id(t)] = t
         for p in self.module.parameters():
             p.grad = None
-        ts = list(targets.values())
-        for t, g in zip(ts, torch.autograd.grad(self._live_sum(losses), ts, allow_unused=True)):
-            t.grad = g
+        grads_only(self._live_sum(losses), list(targets.values()))
         self.module.scatter_grads()
+
+
+def grads_only(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """Set these parameters' ``.grad`` to their gradients of ``loss`` (None where unused), asking
+    autograd for them alone: no other parameter's gradient is computed or touched."""
+    for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+        p.grad = g
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
