@@ -139,7 +139,7 @@ class Pack:
         for k, s in enumerate(self.setups):
             row = []
             for pos, opt in enumerate(s.optimizers):
-                params = [p for g in opt.param_groups for p in g["params"]]
+                params = opt_params(opt)
                 if self.fused[pos] is None:
                     row.append(None)
                 else:
@@ -194,7 +194,7 @@ class Pack:
             opts = self.setups[k].optimizers
             for pos in range(len(opts)) if positions is None else positions:
                 lo = self.leftover[k][pos] if self.leftover else None
-                params = lo[1] if lo is not None else [p for g in opts[pos].param_groups for p in g["params"]]
+                params = lo[1] if lo is not None else opt_params(opts[pos])
                 for p in params:
                     p.grad = None
 
@@ -231,14 +231,18 @@ class Pack:
         targets: dict[int, torch.Tensor] = {}
         for k in self.live():
             for pos in positions:
-                for g in self.setups[k].optimizers[pos].param_groups:
-                    for p in g["params"]:
-                        t = slices[id(p)][0] if id(p) in slices else p
-                        targets[id(t)] = t
+                for p in opt_params(self.setups[k].optimizers[pos]):
+                    t = slices[id(p)][0] if id(p) in slices else p
+                    targets[id(t)] = t
         for p in self.module.parameters():
             p.grad = None
         grads_only(self._live_sum(losses), list(targets.values()))
         self.module.scatter_grads()
+
+
+def opt_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters of every group of ``opt``, in order."""
+    return [p for g in opt.param_groups for p in g["params"]]
 
 
 def grads_only(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
@@ -261,11 +265,10 @@ def check_partition(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -
     """Every trainable parameter must be claimed by exactly one optimizer; fail loudly otherwise."""
     owner: dict[int, int] = {}
     for i, opt in enumerate(optimizers):
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if id(p) in owner:
-                    raise RuntimeError(f"a parameter is claimed by optimizers {owner[id(p)]} and {i}")
-                owner[id(p)] = i
+        for p in opt_params(opt):
+            if id(p) in owner:
+                raise RuntimeError(f"a parameter is claimed by optimizers {owner[id(p)]} and {i}")
+            owner[id(p)] = i
     names = {id(p): n for n, p in model.named_parameters()}
     missing = [names[id(p)] for p in model.parameters() if p.requires_grad and id(p) not in owner]
     if missing:

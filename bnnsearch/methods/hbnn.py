@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..nn import binary_layers, is_binary_param, weight_quantizer
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
 from ..schedules import decay
-from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, grads_only, make_fp_optimizer, register_method, set_lr, split_params, member_losses, upcast
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, grads_only, make_fp_optimizer, opt_params, register_method, set_lr, split_params, member_losses, upcast
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class HBNN(Method):
             # (i) w_tilde frozen: a Riemannian step on the cluster points only. Their gradients
             # alone are asked for: no other weight gradient is computed (the full-precision first
             # layer's is the largest matmul of the backward pass), the same values as backward().
-            grads_only(F.cross_entropy(forward(model, x).float(), y), [p for g in opt_f.param_groups for p in g["params"]])
+            grads_only(F.cross_entropy(forward(model, x).float(), y), opt_params(opt_f))
             opt_f.step()
         # (iii) F frozen (or, simultaneous: everything from one pass)
         for opt in (opt_w, opt_f, opt_fp):
