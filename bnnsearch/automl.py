@@ -429,6 +429,16 @@ def front_records(summary: dict, space: SearchSpace, cpus: float) -> list[dict]:
     return out
 
 
+def front_ties(front: list[dict]) -> list[str]:
+    """One line per group of front points that tie on every objective (distinct configurations,
+    equally good: none dominates another, so the front keeps them all), printed under the front."""
+    groups: dict[tuple, list[int]] = {}
+    for p in front:
+        groups.setdefault(tuple(p["objectives"].values()), []).append(p["rank"])
+    return [f"ranks {', '.join(map(str, g))} tie on every objective (different configurations; --pick chooses)"
+            for g in groups.values() if len(g) > 1]
+
+
 def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: str | None = None) -> dict:
     """Run (or resume) an AutoML study (``sweep.run_sweep`` on an AutoML space), then write its
     Pareto front (``register_pick`` registers a point of it). With

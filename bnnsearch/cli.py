@@ -257,6 +257,10 @@ def cmd_automl(args) -> int:
           + (f", hypervolume {s['hypervolume']:.6g} (reference {list(space.refs)})" if s["hypervolume"] is not None else ""))
     if rows:
         print(table(rows, ["rank", "method", *keys, "trial", "network"], align_right=set(range(2, 2 + len(keys)))))
+        from .automl import front_ties
+
+        for line in front_ties(s["front"]):
+            print(line)
     print(f"wrote {s['out']}/pareto.json (also on the study's MLflow run)", flush=True)
     from . import interrupts
 

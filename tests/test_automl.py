@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from bnnsearch.automl import AutoSpace, constraint_values, dominates, hypervolume, pareto_front
+from bnnsearch.automl import AutoSpace, constraint_values, dominates, front_ties, hypervolume, pareto_front
 from bnnsearch.spaces import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +152,9 @@ def test_pareto_front_by_hand():
     assert [p["objectives"] for p in front] == [[0.9, 100], [0.8, 50], [0.8, 50], [0.5, 20]]  # ties: both kept
     assert dominates([0.9, 100], [0.85, 120], MO) and not dominates([0.8, 50], [0.9, 100], MO)
     assert not dominates([0.8, 50], [0.8, 50], MO)
+    ranked = [{"rank": i + 1, "objectives": dict(zip("am", p["objectives"]))} for i, p in enumerate(front)]
+    assert front_ties(ranked) == ["ranks 2, 3 tie on every objective (different configurations; --pick chooses)"]
+    assert front_ties(ranked[:2] + ranked[3:]) == []
 
 
 def test_hypervolume_by_hand():
@@ -394,6 +397,7 @@ def test_automl_study_front_registry_and_evaluate(in_tmp, capsys):
     out = capsys.readouterr().out
     assert "Pareto front" in out and "registered models:/bnnsearch-digits/1" in out
     doc = json.loads((in_tmp / "out" / "pareto.json").read_text())
+    assert all(line in out for line in front_ties(doc["front"]))
     c = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
     exp = c.get_experiment_by_name("bnnsearch/digits/automl")
     parent = c.search_runs([exp.experiment_id], "tags.`bnnsearch.kind` = 'study'")[0]
