@@ -205,6 +205,9 @@ def fit_pack(
     process's CPU seconds over the same epochs (every thread's; a member's share in a pack,
     compiling included): a cost that another job sharing the machine inflates far less than wall
     time, which it stretches by waiting. On a GPU they count the host's work only.
+    ``compile: true`` starts with ``torch._dynamo.reset()``, which drops every compiled function
+    of this process (see the comment at the call): code that calls ``fit`` as a library and
+    compiles functions of its own recompiles them on their next call.
 
     ``on_epoch({k: metrics})``, when given, is called once per epoch with every member that
     trained in it, instead of the per-member reports; it returns the members to stop, which
