@@ -108,16 +108,34 @@ def test_member_equals_the_config_trained_alone(method, monkeypatch):
     assert len(finals) == len(cfgs)
 
 
-@pytest.mark.parametrize("arch,args,method,hps", [
-    ("resnet20", {"width": 0.25}, "cyclebnn", [{"b_min": 2}, {"b_min": 4, "lr": 3e-3}]),
-    ("resnet18", {"width": 0.0625}, "latent", [{"lr": 1.0}, {"lr": 30.0, "init_scale": 0.0}]),
-    ("vgg_small", {"width": 0.0625}, "proxconnect", [{"pair": "bnn"}, {"pair": "bnn+"}]),
+@pytest.mark.parametrize("arch,args,method,hps,extra", [
+    ("resnet20", {"width": 0.25}, "cyclebnn", [{"b_min": 2}, {"b_min": 4, "lr": 3e-3}], {}),
+    ("resnet18", {"width": 0.0625}, "latent", [{"lr": 1.0}, {"lr": 30.0, "init_scale": 0.0}], {}),
+    ("vgg_small", {"width": 0.0625}, "proxconnect", [{"pair": "bnn"}, {"pair": "bnn+"}], {}),
+    # members in channels_last memory format (their stacked weights were not viewable as [K, n])
+    ("resnet20", {"width": 0.25}, "latent", [{"lr": 1.0}, {"lr": 30.0}], {"channels_last": True}),
 ])
-def test_conv_archs_pack_exactly(arch, args, method, hps):
-    cfgs = _cfgs(method, {"arch": arch, "arch_args": args}, hps, epochs=1)
+def test_conv_archs_pack_exactly(arch, args, method, hps, extra):
+    cfgs = _cfgs(method, {"arch": arch, "arch_args": args, **extra}, hps, epochs=1)
     alone = [fit(c).history for c in cfgs]
     for a, p in zip(alone, fit_pack(cfgs)):
         _same_history(a, p.history)
+
+
+def test_channels_last_reaches_the_packs_convolutions(monkeypatch):
+    """With ``channels_last: true`` a pack's convolutions get NHWC activations, as a lone run's do
+    (the repeated input and the padded shortcut came out plain contiguous)."""
+    conv, seen = torch.nn.functional.conv2d, []
+
+    def spy(x, *a, **k):
+        if x.shape[1] > 1:  # one channel is both orders
+            seen.append(x.is_contiguous(memory_format=torch.channels_last))
+        return conv(x, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    fit_pack(_cfgs("latent", {"arch": "resnet20", "arch_args": {"width": 0.25}, "channels_last": True},
+                   [{"lr": 1.0}, {"lr": 30.0}], epochs=1, dtype="float32"))
+    assert len(seen) > 100 and all(seen), f"{seen.count(False)} of {len(seen)} convolutions got NCHW input"
 
 
 @pytest.mark.parametrize("method,hps,together", [

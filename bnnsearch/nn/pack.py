@@ -78,7 +78,9 @@ class _Stacked(nn.Module):
     def stack(self, name: str, tensors: list[torch.Tensor], param: bool, flat: bool = False) -> torch.Tensor:
         """Stack the members' tensors into one (``[K, ...]``, or ``[K*n, ...]`` with ``flat``)
         and re-point every member tensor at its slice."""
-        s = torch.stack([t.detach() for t in tensors])
+        # contiguous(): members in channels_last stack into a tensor that is not (each slice
+        # is), and the fused optimizer steps and gradient scatter view it as [K, n] rows
+        s = torch.stack([t.detach() for t in tensors]).contiguous()
         if flat:
             s = s.flatten(0, 1)
         s = nn.Parameter(s, requires_grad=tensors[0].requires_grad) if param else s
@@ -306,6 +308,11 @@ class PackedModel(nn.Module):
         self.gens: list[torch.Generator] | None = None  # the members' training streams (engine)
         self.skip_scatter: set[int] = set()  # stacked parameters a fused optimizer steps (Pack.fuse)
         self.__dict__["members"] = list(members)  # not submodules: the pack owns only stacked storage
+        # members in channels_last (engine, ``channels_last: true``): the repeated input is put in
+        # that order, so the pack's activations are (its stacked weights are plain contiguous)
+        self.memory_format = torch.channels_last if any(
+            p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+            for p in members[0].parameters()) else torch.contiguous_format
         self.leaves: list[_Stacked] = []
         self.net = self._template(list(members), "")
 
@@ -339,7 +346,8 @@ class PackedModel(nn.Module):
     def forward(self, x):
         reps = [1] * x.ndim
         reps[1] = self.k
-        out = self.net(x.repeat(*reps))
+        x = x.repeat(*reps)
+        out = self.net(x.contiguous(memory_format=self.memory_format) if x.ndim == 4 else x)
         return out.view(out.shape[0], self.k, -1)
 
     def train(self, mode: bool = True):
