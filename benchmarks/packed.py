@@ -9,6 +9,7 @@ headline: ``packed speedup at K=8 (mlp 64x3, digits, cpu)``.
 
     python benchmarks/packed.py                  # CPU settings (a few minutes on 2 cores)
     python benchmarks/packed.py --gpu            # + vgg_small and resnet20, CIFAR-shaped tensors, bf16
+    python benchmarks/packed.py --gpu-only       # those alone, K up to 32 (benchmarks/device_check.sh)
     python benchmarks/packed.py --quick          # K in {1, 8}, one method: a smoke run
     python benchmarks/packed.py --study          # + a 32-trial study, --pack 8 against --pack 1
 
@@ -52,10 +53,17 @@ def member_cfgs(base: dict, method: str, k: int):
 
 
 
-def bench(label: str, base: dict, method: str, k: int) -> float:
+def bench(label: str, base: dict, method: str, k: int, lone: int | None = None) -> float:
+    """With ``lone``, only that many members (spread over the K) are trained alone and the one-
+    after-another time is K times their mean (a member's cost does not depend on its learning
+    rate); the line says so."""
     cfgs = member_cfgs(base, method, k)
     fit_pack(cfgs[:2] if k > 1 else cfgs)  # warm-up: allocator, kernels, data cache
-    alone = sum(median_tail([m["time/epoch_s"] for m in fit(c).history]) for c in cfgs)
+    sample = cfgs if lone is None or lone >= k else [cfgs[round(i * (k - 1) / max(lone - 1, 1))] for i in range(lone)]
+    times = [median_tail([m["time/epoch_s"] for m in fit(c).history]) for c in sample]
+    alone = sum(times) * k / len(sample)
+    if len(sample) < k:
+        label = f"{label} (alone: {k} x mean of {len(sample)})"
     res = fit_pack(cfgs)
     key = "pack/epoch_s" if k > 1 else "time/epoch_s"
     packed = median_tail([m[key] for m in res[0].history])
@@ -137,12 +145,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--gpu", action="store_true", help="also vgg_small and resnet20 on CUDA (bf16, channels_last)")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="only the CUDA settings, K in {1, 8, 16, 32}, 4 epochs, 2 members timed alone "
+                         "(benchmarks/device_check.sh on a lent GPU machine)")
     ap.add_argument("--quick", action="store_true", help="K in {1, 8} and latent only")
     ap.add_argument("--study", action="store_true", help="also a 32-trial study, --pack 8 against --pack 1")
     ap.add_argument("--study-repeats", type=int, default=3, help="pairs of studies per setting (median ratio printed)")
     ap.add_argument("--study-bound", action="store_true",
                     help="also the 40-epoch digits pairs without the per-epoch MLflow record (a bound, not a mode)")
     args = ap.parse_args()
+    if args.gpu_only:
+        args.gpu = True
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: torch sees no CUDA device on this machine")
+    if args.gpu_only:
+        if args.epochs == ap.get_default("epochs"):
+            args.epochs = 4
     ks = [1, 8] if args.quick else [1, 4, 8, 16]
     methods = ["latent"] if args.quick else ["latent", "filtered", "proxconnect"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
@@ -151,7 +169,7 @@ def main():
     settings = [("mlp 128x3, mnist1d, cpu", dict(common, arch="mlp", data="mnist1d", arch_args={"widths": [128] * 3})),
                 ("mlp 64x3, digits, cpu", dict(common, arch="mlp", data="digits", arch_args={"widths": [64] * 3}))]
     headline = math.nan
-    for label, base in (settings[1:] if args.quick else settings):
+    for label, base in [] if args.gpu_only else settings[1:] if args.quick else settings:
         for method in methods:
             for k in ks:
                 r = bench(label, base, method, k)
@@ -163,8 +181,8 @@ def main():
             for arch in ("vgg_small", "resnet20"):
                 base = dict(common, arch=arch, data="npz", data_root=str(p), device="cuda", amp="bf16",
                             channels_last=True, batch_size=256)
-                for k in (1, 8, 32):
-                    bench(f"{arch}, CIFAR-shaped, bf16, cuda", base, "latent", k)
+                for k in (1, 8, 16, 32) if args.gpu_only else (1, 8, 32):
+                    bench(f"{arch}, CIFAR-shaped, bf16, cuda", base, "latent", k, lone=2 if args.gpu_only else None)
     if args.study:  # short trials (the per-study start-up weighs), the same net trained 4x longer, a wider net
         study_ratio(data="digits", width=64, epochs=10, repeats=args.study_repeats)
         study_ratio(data="digits", width=64, epochs=40, repeats=args.study_repeats)
@@ -172,7 +190,8 @@ def main():
     if args.study_bound:
         study_ratio(data="digits", width=64, epochs=40, repeats=args.study_repeats)
         study_ratio(data="digits", width=64, epochs=40, repeats=args.study_repeats, record=False)
-    print(f"packed speedup at K=8 (mlp 64x3, digits, cpu): {headline:.2f}x")
+    if not args.gpu_only:
+        print(f"packed speedup at K=8 (mlp 64x3, digits, cpu): {headline:.2f}x")
 
 
 if __name__ == "__main__":

@@ -86,10 +86,15 @@ def _same_history(a: list[dict], b: list[dict]):
                 assert va == vb, (key, va, vb)
 
 
+# CUDA where torch sees a GPU (benchmarks/device_check.sh on a lent GPU machine; CI has none)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", sorted(CASES))
-def test_member_equals_the_config_trained_alone(method, monkeypatch):
+def test_member_equals_the_config_trained_alone(method, device, monkeypatch):
     extra, hps = CASES[method]
-    cfgs = _cfgs(method, extra, hps)
+    cfgs = _cfgs(method, extra, hps, device=device)
     rec = _SignRecorder(monkeypatch, method)
     alone = [fit(c).history for c in cfgs]
     steps = len(rec.solo) // len(cfgs)
@@ -98,7 +103,8 @@ def test_member_equals_the_config_trained_alone(method, monkeypatch):
     for k in range(len(cfgs)):
         for s in range(steps):
             want, got = rec.solo[k * steps + s], rec.pack[s][k]
-            assert all(torch.equal(w, g) for w, g in zip(want, got)), f"member {k}, step {s}: signs differ"
+            assert all(w.device.type == device and torch.equal(w, g) for w, g in zip(want, got)), \
+                f"member {k}, step {s}: signs differ"
         _same_history(alone[k], packed[k].history)
         assert packed[k].history[-1]["pack/size"] == len(cfgs)
     # The fused optimizer steps (methods/fused.py) were what ran: the comparison checks them.
@@ -203,8 +209,9 @@ def test_a_stopped_member_is_masked_and_the_others_go_on(monkeypatch):
         _same_history(alone[k], packed[k].history)
 
 
-def test_pack_resumes_from_its_checkpoint(tmp_path):
-    cfgs = _cfgs("latent", MLP, [{"lr": 1.0}, {"lr": 10.0}], epochs=3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_resumes_from_its_checkpoint(tmp_path, device):
+    cfgs = _cfgs("latent", MLP, [{"lr": 1.0}, {"lr": 10.0}], epochs=3, device=device)
     full = fit_pack(cfgs)
     stop_at_2 = [lambda m: m["epoch"] >= 2] * 2
     fit_pack(cfgs, stop_at_2, checkpoint_dir=tmp_path)
