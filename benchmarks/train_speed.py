@@ -1,18 +1,21 @@
 """Epoch time of ``engine.fit`` against a plain PyTorch reference loop, in one process.
 
 The reference is the loop most BNN code ships: a CPU ``TensorDataset`` + ``DataLoader``
-(shuffle, fp32), batches moved to the device each step, ``loss.item()`` accumulated per step,
-and the same per-epoch evaluation of the validation and test splits. Both train the *same*
+(shuffle), batches moved to the device each step, ``loss.item()`` accumulated per step, and
+the same per-epoch evaluation of the validation and test splits; in fp32, or under bf16
+autocast where the config asks for it (as the engine). Both train the *same*
 binarized model with the *same* method optimizers on the same data; the engine additionally
 tracks per-step flip ratios. Printed: median epoch seconds (first epoch dropped as warm-up)
 and the ratio reference / engine (> 1 means the engine is faster).
 
     python benchmarks/train_speed.py                 # CPU: mlp on mnist1d
     python benchmarks/train_speed.py --gpu           # + vgg_small and resnet20 on CIFAR-shaped tensors
+    python benchmarks/train_speed.py --gpu-only      # those alone (benchmarks/device_check.sh)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 
@@ -33,6 +36,12 @@ def reference_epochs(cfg, epochs: int) -> list[float]:
     evals = [torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.cpu(), y.cpu()), batch_size=cfg.eval_batch_size)
              for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test))]
     setup = method.setup(model, hp, epochs * len(loader))
+
+    def amp():  # the engine's autocast (bf16 on CUDA), so both sides compute in the same precision
+        if cfg.amp == "bf16" and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
@@ -42,7 +51,8 @@ def reference_epochs(cfg, epochs: int) -> list[float]:
             x, y = x.to(device), y.to(device)
             for opt in setup.optimizers:
                 opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
+            with amp():
+                loss = F.cross_entropy(model(x).float(), y)
             loss.backward()
             for opt in setup.optimizers:
                 opt.step()
@@ -52,7 +62,8 @@ def reference_epochs(cfg, epochs: int) -> list[float]:
             for ld in evals:
                 correct = 0
                 for x, y in ld:
-                    correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+                    with amp():
+                        correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -77,13 +88,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--gpu", action="store_true", help="also the CIFAR-shaped conv nets on CUDA")
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA settings (benchmarks/device_check.sh)")
     ap.add_argument("--methods", default="latent,filtered")
     args = ap.parse_args()
+    args.gpu = args.gpu or args.gpu_only
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: torch sees no CUDA device on this machine")
     torch.set_num_threads(torch.get_num_threads())
     dev = "cuda" if args.gpu else "cpu"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if args.gpu else ""))
-    for method in args.methods.split(","):
+    for method in [] if args.gpu_only else args.methods.split(","):
         cfg = resolve(dict(method=method, arch="mlp", data="mnist1d", epochs=args.epochs, batch_size=128,
                            device="cpu", data_root="./data", eval_batch_size=1024))
         bench(f"{method} mlp mnist1d bs128", cfg, args.epochs)
