@@ -49,7 +49,7 @@ class RunConfig:
     data_args: dict = field(default_factory=dict)
     sign0: Literal["plus", "random", "zero"] = "plus"
     threads: int = 0  # torch CPU threads; 0 = all cores given to this process
-    amp: Literal["none", "bf16"] = "none"  # bf16 autocast (CUDA only)
+    amp: Literal["none", "bf16"] = "none"  # bf16 autocast of the forward pass (CUDA or CPU)
     channels_last: bool = False
     compile: bool = False
     eval_batch_size: int = 2048
@@ -67,6 +67,8 @@ class RunConfig:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.threads < 0:
             raise ValueError(f"threads: must be >= 0, got {self.threads}")
+        if self.amp == "bf16" and self.dtype == "float64":
+            raise ValueError("amp: bf16 computes in bfloat16, dtype: float64 asks for exact float64 (pick one)")
 
     # Parsed views (validated in resolve()).
     def hp(self):

@@ -259,7 +259,7 @@ def fit_pack(
             if c.freeze_binary:
                 raise ValueError("freeze_binary (a control) is not packed; run it alone")
 
-    use_amp = cfg.amp == "bf16" and device.type == "cuda"
+    use_amp = cfg.amp == "bf16"  # on the CPU too (slow where it lacks bf16 instructions; never ignored)
     target = pack.module if pack.module is not None else members[0].model
     if cfg.compile:
         # Every network compiles afresh: torch.nn.utils.parametrize gives each parametrized
@@ -273,7 +273,7 @@ def fit_pack(
     net = torch.compile(target) if cfg.compile else target
 
     def forward(m, x):
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
         with ctx:
             return net(x) if m is target else m(x)
 

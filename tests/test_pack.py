@@ -256,3 +256,44 @@ def test_float32_members_agree_within_seed_noise():
                                                            seed=s)[0] for s in (11, 12))]
     noise = max(abs(s - alone[0]) for s in seeds) + 1 / 144  # one validation sample of digits
     assert max(abs(a - p) for a, p in zip(alone, packed)) <= noise
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_bf16_autocast_trains_every_method_packed_and_alone(method):
+    """``amp: bf16`` autocasts the forward pass on the CPU as on CUDA (it was ignored off CUDA):
+    every method trains under it, packed and alone, to finite metrics, and differently from fp32."""
+    extra, hps = CASES[method]
+    kw = dict(dtype="float32", epochs=2)
+    fp32 = fit_pack(_cfgs(method, extra, hps[:2], **kw))
+    bf16 = fit_pack(_cfgs(method, extra, hps[:2], amp="bf16", **kw))
+    alone = fit(_cfgs(method, extra, hps[:1], amp="bf16", **kw)[0])
+    for r in [*bf16, alone]:
+        assert all(math.isfinite(v) for e in r.history for v in e.values() if isinstance(v, float))
+    same = [r.history[-1]["train/loss"] for r in bf16] == [r.history[-1]["train/loss"] for r in fp32]
+    assert same == (method == "local_binary")  # its arithmetic is integer: nothing to autocast
+
+
+WIDE = {"arch": "mlp", "arch_args": {"widths": [128, 128]}}  # latent learns digits to ~97 % in 8 epochs
+
+
+def val_accs(extra=WIDE, epochs=8, lrs=(1.0, 10.0), **kw) -> list[float]:
+    """Final validation accuracy of a float32 latent pack (one member per learning rate)."""
+    cfgs = _cfgs("latent", extra, [{"lr": lr} for lr in lrs], dtype="float32", epochs=epochs, **kw)
+    return [r.history[-1]["val/acc"] for r in fit_pack(cfgs)]
+
+
+def within_seed_noise(device: str, **kw) -> tuple[list[float], list[float], float]:
+    """(float32 eager accuracies, the same under ``kw``, the seed-to-seed spread of the first
+    plus one validation sample): the variant must land within that spread."""
+    ref = val_accs(device=device)
+    assert min(ref) > 0.8  # the reference learns (10 classes: chance is 0.1)
+    noise = max(abs(a - b) for a, b in zip(ref, val_accs(device=device, seed=11))) + 1 / 144
+    got = val_accs(device=device, **kw)
+    assert max(abs(a - b) for a, b in zip(ref, got)) <= noise, (ref, got, noise)
+    return ref, got, noise
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_trains_like_float32_within_seed_noise(device):
+    within_seed_noise(device, amp="bf16")
+
