@@ -13,7 +13,7 @@
 #      host sync per step, fp32 and bf16 + channels_last).
 #
 # Everything it prints is also written to $OUT (the tool brings that folder back), default
-# /tmp/device_check. TEST_S, BENCH_S and SPEED_S bound the parts in seconds (560 in all).
+# /tmp/device_check. TEST_S, BENCH_S and SPEED_S bound the parts in seconds (580 in all).
 set -uo pipefail
 OUT=${OUT:-/tmp/device_check}
 mkdir -p "$OUT"
@@ -28,8 +28,8 @@ PY=${PYTHON:-python3}
 } 2>&1 | tee "$OUT/device.txt"
 
 rc=0
-timeout "${TEST_S:-200}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_pack.py -k "cuda or test_gpu" \
+timeout "${TEST_S:-240}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_pack.py -k "cuda or test_gpu" \
   2>&1 | tee "$OUT/gpu_tests.log" || rc=1
-timeout "${BENCH_S:-240}" "$PY" benchmarks/packed.py --gpu-only 2>&1 | tee "$OUT/packed_gpu.log" || rc=1
+timeout "${BENCH_S:-220}" "$PY" benchmarks/packed.py --gpu-only 2>&1 | tee "$OUT/packed_gpu.log" || rc=1
 timeout "${SPEED_S:-120}" "$PY" benchmarks/train_speed.py --gpu-only 2>&1 | tee "$OUT/train_speed_gpu.log" || rc=1
 exit $rc
