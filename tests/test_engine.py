@@ -165,11 +165,17 @@ def test_checkpoint_saved_only_when_due(tiny_cfg, tmp_path):
     assert checkpoint_epoch(none) == 0
 
 
-def test_no_host_sync_per_step(tiny_cfg, monkeypatch):
-    """bnnsearch reads device values back once per epoch: count the calls that force a sync
-    (item, tolist, bool/float/int of a tensor) made from bnnsearch's own code. (torch's Adam
-    reads its CPU step counter with .item(); that is no device sync and is not counted.)"""
+@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("k", [1, 2])
+def test_no_host_sync_per_step(tiny_cfg, monkeypatch, method, k):
+    """bnnsearch reads device values back once per epoch, for every method, packed or not:
+    count the calls that force a sync (item, tolist, bool/float/int of a tensor) made from
+    bnnsearch's own code. (torch's Adam reads its CPU step counter with .item(); that is no
+    device sync and is not counted. tests/test_gpu.py counts CUDA's own syncs on a GPU.)"""
     import sys
+
+    from bnnsearch.engine import fit_pack
+    from conftest import small_arch_args
 
     calls = []
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
@@ -182,9 +188,11 @@ def test_no_host_sync_per_step(tiny_cfg, monkeypatch):
             return _orig(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, wrapped)
-    cfg = tiny_cfg(epochs=2, batch_size=16)  # ~80 steps per epoch
-    fit(cfg)
-    assert len(calls) == 2, calls  # one per epoch
+    arch, args = small_arch_args(method)
+    hp = {"group_size": 10} if method == "local_binary" else {}
+    cfg = tiny_cfg(method=method, arch=arch, arch_args=args, hparams=hp, epochs=1, batch_size=32)  # ~35 steps
+    fit_pack([cfg] * k)
+    assert len(calls) == 1, calls  # one per epoch
     assert all(c[0] == "tolist" for c in calls)
 
 
