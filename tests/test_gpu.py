@@ -21,14 +21,14 @@ from test_pack import CASES, _cfgs, val_accs, within_seed_noise
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _syncs(cfgs) -> int:
+def _syncs(cfgs, reports=None) -> int:
     """Synchronising CUDA calls made while training these configurations (one pack)."""
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            fit_pack(cfgs)
+            fit_pack(cfgs, reports)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchronizing" in str(w.message) for w in caught)
@@ -43,6 +43,16 @@ def test_no_host_sync_per_training_step(method, k):
     counts = {b: _syncs(_cfgs(method, extra, hps[:k], device="cuda", dtype="float32", epochs=2, batch_size=b))
               for b in (64, 16)}
     assert counts[16] == counts[64], f"{method} K={k}: {counts} synchronising calls (batch: count)"
+
+
+def test_no_host_sync_per_step_once_a_member_stopped():
+    """The live members' loss sum and the fused steps' hyperparameter columns after a member of
+    the pack stopped (ASHA) used host lists on the device at every step."""
+    extra, hps = CASES["latent"]
+    stop_first = [lambda m: m["epoch"] >= 1, None, None]
+    counts = {b: _syncs(_cfgs("latent", extra, hps, device="cuda", dtype="float32", epochs=3, batch_size=b), stop_first)
+              for b in (64, 16)}
+    assert counts[16] == counts[64], counts
 
 
 def test_compile_trains_like_float32_eager_on_cuda():

@@ -221,7 +221,15 @@ class Pack:
 
     def _live_sum(self, losses: torch.Tensor) -> torch.Tensor:
         live = self.live()
-        return losses[live].sum() if len(live) < len(self.members) else losses.sum()
+        if len(live) == len(self.members):
+            return losses.sum()
+        # the live members' index on the device, made once per change of the live set:
+        # ``losses[live]`` copied a host list to the device at every step (a sync on CUDA)
+        if getattr(self, "_live_idx", (None,))[0] != live:
+            from .fused import host_tensor
+
+            self._live_idx = (live, host_tensor(live, torch.long, losses.device))
+        return losses.index_select(0, self._live_idx[1]).sum()
 
     def backward_for(self, losses: torch.Tensor, positions: list[int]) -> None:
         """``backward`` for the live members' optimizers at these positions only: autograd is

@@ -24,8 +24,17 @@ from typing import Callable
 import torch
 
 
+def host_tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of host values on ``device`` with no host sync. On CUDA
+    ``torch.tensor(values, device=...)`` copies from pageable memory and waits for the stream,
+    i.e. for every kernel queued so far (a sync per step where this ran per step); from pinned
+    memory the copy is queued instead (the caching host allocator keeps the block until it ran)."""
+    t = torch.tensor(values, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def _col(values: list[float], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1)
+    return host_tensor(values, like.dtype, like.device).view(-1, 1)
 
 
 class _Cols:
@@ -172,7 +181,7 @@ class FusedStep:
         if all(clip):
             p.clamp_(-1.0, 1.0)
         elif any(clip):
-            mask = torch.tensor(clip, device=p.device).view(-1, 1)
+            mask = host_tensor(clip, torch.bool, p.device).view(-1, 1)
             p.copy_(torch.where(mask, p.clamp(-1.0, 1.0), p))
 
     def _filtered(self, i, p, g, groups, params):
