@@ -28,7 +28,7 @@ PY=${PYTHON:-python3}
 } 2>&1 | tee "$OUT/device.txt"
 
 rc=0
-timeout "${TEST_S:-240}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_pack.py -k "cuda or test_gpu" \
+timeout "${TEST_S:-240}" "$PY" -m pytest -q -p no:cacheprovider --durations=0 tests/test_pack.py tests/test_gpu.py -k "cuda or test_gpu" \
   2>&1 | tee "$OUT/gpu_tests.log" || rc=1
 timeout "${BENCH_S:-220}" "$PY" benchmarks/packed.py --gpu-only 2>&1 | tee "$OUT/packed_gpu.log" || rc=1
 timeout "${SPEED_S:-120}" "$PY" benchmarks/train_speed.py --gpu-only 2>&1 | tee "$OUT/train_speed_gpu.log" || rc=1
