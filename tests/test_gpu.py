@@ -39,9 +39,10 @@ def _syncs(cfgs, reports=None) -> int:
 def test_no_host_sync_per_training_step(method, k):
     extra, hps = CASES[method]
     # batch 16 makes four times the steps of batch 64 over the same epochs; the evaluation and
-    # the epoch's record (which may synchronise) are the same in both
+    # the epoch's record (which may synchronise) are the same in both. A first run pays what a
+    # process does once (the CUDA context, library handles, the data cache) and is not counted.
     counts = {b: _syncs(_cfgs(method, extra, hps[:k], device="cuda", dtype="float32", epochs=2, batch_size=b))
-              for b in (64, 16)}
+              for b in (64, 64, 16)}
     assert counts[16] == counts[64], f"{method} K={k}: {counts} synchronising calls (batch: count)"
 
 
@@ -51,7 +52,7 @@ def test_no_host_sync_per_step_once_a_member_stopped():
     extra, hps = CASES["latent"]
     stop_first = [lambda m: m["epoch"] >= 1, None, None]
     counts = {b: _syncs(_cfgs("latent", extra, hps, device="cuda", dtype="float32", epochs=3, batch_size=b), stop_first)
-              for b in (64, 16)}
+              for b in (64, 64, 16)}  # the first run is not counted (see above)
     assert counts[16] == counts[64], counts
 
 
