@@ -46,6 +46,7 @@ from torch import nn
 
 from ..archs import register_arch
 from ..cost import LayerCost, totals
+from ..nn.quantizers import _pm1 as _mask_pm1
 from .base import Method, RunInfo, Setup, register_method
 
 
@@ -71,14 +72,8 @@ class LocalMlpArgs:
 
 
 def _pm1(x: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1, as int32. (Not ``torch.where(x >= 0, 1, -1)``: with scalar
-    operands it runs several times slower per element on the CPU, and made int64 first.)"""
-    return (x >= 0).to(torch.int32) * 2 - 1
-
-
-def _pm1f(x: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1, as float32 +-1."""
-    return (x >= 0).to(torch.float32) * 2 - 1
+    """sign with sign(0) = +1, as int32."""
+    return _mask_pm1(x >= 0, torch.int32)
 
 
 def imatmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -123,11 +118,11 @@ class LocalBinaryNet(nn.Module):
         # strictly above the median -> +1: with ">=" every background pixel of MNIST would be +1
         # (B, 1, F) against the (levels, F) thresholds, flattened level-major like them
         above = x.flatten(1)[:, None, :] > self.threshold.view(self.input_levels, -1)
-        return above.flatten(1).to(torch.int32) * 2 - 1
+        return _mask_pm1(above.flatten(1), torch.int32)
 
     def signs(self, l: int) -> torch.Tensor:
         """sign(H_l) as a float32 +-1 matrix (sign(0) = +1), built at once."""
-        return _pm1f(self.H(l))
+        return _mask_pm1(self.H(l) >= 0, torch.float32)
 
     def layer(self, l: int, a: torch.Tensor, W: torch.Tensor | None = None):
         """(z, sign(z), local scores) of layer l; W: sign(H_l) if the caller keeps it up to date."""
@@ -295,7 +290,7 @@ def _sparse_layer_step(model: LocalBinaryNet, l: int, a, y, hp: LocalHparams, ma
     if whole:
         W = model.signs(l)
     else:
-        W.index_copy_(1, cols, _pm1f(H.index_select(1, cols)))
+        W.index_copy_(1, cols, _mask_pm1(H.index_select(1, cols) >= 0, torch.float32))
     cache[l] = ((H.data_ptr(), H._version), W)
     return z, act, scores, wrong, sel, hits.numel()
 
