@@ -15,7 +15,6 @@ and the ratio reference / engine (> 1 means the engine is faster).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import time
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from _common import cifar_shaped_npz, median_tail
 
 from bnnsearch.config import resolve
-from bnnsearch.engine import build, fit, resolve_device
+from bnnsearch.engine import autocast, build, fit, resolve_device
 
 
 def reference_epochs(cfg, epochs: int) -> list[float]:
@@ -37,11 +36,6 @@ def reference_epochs(cfg, epochs: int) -> list[float]:
              for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test))]
     setup = method.setup(model, hp, epochs * len(loader))
 
-    def amp():  # the engine's autocast (bf16 on CUDA), so both sides compute in the same precision
-        if cfg.amp == "bf16" and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
@@ -51,7 +45,7 @@ def reference_epochs(cfg, epochs: int) -> list[float]:
             x, y = x.to(device), y.to(device)
             for opt in setup.optimizers:
                 opt.zero_grad()
-            with amp():
+            with autocast(cfg, device):  # the engine's precision, so both compute alike
                 loss = F.cross_entropy(model(x).float(), y)
             loss.backward()
             for opt in setup.optimizers:
@@ -62,7 +56,7 @@ def reference_epochs(cfg, epochs: int) -> list[float]:
             for ld in evals:
                 correct = 0
                 for x, y in ld:
-                    with amp():
+                    with autocast(cfg, device):
                         correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
         if device.type == "cuda":
             torch.cuda.synchronize()

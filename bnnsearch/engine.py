@@ -149,6 +149,14 @@ def fit(
     return fit_pack([cfg], [report], checkpoint_dir=checkpoint_dir, threads=threads, save_due=save_due)[0]
 
 
+def autocast(cfg: RunConfig, device: torch.device):
+    """The forward pass's precision context: bf16 autocast with ``amp: bf16`` (on the CPU too:
+    slow where it lacks bf16 instructions, but never ignored), else none."""
+    if cfg.amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _compile_seconds() -> float:
     """Seconds torch.compile has spent compiling in this process so far, by Dynamo's own timers:
     the forward's compiles (tracing, and Inductor's code generation or cache loads beneath it)
@@ -259,7 +267,6 @@ def fit_pack(
             if c.freeze_binary:
                 raise ValueError("freeze_binary (a control) is not packed; run it alone")
 
-    use_amp = cfg.amp == "bf16"  # on the CPU too (slow where it lacks bf16 instructions; never ignored)
     target = pack.module if pack.module is not None else members[0].model
     if cfg.compile:
         # Every network compiles afresh: torch.nn.utils.parametrize gives each parametrized
@@ -273,8 +280,7 @@ def fit_pack(
     net = torch.compile(target) if cfg.compile else target
 
     def forward(m, x):
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-        with ctx:
+        with autocast(cfg, device):
             return net(x) if m is target else m(x)
 
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
