@@ -156,11 +156,10 @@ def main():
     args = ap.parse_args()
     if args.gpu_only:
         args.gpu = True
-    if args.gpu and not torch.cuda.is_available():
-        raise SystemExit("--gpu: torch sees no CUDA device on this machine")
-    if args.gpu_only:
         if args.epochs == ap.get_default("epochs"):
             args.epochs = 4
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: torch sees no CUDA device on this machine")
     ks = [1, 8] if args.quick else [1, 4, 8, 16]
     methods = ["latent"] if args.quick else ["latent", "filtered", "proxconnect"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
