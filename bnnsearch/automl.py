@@ -439,6 +439,21 @@ def front_ties(front: list[dict]) -> list[str]:
             for g in groups.values() if len(g) > 1]
 
 
+def _outdir(a, out: str | None) -> Path:
+    return Path(out or f"runs/{a.study_name()}")
+
+
+def check_flags(a, out: str | None, pick: int | None) -> None:
+    """``automl``'s own flags, checked before anything runs (the CLI: before the header)."""
+    from .errors import UserError
+
+    if pick is not None and pick < 1:
+        raise UserError(f"--pick {pick}: a rank on the front, 1 for the best first objective")
+    outdir = _outdir(a, out)
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"--out {outdir}: is a file, not a directory")
+
+
 def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: str | None = None) -> dict:
     """Run (or resume) an AutoML study (``sweep.run_sweep`` on an AutoML space), then write its
     Pareto front (``register_pick`` registers a point of it). With
@@ -446,16 +461,12 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
     best configurations that fit this space first."""
     import dataclasses as dc
 
-    from .errors import UserError
     from .sweep import run_sweep
     from .tracking import Tracker, check_store
 
     space = a.space
-    if pick is not None and pick < 1:
-        raise UserError(f"--pick {pick}: a rank on the front, 1 for the best first objective")
-    outdir = Path(out or f"runs/{a.study_name()}")
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"--out {outdir}: is a file, not a directory")
+    check_flags(a, out, pick)
+    outdir = _outdir(a, out)
     if warm_start and not a.resume:  # a resumed study's searcher already holds its enqueued points
         points, note = warm_points(space, check_store(a.tracking_uri, must_exist=True), warm_start)
         if not a.quiet:

@@ -244,6 +244,9 @@ def cmd_automl(args) -> int:
     a.name = a.name or f"automl-{data}-{a.sampler}-s{a.seed}"
     register = None if args.register is None else (args.register or f"bnnsearch-{data}")
     _check_args(a)  # a bad flag is one clear line before the study's header, not after it
+    from .automl import check_flags
+
+    check_flags(a, args.out, args.pick)
     objs = ", ".join(f"{mode} {metric}" for metric, mode in space.objectives)
     cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
     print(f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "

@@ -144,6 +144,7 @@ CASES = [  # (argv, what the one line must say)
     (["sweep", "am.yaml"], "am.yaml: an AutoML space (methods:); run it with  bnnsearch automl am.yaml"),
     (["automl", "am.yaml", "--scheduler", "asha"], "--scheduler asha: early stopping judges one objective"),
     (["automl", "am.yaml", "--pick", "0"], "--pick 0: a rank on the front"),
+    (["automl", "am.yaml", "--out", "config.yaml"], "--out config.yaml: is a file, not a directory"),
     (["automl", "am.yaml", "--trials", "0"], "--trials 0: must be >= 1 (0 only with a time budget)"),
     (["evaluate", "models:/x/1", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["evaluate", "missing.bnn"], "missing.bnn: no such file"),
@@ -201,6 +202,12 @@ def test_a_mistake_is_one_clear_line_and_nothing_is_written(files, no_work, caps
     assert len(err) == 1 and err[0].startswith("bnnsearch: error: ") and needle in err[0], err
     # nothing half-written: no tracking store, no Ray results, no run directory, no output file
     assert sorted(p.name for p in files.iterdir()) == before
+
+
+@pytest.mark.parametrize("flag", [["--pick", "0"], ["--out", "config.yaml"]])
+def test_automl_refuses_a_bad_flag_before_its_header(files, no_work, capsys, flag):
+    assert main(["automl", "am.yaml", *flag]) == 2
+    assert capsys.readouterr().out == ""  # the study's header used to come first
 
 
 def test_best_names_a_missing_experiment(files, capsys):
