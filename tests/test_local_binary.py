@@ -39,6 +39,15 @@ def test_imatmul_is_the_exact_int32_product():
         assert torch.equal(imatmul(ones, -torch.ones(k, n, dtype=torch.int32)), torch.full((m, n), -k, dtype=torch.int32))
 
 
+def test_imatmul_stays_exact_under_bf16_autocast():
+    """``amp: bf16`` autocasts the evaluation forward; bf16 holds integers exactly only up to 256,
+    so the product opts out (an all-ones sum of 785 came out 784 before it did)."""
+    a, b = torch.ones(2, 785, dtype=torch.int32), torch.ones(785, 3, dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a.float() @ b.float())[0, 0].item() != 785  # the control: autocast rounds it
+        assert torch.equal(imatmul(a, b), torch.full((2, 3), 785, dtype=torch.int32))
+
+
 def test_reinforcement_touches_exactly_the_masked_weights():
     """h += 2 sign(h) (sign(0) = +1) where the mask is set, nothing elsewhere: the CPU's sparse
     update equals the dense formula."""

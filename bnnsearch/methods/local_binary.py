@@ -85,6 +85,9 @@ def imatmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     matmul at all)."""
     if a.shape[-1] >= 1 << 24:
         raise ValueError(f"imatmul: inner dimension {a.shape[-1]} is not exact in float32")
+    if torch.is_autocast_enabled(a.device.type):  # amp: bf16 would round the integer sums
+        with torch.autocast(a.device.type, enabled=False):
+            return (a.float() @ b.float()).to(torch.int32)
     return (a.float() @ b.float()).to(torch.int32)
 
 
