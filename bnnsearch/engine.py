@@ -358,7 +358,8 @@ def fit_pack(
                 if stacked is not None:  # members that ended are frozen: their rows stay 0, unread
                     for li, sign_fn in enumerate(stacked):
                         cur = sign_fn()
-                        flips_st[:, li] += (cur != prev_st[li]).flatten(1).sum(1)
+                        # int32: a row sum of bools into int64 ran ~5x slower (torch 2.14, CPU)
+                        flips_st[:, li] += (cur != prev_st[li]).flatten(1).sum(1, dtype=torch.int32)
                         prev_st[li] = cur
                 else:
                     for j in live:
