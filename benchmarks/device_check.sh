@@ -6,9 +6,11 @@
 #
 #   1. tests/test_gpu.py (no host sync per training step; bf16, compile and a channels_last
 #      ResNet-20 pack against float32 eager) and the CUDA cases of tests/test_pack.py (a packed
-#      member equals its configuration alone for all six methods; a pack resumes exactly);
+#      member equals its configuration alone for all six methods, local_binary through its stacked
+#      step; a pack resumes exactly);
 #   2. benchmarks/packed.py --gpu-only (vgg_small and resnet20, CIFAR-shaped, bf16 and
-#      channels_last, K in {1, 8, 16, 32} against the same configurations one after another);
+#      channels_last, K in {1, 8, 16, 32} against the same configurations one after another; then
+#      local_binary's stacked pack, K in {1, 8, 32});
 #   3. benchmarks/train_speed.py --gpu-only (the engine against a plain DataLoader loop with a
 #      host sync per step, fp32 and bf16 + channels_last).
 #

@@ -5,7 +5,10 @@ members really differ) are trained (a) one after another with ``engine.fit``, (b
 with ``engine.fit_pack``, in the same warm process, for the same epochs. Printed: the summed
 median epoch seconds of the K lone runs, the median epoch seconds of the pack, and their ratio
 (> 1: the pack is faster). The first epoch is dropped as warm-up. The last line is the
-headline: ``packed speedup at K=8 (mlp 64x3, digits, cpu)``.
+headline: ``packed speedup at K=8 (mlp 64x3, digits, cpu)``. Before it, local_binary's own net
+(local_mlp 525x2 on mnist5k, batch 10 and 100, K=8): its CPU pack (members one after another)
+and its stacked step forced on the CPU (``STACK_ON_CPU``), the measurement behind training its
+CPU packs one after another (``LocalBinary.pack_model``).
 
     python benchmarks/packed.py                  # CPU settings (a few minutes on 2 cores)
     python benchmarks/packed.py --gpu            # + vgg_small and resnet20, CIFAR-shaped tensors, bf16
@@ -43,7 +46,7 @@ from bnnsearch.engine import fit, fit_pack
 
 # The hyperparameter each method's members differ in, and its range (log-spaced over K).
 VARY = {"latent": ("lr", 0.3, 30.0), "filtered": ("alpha", 1e-4, 1e-1), "proxconnect": ("lr", 1e-4, 1e-2),
-        "cyclebnn": ("lr", 1e-4, 1e-2), "hbnn": ("lr", 0.01, 1.0)}
+        "cyclebnn": ("lr", 1e-4, 1e-2), "hbnn": ("lr", 0.01, 1.0), "local_binary": ("p_r", 0.05, 0.9)}
 
 
 def member_cfgs(base: dict, method: str, k: int):
@@ -174,6 +177,19 @@ def main():
                 r = bench(label, base, method, k)
                 if k == 8 and method == "latent" and label.startswith("mlp 64x3"):
                     headline = r
+    if not (args.quick or args.gpu_only):
+        # local_binary's own net (its search space's), a small and a large batch: its pack on the
+        # CPU trains one after another (LocalBinary.pack_model); the stacked step, forced, is what
+        # that choice is measured against
+        from bnnsearch.methods import local_binary
+
+        for bs in (10, 100):
+            base = dict(common, arch="local_mlp", data="mnist5k", arch_args={"widths": [525, 525]}, batch_size=bs,
+                        epochs=min(args.epochs, 3))
+            bench(f"local_mlp 525x2, mnist5k, batch {bs}, cpu", base, "local_binary", 8)
+            local_binary.STACK_ON_CPU = True
+            bench(f"local_mlp 525x2, mnist5k, batch {bs}, cpu, stacked", base, "local_binary", 8)
+            local_binary.STACK_ON_CPU = False
     if args.gpu:
         with tempfile.TemporaryDirectory() as tmp:
             p = cifar_shaped_npz(tmp, 10000)
@@ -182,6 +198,10 @@ def main():
                             channels_last=True, batch_size=256)
                 for k in (1, 8, 16, 32) if args.gpu_only else (1, 8, 32):
                     bench(f"{arch}, CIFAR-shaped, bf16, cuda", base, "latent", k, lone=2 if args.gpu_only else None)
+            base = dict(common, arch="local_mlp", data="npz", data_root=str(p), device="cuda", batch_size=100,
+                        arch_args={"widths": [525, 525]})  # integer arithmetic: no bf16
+            for k in (1, 8, 32):
+                bench("local_mlp 525x2, CIFAR-shaped, batch 100, cuda", base, "local_binary", k, lone=2)
     if args.study:  # short trials (the per-study start-up weighs), the same net trained 4x longer, a wider net
         study_ratio(data="digits", width=64, epochs=10, repeats=args.study_repeats)
         study_ratio(data="digits", width=64, epochs=40, repeats=args.study_repeats)

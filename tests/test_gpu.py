@@ -4,7 +4,8 @@ trained alone, for every method; a pack resumes from its checkpoint; bf16 trains
 within the seed spread), then the GPU benchmarks, on a lent GPU machine.
 
 - no host synchronisation per training step: the number of synchronising CUDA calls of a run
-  does not grow with its number of steps (CUDA's sync debug mode counts them);
+  does not grow with its number of steps (CUDA's sync debug mode counts them), for every method
+  alone and packed (local_binary's pack is its stacked step on a GPU);
 - ``compile: true`` trains an MLP to the float32 eager run's accuracy within the seed-to-seed
   spread measured in the same test; a ResNet-20 pack learns with bf16 and channels_last.
 """
@@ -46,12 +47,14 @@ def test_no_host_sync_per_training_step(method, k):
     assert counts[16] == counts[64], f"{method} K={k}: {counts} synchronising calls (batch: count)"
 
 
-def test_no_host_sync_per_step_once_a_member_stopped():
+@pytest.mark.parametrize("method", ["latent", "local_binary"])
+def test_no_host_sync_per_step_once_a_member_stopped(method):
     """The live members' loss sum and the fused steps' hyperparameter columns after a member of
-    the pack stopped (ASHA) used host lists on the device at every step."""
-    extra, hps = CASES["latent"]
+    the pack stopped (ASHA) used host lists on the device at every step; local_binary's stacked
+    step masks a stopped member's updates."""
+    extra, hps = CASES[method]
     stop_first = [lambda m: m["epoch"] >= 1, None, None]
-    counts = {b: _syncs(_cfgs("latent", extra, hps, device="cuda", dtype="float32", epochs=3, batch_size=b), stop_first)
+    counts = {b: _syncs(_cfgs(method, extra, hps, device="cuda", dtype="float32", epochs=3, batch_size=b), stop_first)
               for b in (64, 64, 16)}  # the first run is not counted (see above)
     assert counts[16] == counts[64], counts
 

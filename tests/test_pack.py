@@ -296,3 +296,100 @@ def within_seed_noise(device: str, **kw) -> None:
 def test_bf16_trains_like_float32_within_seed_noise(device):
     within_seed_noise(device, amp="bf16")
 
+
+
+# local_binary packs run one stacked step (LocalBinaryPack) on a GPU; on the CPU their members
+# train one after another (faster there, LocalBinary.pack_model) unless STACK_ON_CPU, set here to
+# check the stacked step against lone runs. The members differ in every packable hyperparameter: group sizes 1, 4, 48 (the whole layer one group), a member without
+# reinforcement (p_r 0: it draws nothing), clipped and unclipped, another initialisation.
+LOCAL_HPS = [{"group_size": 1, "robustness": 1.0, "p_r": 0.9, "hidden_bits": 4},
+             {"group_size": 4, "p_r": 0.0, "init_std": 16.0},
+             {"group_size": 48, "robustness": 0.1, "p_r": 0.5, "hidden_bits": 8}]
+
+
+def _local_cfgs(draw="gaps", **kw):
+    return _cfgs("local_binary", LOCAL, [{**h, "reinforce_draw": draw} for h in LOCAL_HPS], **kw)
+
+
+@pytest.mark.parametrize("draw", ["gaps", "dense"])
+@pytest.mark.parametrize("sparse", [True, False])  # the lone runs' step: the CPU's sparse one or the GPU's dense one
+def test_local_binary_pack_is_one_stacked_step(draw, sparse, monkeypatch):
+    """Every member's H after every step equals its lone run's bit for bit, and its metrics
+    (reinforcement and update counts, errors, accuracies) agree, through the stacked step."""
+    from bnnsearch.methods import local_binary as lb
+
+    monkeypatch.setattr(lb, "SPARSE_ON_CPU", sparse)
+    monkeypatch.setattr(lb, "STACK_ON_CPU", True)
+    cfgs = _local_cfgs(draw, dtype="float32")
+    m = get_method("local_binary")
+    solo, packed, kinds = [], [], []
+    step, step_pack = m.train_step, m.train_step_pack
+
+    def rec_solo(model, *a):
+        out = step(model, *a)
+        solo.append([model.H(l).clone() for l in range(model.n_layers)])
+        return out
+
+    def rec_pack(pack, *a):
+        kinds.append(type(pack.module).__name__)
+        out = step_pack(pack, *a)
+        packed.append([[mm.H(l).clone() for l in range(mm.n_layers)] for mm in pack.members])
+        return out
+
+    monkeypatch.setattr(m, "train_step", rec_solo)
+    monkeypatch.setattr(m, "train_step_pack", rec_pack)
+    alone = [fit(c).history for c in cfgs]
+    got = fit_pack(cfgs)
+    steps = len(solo) // len(cfgs)
+    assert len(packed) == steps > 0 and set(kinds) == {"LocalBinaryPack"}
+    for k in range(len(cfgs)):
+        for s in range(steps):
+            assert all(torch.equal(w, g) for w, g in zip(solo[k * steps + s], packed[s][k])), (k, s)
+        _same_history(alone[k], got[k].history)
+    hs = [h[-1] for h in alone]
+    assert hs[1]["local/reinforced/0"] == 0 < hs[0]["local/reinforced/0"]  # p_r 0 draws nothing; the others do
+    assert len({h["val/acc"] for h in hs}) == 3
+
+
+@pytest.mark.parametrize("draw,sparse", [("gaps", True), ("dense", False)])
+def test_local_binary_stopped_member_is_frozen_and_the_pack_resumes(tmp_path, monkeypatch, draw, sparse):
+    """A stopped member's H takes no increment and no reinforcement while the others train on
+    (as their lone runs); a pack stopped by its reports resumes from its checkpoint exactly."""
+    from bnnsearch.methods import local_binary as lb
+
+    monkeypatch.setattr(lb, "SPARSE_ON_CPU", sparse)
+    monkeypatch.setattr(lb, "STACK_ON_CPU", True)
+    cfgs = _local_cfgs(draw)
+    alone = [fit(c).history for c in cfgs]
+    seen = {}
+
+    def stop(m):
+        seen["H"] = [t.clone() for t in members[0].buffers()]
+        return True
+
+    members = []
+    m = get_method("local_binary")
+    orig = m.pack_model
+    monkeypatch.setattr(m, "pack_model", lambda ms: members.extend(ms) or orig(ms))
+    packed = fit_pack(cfgs, [stop, None, None])
+    assert len(packed[0].history) == 1 and all(torch.equal(a, b) for a, b in zip(seen["H"], members[0].buffers()))
+    _same_history(alone[0][:1], packed[0].history)
+    for k in (1, 2):
+        _same_history(alone[k], packed[k].history)
+    fit_pack(cfgs, [lambda r: r["epoch"] >= 2] * 3, checkpoint_dir=tmp_path)
+    for a, r in zip(alone, fit_pack(cfgs, checkpoint_dir=tmp_path)):
+        _same_history(a, r.history)
+
+
+def test_local_binary_packs_one_after_another_on_the_cpu():
+    from bnnsearch.engine import build, build_model
+
+    cfg = _local_cfgs()[0]
+    data, method, hp, model = build(cfg, "cpu")
+    assert method.pack_model([model, build_model(cfg, data, method, hp, "cpu")]) is None
+
+
+def test_local_binary_members_share_the_reinforcement_draw():
+    a, b = _local_cfgs("gaps")[0], _local_cfgs("dense")[1]
+    with pytest.raises(ValueError, match="hparams"):
+        fit_pack([a, b])

@@ -106,7 +106,8 @@ def unpackable_hparams(method: "Method") -> set[str]:
 @dataclass
 class Pack:
     """K members trained together (``engine.fit_pack``). ``module`` is the fused network
-    (``nn.pack.PackedModel``) or None when the method trains its members one after another
+    (``nn.pack.PackedModel``, or a method's own stacked form: ``LocalBinaryPack``) or None when
+    the method trains its members one after another
     inside the pack (``Method.pack_model`` returned None). ``active[k]`` is False once member k
     diverged or was stopped: it takes no more optimizer steps and adds nothing to the loss."""
 
@@ -393,8 +394,9 @@ class Method:
 
     def pack_model(self, members: list[nn.Module]) -> nn.Module | None:
         """The fused network of a pack's members (``nn.pack.PackedModel``: one stacked network
-        for every registered arch). A method whose step cannot run fused returns None: its
-        members then train one after another inside the pack (exact, without the speed-up)."""
+        for every registered arch). A method whose step cannot run fused, or runs slower so,
+        returns None: its members then train one after another inside the pack (exact, without
+        the speed-up)."""
         from ..nn.pack import PackedModel
 
         return PackedModel(members)

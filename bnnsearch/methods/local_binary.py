@@ -35,19 +35,24 @@ the raw integer scores (not comparable with the gradient methods). Reported per 
 ``local/err/<l>`` (local error rate), ``local/updates/<l>`` (weight increments per step),
 ``local/reinforced/<l>`` (reinforcement events per step), ``local/saturation/<l>``; cost:
 ``cost/train_gates`` (Boolean gates so far, §6.4 model) and ``cost/train_mem_bits``.
+
+Packed trials: on a GPU a pack's members train as one stacked network (``LocalBinaryPack``,
+``LocalBinary.train_step_pack``; bit for bit their lone runs); on the CPU one after another
+inside the pack, which measured faster there (``LocalBinary.pack_model``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..archs import register_arch
 from ..cost import LayerCost, totals
+from ..nn.pack import NotPackable, stack_members
 from ..nn.quantizers import _pm1 as _mask_pm1
-from .base import Method, RunInfo, Setup, register_method
+from .base import Method, Pack, RunInfo, Setup, register_method
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,9 @@ class LocalHparams:
     init_std: float = 64.0
     # How the reinforcement events are drawn (reinforcement_mask): "gaps" (sparse, default) or
     # "dense" (one uniform per weight, the reference; runs before this option existed used it).
-    reinforce_draw: str = "gaps"
+    # Shared by a pack's members (a choice of random stream, not a tuned hyperparameter; with
+    # "dense" the members' identical streams are drawn once per pack step).
+    reinforce_draw: str = field(default="gaps", metadata={"packable": False})
 
     def validate(self):
         if self.reinforce_draw not in ("gaps", "dense"):
@@ -253,6 +260,8 @@ def _selection(z, scores, y, P, group: int, margin: int):
 
 # The CPU trains with _sparse_layer_step; False: the dense reference path (benchmarks/local_binary_draw.py).
 SPARSE_ON_CPU = True
+# A pack on the CPU trains its members one after another; True: the stacked step (LocalBinary.pack_model).
+STACK_ON_CPU = False
 
 
 def _sparse_layer_step(model: LocalBinaryNet, l: int, a, y, hp: LocalHparams, margin: int, p, p_max: float, gen,
@@ -296,6 +305,68 @@ def _sparse_layer_step(model: LocalBinaryNet, l: int, a, y, hp: LocalHparams, ma
         W.index_copy_(1, cols, _mask_pm1(H.index_select(1, cols) >= 0, torch.float32))
     cache[l] = ((H.data_ptr(), H._version), W)
     return z, act, scores, wrong, sel, hits.numel()
+
+
+def _selection_stacked(z, scores, y, P, seg, margin):
+    """``_selection`` for K members at once: z ``[K, B, N]``, scores ``[K, B, C]``, P ``[K, N, C]``;
+    ``margin`` ``[K, 1]`` and the group of each unit per member, ``seg`` ``[K, 1, N]`` (unit j
+    of member k is in group j // group_size_k), so the members may have different group sizes.
+    The erring unit with the smallest |Delta| per group, the first one on ties (argmin's rule),
+    is the minimum of |Delta| * N + j per group (int64: no tie left)."""
+    top2 = scores.topk(2, dim=2).values
+    wrong = (scores.argmax(2) != y) | ((top2[..., 0] - top2[..., 1]) < margin)
+    rho = P[:, :, y].transpose(1, 2)  # (K, B, N), +-1
+    delta = z * rho
+    err = delta < 0
+    n = z.shape[2]
+    key = delta.abs().masked_fill_(~err, torch.iinfo(torch.int32).max).long().mul_(n)
+    key += torch.arange(n, device=z.device)
+    where = seg.expand_as(key)
+    least = torch.full_like(key, torch.iinfo(torch.int64).max).scatter_reduce_(2, where, key, "amin")
+    sel = (key == least.gather(2, where)) & err & wrong[..., None]
+    return sel.to(torch.int32) * rho, wrong, sel
+
+
+class LocalBinaryPack(nn.Module):
+    """K local_binary members (same widths, input code and data; engine.fit_pack) as one stacked
+    network: every layer's hidden weights H ``[K, N_in, N_out]`` and local classifiers P
+    ``[K, N_out, C]`` are one tensor each, whose slices the members' own buffers become
+    (``nn.pack.stack_members``), so a member's state dict, checkpoint, flip statistics and
+    metrics read its slice. ``forward(x)`` returns every member's scores ``[B, K, C]``.
+    :meth:`LocalBinary.train_step_pack` trains all members in one stacked step."""
+
+    def __init__(self, members):
+        super().__init__()
+        m0 = members[0]
+        for m in members[1:]:
+            if m.widths != m0.widths or m.input_levels != m0.input_levels or not torch.equal(m.threshold, m0.threshold):
+                raise NotPackable("local_binary members differ in arch_args (widths, input_levels) or in their "
+                                  "input thresholds (data)")
+        self.k, self.n_layers = len(members), m0.n_layers
+        self.__dict__["members"] = list(members)  # not submodules: the pack owns the stacked storage
+        for l in range(self.n_layers):
+            self.register_buffer(f"H{l}", stack_members([m.H(l) for m in members]))
+            self.register_buffer(f"P{l}", stack_members([m.P(l) for m in members]))
+        self.gens = None  # set by Pack (unused: the members draw from their own generators)
+        self.skip_scatter: set[int] = set()
+        self.step_ctx: dict = {}  # what the stacked step keeps between steps (LocalBinary._bind)
+
+    def H(self, l):
+        return getattr(self, f"H{l}")
+
+    def P(self, l):
+        return getattr(self, f"P{l}")
+
+    def slices(self) -> dict:
+        return {}  # nothing for an optimizer: local_binary has none
+
+    def forward(self, x):
+        a = self.members[0].binarize_input(x)  # the members' thresholds: the same data, the same code
+        for l in range(self.n_layers):
+            z = imatmul(a, _mask_pm1(self.H(l) >= 0, torch.float32))
+            a = _pm1(z)
+            scores = imatmul(a, self.P(l))
+        return scores.float().transpose(0, 1)
 
 
 @register_method("local_binary")
@@ -353,10 +424,121 @@ class LocalBinary(Method):
         model.threshold.copy_(torch.cat(levels))
 
     def pack_model(self, members):
-        """None: a pack's members train one after another (each step is an integer update per
-        layer with its own group selection, not one differentiable network to fuse). Exact;
-        a pack then saves Ray's and MLflow's per-trial overhead only, not compute."""
-        return None
+        """The members stacked (:class:`LocalBinaryPack`, trained by :meth:`train_step_pack`), or
+        None on the CPU: there the members train one after another inside the pack (exact; the
+        pack saves Ray's and MLflow's per-trial overhead, not compute). A lone CPU step is
+        already lean (the sparse step) and mostly products and passes over H that stacking does
+        not shrink; K = 8 stacked measured 0.68x (batch 10) and 0.92x (batch 100) of one after
+        another on 2 cores (``benchmarks/packed.py``, its local_mlp lines). On a GPU a lone step is dozens of
+        small kernels, which the stacked step launches once for all K members. ``STACK_ON_CPU``
+        stacks on the CPU too (the tests check the stacked step there, against lone runs)."""
+        if members[0].H(0).device.type == "cpu" and not STACK_ON_CPU:
+            return None
+        return LocalBinaryPack(members)
+
+    def binary_signs_stacked(self, packed, models):
+        if not isinstance(packed, LocalBinaryPack):
+            return None
+        return [(lambda l=l: packed.H(l) >= 0) for l in range(packed.n_layers)]
+
+    def _bind(self, pack: Pack) -> dict:
+        """What the stacked step needs, made once per pack: the members' hyperparameters as
+        tensors over the member dimension, and their per-epoch accumulators (``stats``, ``acc``:
+        checkpointed, read by each member's metrics) stacked, the members' own tensors becoming
+        slices of them."""
+        net: LocalBinaryPack = pack.module
+        b = net.step_ctx
+        if b:
+            return b
+        dev, k_n = net.H(0).device, net.k
+        ctx = [s.ctx for s in pack.setups]
+        hps = [c[0] for c in ctx]
+        b["hps"], b["gens"], b["seeds"] = hps, [c[3] for c in ctx], [c[4] for c in ctx]
+        b["stats"] = {n: stack_members([c[1][n] for c in ctx]) for n in ctx[0][1]}  # [K, L]
+        b["acc"] = {n: stack_members([c[2][n] for c in ctx]) for n in ctx[0][2]}  # [K]
+        b["p_r"] = torch.tensor([hp.p_r for hp in hps], dtype=torch.float32, device=dev)
+        big = torch.iinfo(torch.int32).max
+        bound = [2 ** (hp.hidden_bits - 1) if hp.hidden_bits else big for hp in hps]
+        b["clip"] = (torch.tensor(bound, dtype=torch.int32, device=dev).view(k_n, 1, 1)
+                     if any(hp.hidden_bits for hp in hps) else None)
+        b["layers"] = []
+        for l in range(net.n_layers):
+            n_in, n_out = net.H(l).shape[1:]
+            margin = torch.tensor([[int(hp.robustness * n_out)] for hp in hps], dtype=torch.int32, device=dev)
+            seg = torch.stack([torch.arange(n_out, device=dev) // hp.group_size for hp in hps])[:, None, :]
+            scale = math.sqrt(2 / (math.pi * n_in))
+            b["layers"].append((margin, seg, scale, [hp.p_r * scale for hp in hps]))
+        return b
+
+    def train_step_pack(self, pack: Pack, x, y, forward):
+        """Every live member's ``train_step`` in one stacked step, bit for bit each member's lone
+        step (tested): the forward as batched integer products (layer 0's input bits shared),
+        the selection with each member's group size and margin, the increments of all members
+        in one product, each member's reinforcement drawn from its own generator (the stream it
+        draws alone; ``dense`` draws, the same for every member, once), each member's clip.
+        The dense step (the GPU's: no data-dependent shape, no host sync). A stopped member's H
+        takes no increment and no reinforcement; its accumulators are not read again."""
+        if not isinstance(pack.module, LocalBinaryPack):
+            return super().train_step_pack(pack, x, y, forward)
+        return self._stacked_step(pack, x, y)
+
+    @torch.no_grad()
+    def _stacked_step(self, pack: Pack, x, y):
+        net: LocalBinaryPack = pack.module
+        b = self._bind(pack)
+        live = pack.live()
+        k_n, draw, clip = net.k, b["hps"][0].reinforce_draw, b["clip"]
+        gens = b["gens"]
+        for k in live:  # each member's draws: a pure function of (seed, its step), as alone
+            gens[k].manual_seed(b["seeds"][k] * 1_000_003 + pack.setups[k].state["steps"])
+        alive = None  # [K, 1, 1] bool once a member has stopped, made when the live set changes
+        if len(live) < k_n:
+            if b.get("live_key") != tuple(pack.active):
+                b["live_key"] = tuple(pack.active)
+                b["live"] = torch.tensor(pack.active, device=net.H(0).device).view(k_n, 1, 1)
+            alive = b["live"]
+        stats, acc = b["stats"], b["acc"]
+        a = net.members[0].binarize_input(x)  # [B, N_0], shared by the members
+        for l, (margin, seg, scale, p_max) in enumerate(b["layers"]):
+            H, P = net.H(l), net.P(l)
+            z = imatmul(a, _mask_pm1(H >= 0, torch.float32))  # [K, B, N_l]
+            act = _pm1(z)
+            scores = imatmul(act, P)
+            upd, wrong, sel = _selection_stacked(z, scores, y, P, seg, margin)
+            if alive is not None:
+                upd *= alive
+            H += 2 * imatmul(a.transpose(-2, -1), upd)
+            p = b["p_r"] * torch.sqrt(1 - acc["prev"]) * scale  # [K], as each member computes it
+            mask = self._stacked_mask(H, p, p_max, gens, live, alive, draw)
+            H += 2 * _pm1(H) * mask
+            if clip is not None:
+                H.clamp_(-clip, clip)
+            stats["reinforced"][:, l] += mask.flatten(1).sum(1, dtype=torch.int32)
+            stats["err"][:, l] += wrong.float().mean(1)
+            stats["updates"][:, l] += sel.flatten(1).sum(1, dtype=torch.int32)
+            a = act
+        pred = scores.argmax(2)  # [K, B]
+        acc["correct"] += (pred == y).sum(1)
+        acc["seen"] += len(y)
+        return (pred != y).float().mean(1), scores.float().transpose(0, 1)
+
+    @staticmethod
+    def _stacked_mask(H, p, p_max, gens, live, alive, draw):
+        """The live members' reinforcement events, a mask of the stacked H ``[K, N_in, N_out]``,
+        each member's from its own generator exactly as ``reinforcement_mask`` draws it alone."""
+        k_n, shape, n = H.shape[0], H.shape[1:], H[0].numel()
+        if draw == "dense":  # every live member's stream is the same (seed and step shared): draw once
+            mask = torch.rand(shape, device=H.device, generator=gens[live[0]]) < p.view(k_n, 1, 1)
+            return mask if alive is None else mask & alive
+        flat = torch.zeros(k_n * n + 1, dtype=torch.bool, device=H.device)
+        parts = []
+        for k in live:
+            if p_max[k] > 0:
+                pos, hit = _gap_positions(n, p[k], p_max[k], gens[k])
+                parts.append(torch.where(hit, pos + k * n, float(k_n * n)).long())  # misses: the spare slot
+        if parts:
+            flat[torch.cat(parts)] = True
+        return flat[:-1].view(H.shape)
 
     def binary_storage(self, model: LocalBinaryNet):
         return [model.H(l) for l in range(model.n_layers)]

@@ -65,6 +65,19 @@ def _pack_key(q) -> object:
     return fn() if fn is not None else None
 
 
+def stack_members(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The members' tensors stacked into one ``[K, ...]`` tensor, each member tensor re-pointed
+    at its slice: a member's own module, optimizer, state dict or closure then reads and writes
+    the stacked storage (no copy is kept in sync)."""
+    # contiguous(): members in channels_last stack into a tensor that is not (each slice
+    # is), and the fused optimizer steps and gradient scatter view it as [K, n] rows
+    s = torch.stack([t.detach() for t in tensors]).contiguous()
+    view = s.detach().view(len(tensors), *tensors[0].shape)
+    for i, t in enumerate(tensors):
+        t.data = view[i]
+    return s
+
+
 class _Stacked(nn.Module):
     """Shared plumbing: stacked storage whose slices the members' own tensors become."""
 
@@ -78,9 +91,7 @@ class _Stacked(nn.Module):
     def stack(self, name: str, tensors: list[torch.Tensor], param: bool, flat: bool = False) -> torch.Tensor:
         """Stack the members' tensors into one (``[K, ...]``, or ``[K*n, ...]`` with ``flat``)
         and re-point every member tensor at its slice."""
-        # contiguous(): members in channels_last stack into a tensor that is not (each slice
-        # is), and the fused optimizer steps and gradient scatter view it as [K, n] rows
-        s = torch.stack([t.detach() for t in tensors]).contiguous()
+        s = stack_members(tensors)
         if flat:
             s = s.flatten(0, 1)
         s = nn.Parameter(s, requires_grad=tensors[0].requires_grad) if param else s
@@ -88,9 +99,6 @@ class _Stacked(nn.Module):
             self.register_parameter(name, s)
         else:
             self.register_buffer(name, s)
-        view = s.detach().view(self.k, *tensors[0].shape)
-        for i, t in enumerate(tensors):
-            t.data = view[i]
         if param:
             self._links.append((s, tensors))
         return s
