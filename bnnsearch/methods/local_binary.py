@@ -347,8 +347,6 @@ class LocalBinaryPack(nn.Module):
         for l in range(self.n_layers):
             self.register_buffer(f"H{l}", stack_members([m.H(l) for m in members]))
             self.register_buffer(f"P{l}", stack_members([m.P(l) for m in members]))
-        self.gens = None  # set by Pack (unused: the members draw from their own generators)
-        self.skip_scatter: set[int] = set()
         self.step_ctx: dict = {}  # what the stacked step keeps between steps (LocalBinary._bind)
 
     def H(self, l):
@@ -453,7 +451,7 @@ class LocalBinary(Method):
         dev, k_n = net.H(0).device, net.k
         ctx = [s.ctx for s in pack.setups]
         hps = [c[0] for c in ctx]
-        b["hps"], b["gens"], b["seeds"] = hps, [c[3] for c in ctx], [c[4] for c in ctx]
+        b["draw"], b["gens"], b["seeds"] = hps[0].reinforce_draw, [c[3] for c in ctx], [c[4] for c in ctx]
         b["stats"] = {n: stack_members([c[1][n] for c in ctx]) for n in ctx[0][1]}  # [K, L]
         b["acc"] = {n: stack_members([c[2][n] for c in ctx]) for n in ctx[0][2]}  # [K]
         b["p_r"] = torch.tensor([hp.p_r for hp in hps], dtype=torch.float32, device=dev)
@@ -487,7 +485,7 @@ class LocalBinary(Method):
         net: LocalBinaryPack = pack.module
         b = self._bind(pack)
         live = pack.live()
-        k_n, draw, clip = net.k, b["hps"][0].reinforce_draw, b["clip"]
+        k_n, draw, clip = net.k, b["draw"], b["clip"]
         gens = b["gens"]
         for k in live:  # each member's draws: a pure function of (seed, its step), as alone
             gens[k].manual_seed(b["seeds"][k] * 1_000_003 + pack.setups[k].state["steps"])
