@@ -300,8 +300,9 @@ def test_bf16_trains_like_float32_within_seed_noise(device):
 
 # local_binary packs run one stacked step (LocalBinaryPack) on a GPU; on the CPU their members
 # train one after another (faster there, LocalBinary.pack_model) unless STACK_ON_CPU, set here to
-# check the stacked step against lone runs. The members differ in every packable hyperparameter: group sizes 1, 4, 48 (the whole layer one group), a member without
-# reinforcement (p_r 0: it draws nothing), clipped and unclipped, another initialisation.
+# check the stacked step against lone runs. The members differ in every packable hyperparameter:
+# group sizes 1, 4, 48 (the whole layer one group), a member without reinforcement (p_r 0: it
+# draws nothing), clipped and unclipped, another initialisation.
 LOCAL_HPS = [{"group_size": 1, "robustness": 1.0, "p_r": 0.9, "hidden_bits": 4},
              {"group_size": 4, "p_r": 0.0, "init_std": 16.0},
              {"group_size": 48, "robustness": 0.1, "p_r": 0.5, "hidden_bits": 8}]

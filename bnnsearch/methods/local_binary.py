@@ -96,7 +96,28 @@ def imatmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() @ b.float()).to(torch.int32)
 
 
-class LocalBinaryNet(nn.Module):
+class _Layers(nn.Module):
+    """What a network of local binary layers computes, alone (H_l ``[N_in, N_out]``) or stacked
+    over a pack's members (``[K, N_in, N_out]``: the same code, the products batched)."""
+
+    def H(self, l):
+        return getattr(self, f"H{l}")
+
+    def P(self, l):
+        return getattr(self, f"P{l}")
+
+    def signs(self, l: int) -> torch.Tensor:
+        """sign(H_l) as a float32 +-1 matrix (sign(0) = +1), built at once."""
+        return _mask_pm1(self.H(l) >= 0, torch.float32)
+
+    def layer(self, l: int, a: torch.Tensor, W: torch.Tensor | None = None):
+        """(z, sign(z), local scores) of layer l; W: sign(H_l) if the caller keeps it up to date."""
+        z = imatmul(a, self.signs(l) if W is None else W)
+        act = _pm1(z)
+        return z, act, imatmul(act, self.P(l))
+
+
+class LocalBinaryNet(_Layers):
     """Binary FC stack with integer hidden weights and fixed random local classifiers (buffers
     only: nothing here is trained by autograd)."""
 
@@ -116,27 +137,11 @@ class LocalBinaryNet(nn.Module):
         self.input_levels = input_levels
         self.n_layers = len(widths)
 
-    def H(self, l):
-        return getattr(self, f"H{l}")
-
-    def P(self, l):
-        return getattr(self, f"P{l}")
-
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         # strictly above the median -> +1: with ">=" every background pixel of MNIST would be +1
         # (B, 1, F) against the (levels, F) thresholds, flattened level-major like them
         above = x.flatten(1)[:, None, :] > self.threshold.view(self.input_levels, -1)
         return _mask_pm1(above.flatten(1), torch.int32)
-
-    def signs(self, l: int) -> torch.Tensor:
-        """sign(H_l) as a float32 +-1 matrix (sign(0) = +1), built at once."""
-        return _mask_pm1(self.H(l) >= 0, torch.float32)
-
-    def layer(self, l: int, a: torch.Tensor, W: torch.Tensor | None = None):
-        """(z, sign(z), local scores) of layer l; W: sign(H_l) if the caller keeps it up to date."""
-        z = imatmul(a, self.signs(l) if W is None else W)
-        act = _pm1(z)
-        return z, act, imatmul(act, self.P(l))
 
     def forward(self, x):
         a = self.binarize_input(x)
@@ -241,13 +246,19 @@ def local_update(a_in, z, scores, y, P, group: int, margin: int):
     return 2 * imatmul(a_in.T, upd), wrong, sel
 
 
+def _errors(z, scores, y, P, margin):
+    """Steps 1-2 of the update, alone (z ``[B, N]``, P ``[N, C]``) or stacked (a leading member
+    dimension, ``margin`` ``[K, 1]``): the wrong samples, rho, Delta and the erring units."""
+    top2 = scores.topk(2, dim=-1).values
+    wrong = (scores.argmax(-1) != y) | ((top2[..., 0] - top2[..., 1]) < margin)
+    rho = P[..., y].transpose(-2, -1)  # like z, +-1
+    delta = z * rho
+    return wrong, rho, delta, delta < 0
+
+
 def _selection(z, scores, y, P, group: int, margin: int):
     """Steps 1-3 of the update: (sel * rho as int32, wrong, sel)."""
-    top2 = scores.topk(2, dim=1).values
-    wrong = (scores.argmax(1) != y) | ((top2[:, 0] - top2[:, 1]) < margin)
-    rho = P[:, y].T  # (B, N_out), +-1
-    delta = z * rho
-    err = delta < 0
+    wrong, rho, delta, err = _errors(z, scores, y, P, margin)
     B, N = z.shape
     big = torch.iinfo(torch.int32).max
     mag = delta.abs().masked_fill_(~err, big).view(B, N // group, group)
@@ -313,11 +324,7 @@ def _selection_stacked(z, scores, y, P, seg, margin):
     of member k is in group j // group_size_k), so the members may have different group sizes.
     The erring unit with the smallest |Delta| per group, the first one on ties (argmin's rule),
     is the minimum of |Delta| * N + j per group (int64: no tie left)."""
-    top2 = scores.topk(2, dim=2).values
-    wrong = (scores.argmax(2) != y) | ((top2[..., 0] - top2[..., 1]) < margin)
-    rho = P[:, :, y].transpose(1, 2)  # (K, B, N), +-1
-    delta = z * rho
-    err = delta < 0
+    wrong, rho, delta, err = _errors(z, scores, y, P, margin)
     n = z.shape[2]
     key = delta.abs().masked_fill_(~err, torch.iinfo(torch.int32).max).long().mul_(n)
     key += torch.arange(n, device=z.device)
@@ -327,7 +334,7 @@ def _selection_stacked(z, scores, y, P, seg, margin):
     return sel.to(torch.int32) * rho, wrong, sel
 
 
-class LocalBinaryPack(nn.Module):
+class LocalBinaryPack(_Layers):
     """K local_binary members (same widths, input code and data; engine.fit_pack) as one stacked
     network: every layer's hidden weights H ``[K, N_in, N_out]`` and local classifiers P
     ``[K, N_out, C]`` are one tensor each, whose slices the members' own buffers become
@@ -349,21 +356,13 @@ class LocalBinaryPack(nn.Module):
             self.register_buffer(f"P{l}", stack_members([m.P(l) for m in members]))
         self.step_ctx: dict = {}  # what the stacked step keeps between steps (LocalBinary._bind)
 
-    def H(self, l):
-        return getattr(self, f"H{l}")
-
-    def P(self, l):
-        return getattr(self, f"P{l}")
-
     def slices(self) -> dict:
         return {}  # nothing for an optimizer: local_binary has none
 
     def forward(self, x):
         a = self.members[0].binarize_input(x)  # the members' thresholds: the same data, the same code
         for l in range(self.n_layers):
-            z = imatmul(a, _mask_pm1(self.H(l) >= 0, torch.float32))
-            a = _pm1(z)
-            scores = imatmul(a, self.P(l))
+            _, a, scores = self.layer(l, a)
         return scores.float().transpose(0, 1)
 
 
@@ -498,11 +497,9 @@ class LocalBinary(Method):
         stats, acc = b["stats"], b["acc"]
         a = net.members[0].binarize_input(x)  # [B, N_0], shared by the members
         for l, (margin, seg, scale, p_max) in enumerate(b["layers"]):
-            H, P = net.H(l), net.P(l)
-            z = imatmul(a, _mask_pm1(H >= 0, torch.float32))  # [K, B, N_l]
-            act = _pm1(z)
-            scores = imatmul(act, P)
-            upd, wrong, sel = _selection_stacked(z, scores, y, P, seg, margin)
+            H = net.H(l)
+            z, act, scores = net.layer(l, a)  # [K, B, N_l], the same, [K, B, C]
+            upd, wrong, sel = _selection_stacked(z, scores, y, net.P(l), seg, margin)
             if alive is not None:
                 upd *= alive
             H += 2 * imatmul(a.transpose(-2, -1), upd)
@@ -526,7 +523,7 @@ class LocalBinary(Method):
         each member's from its own generator exactly as ``reinforcement_mask`` draws it alone."""
         k_n, shape, n = H.shape[0], H.shape[1:], H[0].numel()
         if draw == "dense":  # every live member's stream is the same (seed and step shared): draw once
-            mask = torch.rand(shape, device=H.device, generator=gens[live[0]]) < p.view(k_n, 1, 1)
+            mask = reinforcement_mask(shape, p.view(k_n, 1, 1), max(p_max), gens[live[0]], "dense")
             return mask if alive is None else mask & alive
         flat = torch.zeros(k_n * n + 1, dtype=torch.bool, device=H.device)
         parts = []
