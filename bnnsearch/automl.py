@@ -20,13 +20,15 @@ trial. The sampler sees the hierarchy define-by-run. TPE (``multivariate`` + ``g
 decomposes it into per-method groups and models each method's parameters jointly where they
 co-occur — the default here. Optuna's GPSampler, the BoTorch sampler and NSGA-II model only
 the parameters every trial has (``method`` and the shared ones) and draw every method's own
-parameters at random (optuna#6164): ``automl`` warns when one of them is chosen. [A bandit over
-methods with one model-based sampler per method beneath is not built yet.]
+parameters at random (optuna#6164): ``automl`` warns when one of them is chosen.
+``--sampler bandit`` (``hierarchy.py``) is the other hierarchy: a bandit over methods on top,
+one Gaussian-process sampler per method beneath.
 
 Objectives: any of the accuracy/loss metrics, the static inference cost (``cost/mem_bits``,
 ``cost/bops``, ``cost/ops``, ``cost/flops``, ``cost/macs``, ``cost/params``,
-``cost/compression``) or the trial's training time (``time/total_s``, or the process CPU
-seconds ``time/total_cpu_s``, which other work on the machine inflates less). A diverged trial gets the
+``cost/compression``), the modelled training cost (``cost/train_gates``, one unit for every
+method: cost.py) or the trial's training time (``time/total_s``, or the process CPU seconds
+``time/total_cpu_s``, which other work on the machine inflates less). A diverged trial gets the
 worst value of every objective (never on a front). Constraints go to Optuna as
 ``trial.set_constraint`` values (feasible when <= 0); a trial over a limit is never "best" and
 never on the front. The hypervolume reference point is fixed per study, so the hypervolume
@@ -50,7 +52,7 @@ from .methods import get_method
 from .spaces import (OBJECTIVE_METRICS, RUN_KEYS, Param, SearchSpace, _absolute, _check_pairs, _check_values, _decode,
                      _encode, _param, _set, flat_values)
 
-AUTOML_METRICS = OBJECTIVE_METRICS + STATIC_COST + ("time/total_s", "time/total_cpu_s")
+AUTOML_METRICS = OBJECTIVE_METRICS + STATIC_COST + ("cost/train_gates", "time/total_s", "time/total_cpu_s")
 MAX_OBJECTIVES = 3
 METHOD = "method"  # the top-level parameter of an AutoML space
 

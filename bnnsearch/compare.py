@@ -295,6 +295,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
     seconds: dict[str, list[list[float | None]]] = {}  # each trial's training seconds, by trial index
     proc_cpu: dict[str, list[list[float | None]]] = {}  # each trial's measured process CPU seconds, by index
+    gates: dict[str, list[list[float | None]]] = {}  # each trial's modelled training gates, by index
     histories: dict[str, list[dict[int, float]]] = {}
     test_key = test_metric(metric)
     cpu: dict[str, float] = {}
@@ -305,7 +306,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     first = min(startup.values())  # every arm's first trials are random: a random config's median
     for arm, *_ in arms:
         per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm], seconds[arm] = [], 0.0, 0.0, [], [], []
-        histories[arm], proc_cpu[arm] = [], []
+        histories[arm], proc_cpu[arm], gates[arm] = [], [], []
     # Repeat-major order (r0 of every arm, then r1, ...): an interrupted comparison leaves the
     # arms balanced, and --resume continues where it stopped.
     try:
@@ -337,6 +338,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                 tests[arm].append(_by_index(kids, test_key, base.trials))
                 seconds[arm].append(_by_index(kids, "time/total_s", base.trials))
                 proc_cpu[arm].append(_by_index(kids, "time/total_cpu_s", base.trials))
+                gates[arm].append(_by_index(kids, "cost/train_gates", base.trials))
                 if base.scheduler == "asha":  # per-epoch objective of the full-budget trials
                     histories[arm] += [{m.step: m.value for m in tracker.client.get_metric_history(k.info.run_id,
                                                                                                     "objective")}
@@ -403,6 +405,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                    (cost_to_target(v, t, target, mode) for v, t in zip(per_method[m], seconds[m]))] for m in per_method}
         # ... and the CPU seconds the trial processes measured (which other work inflates far less)
         pct = {m: measured_cost_to_target(per_method[m], proc_cpu[m], seconds[m], target, mode) for m in per_method}
+        # ... and the modelled training cost (cost.py: Boolean gates, one unit for every method)
+        gtt = {m: measured_cost_to_target(per_method[m], gates[m], seconds[m], target, mode) for m in per_method}
         best_yaml = {m: tracker.download_text(best_cfg[m][1], "best_config.yaml") for m in best_cfg}
         floors = {}
         for m in best_yaml if noise_seeds else []:
@@ -439,6 +443,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                         "cpu_seconds_to_target_median": _median_censored(stt[m]),
                         "process_cpu_seconds_to_target": pct[m],
                         "process_cpu_seconds_to_target_median": None if pct[m] is None else _median_censored(pct[m]),
+                        "train_gates_to_target": gtt[m],
+                        "train_gates_to_target_median": None if gtt[m] is None else _median_censored(gtt[m]),
                         "noise_floor": floors.get(m), "best_config": best_yaml.get(m)}
                     for m, s in stats.items()},
         "noise_warnings": warnings,
@@ -451,7 +457,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
             w = csv.writer(f)
             w.writerow(["method", "repeat", "trial", "value", "best_so_far", "mean", "band_low", "band_high",
                         "boot_low", "boot_high", "test_value", "incumbent_test", "incumbent_test_mean", "trial_seconds",
-                        "trial_cpu_seconds"])
+                        "trial_cpu_seconds", "trial_train_gates"])
             from .efficiency import best_so_far
 
             for m, studies in per_method.items():
@@ -461,7 +467,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                         w.writerow([m, r, i, v, b, st.mean[i - 1], st.low[i - 1], st.high[i - 1], st.boot_low[i - 1],
                                     st.boot_high[i - 1], tests[m][r][i - 1],
                                     incumbent[m][r][i - 1], inc_band[m][0][i - 1], seconds[m][r][i - 1],
-                                    proc_cpu[m][r][i - 1]])
+                                    proc_cpu[m][r][i - 1], gates[m][r][i - 1]])
         plots = _plots(stats, per_method, target, summary, out)
         cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
                                                      "study_runs": json.dumps(parents), "verdict": test["verdict"]},
@@ -545,6 +551,12 @@ def compare_report(s: dict, markdown: bool = False) -> str:
         notes.append("process CPU seconds to target (median; measured by the trials, robust to other work on the "
                      "machine): " + "; ".join(f"{m} {'not reached' if v is None else format(v, '.3g')}"
                                             for m, v in pct.items()))
+    gtt = {m: st.get("train_gates_to_target_median") for m, st in s["methods"].items()
+           if st.get("train_gates_to_target") is not None}
+    if gtt and len(gtt) == len(s["methods"]):
+        notes.append("modelled training cost to target (median Boolean gates, cost.py; the gradient methods train "
+                     "in fp32): " + "; ".join(f"{m} {'not reached' if v is None else format(v, '.3g')}"
+                                              for m, v in gtt.items()))
     if s.get("initial_design") == "ax":
         notes.append("initial design: Ax's default, max(5, 2 x searched parameters) random trials per arm: " + ", ".join(
             f"{m} {st['startup_trials']}" for m, st in s["methods"].items()))
@@ -597,10 +609,11 @@ def pairwise_table(s: dict, markdown: bool = False) -> str:
 
 def measured_cost_to_target(values: list[list], costs: list[list], seconds: list[list], target: float,
                             mode: str) -> list[float | None] | None:
-    """Per study of an arm, the measured cost (each trial's process CPU seconds,
-    ``time/total_cpu_s``) until the target, as ``cost_to_target``; None for the whole arm when a
-    trial that trained (it has ``time/total_s``) did not record the cost — run before it was
-    recorded, or resumed from such a checkpoint: unknown, never counted as 0."""
+    """Per study of an arm, a cost each trial recorded (its process CPU seconds,
+    ``time/total_cpu_s``, or its modelled ``cost/train_gates``) until the target, as
+    ``cost_to_target``; None for the whole arm when a trial that trained (it has
+    ``time/total_s``) did not record the cost — run before it was recorded, or resumed from
+    such a checkpoint: unknown, never counted as 0."""
     if any(c is None and w is not None for cs, ws in zip(costs, seconds) for c, w in zip(cs, ws)):
         return None
     return [cost_to_target(v, c, target, mode) for v, c in zip(values, costs)]

@@ -8,10 +8,23 @@ parameters (BatchNorm, biases, scales) are full precision. The conventional tota
 (Bi-Real/ReActNet) is OPs = BOPs / 64 + FLOPs; compression is the fp32 size over the size
 with these bit widths. Element-wise ops (BN, activations, pooling) are not counted.
 
-Training cost: methods with variable precision (CycleBNN) or no floating point at all
-(local binary error signals) report modelled training cost through ``Setup.on_step`` /
-``Setup.epoch_metrics`` under ``cost/train_*``; this module supplies the per-layer MACs they
-weight by bits (``layer_macs``).
+Modelled training cost, one unit for every method: ``cost/train_gates``, the Boolean gates of
+the training steps so far in Colombo et al.'s cost model (methods.md §6.4, from their
+``VisualizeResults.ipynb``), which prices a full-precision multiply or add at 10^4 gates and
+their own gradient-free learner in XNORs, popcounts and increments. The gradient methods train
+in full precision (the spec's reference: their backward pass and latent weights are fp32), so a
+step of B samples costs, per conv/linear layer with M MACs, O outputs and I inputs per sample,
+forward B·M multiplies + B·(M − O) adds, the weight gradient the same, the input gradient (every
+layer but the first one run) B·M multiplies + B·(M − I) adds, and the update per trainable
+parameter 1 multiply + 1 add (Adam/AdamW: 10 + 4) — the notebook's FP SGD/Adam baseline, with
+M = N_in·N_out, O = N_out, I = N_in for a linear layer, generalised to convolutions through M, O
+and I. Element-wise work (BatchNorm, activations, the binarizers, HBNN's exponential map) is not
+counted, as in the inference cost. CycleBNN scales a binary layer's passes by CPT's bit products
+(forward b·b, gradients b·g, over 32·32) [RECON: the composition of CPT's relative cost with the
+gate model is ours]; the local learner reports its own count (``methods/local_binary.py``).
+``training_gates`` gives the per-layer fp32 gates of one step, ``update_gates`` the optimizers'.
+
+The per-layer MACs (``layer_macs``) also feed CycleBNN's bit-weighted MAC count.
 """
 from __future__ import annotations
 
@@ -44,16 +57,26 @@ def _bits(layer: nn.Module) -> tuple[int, int]:
     return int(w_bits), int(q.bits if q is not None else 32)
 
 
-def layer_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
-    """MACs per conv/linear layer for one sample, measured with forward hooks."""
-    macs: dict[str, int] = {}
+@dataclass(frozen=True)
+class LayerIO:
+    """One conv/linear layer's work for one sample: MACs, input and output elements."""
+
+    macs: int
+    n_in: int
+    n_out: int
+
+
+def layer_io(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, LayerIO]:
+    """``LayerIO`` per conv/linear layer for one sample, measured with forward hooks, in the
+    order the forward pass runs them."""
+    io: dict[str, LayerIO] = {}
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, BINARIZABLE):
             def hook(mod, inp, out, name=name):
                 per_out = mod.in_features if isinstance(mod, nn.Linear) else (
                     mod.in_channels // mod.groups * int(torch.tensor(mod.kernel_size).prod()))
-                macs[name] = int(out[0].numel()) * per_out
+                io[name] = LayerIO(int(out[0].numel()) * per_out, int(inp[0][0].numel()), int(out[0].numel()))
             hooks.append(m.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -65,7 +88,47 @@ def layer_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return macs
+    return io
+
+
+def layer_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
+    """MACs per conv/linear layer for one sample."""
+    return {n: v.macs for n, v in layer_io(model, in_shape).items()}
+
+
+GATES_PER_FLOP = 10_000  # one full-precision multiply or add (methods.md §6.4)
+
+
+@dataclass(frozen=True)
+class LayerGates:
+    """Boolean gates of one full-precision training step of a layer, per pass."""
+
+    name: str
+    forward: float
+    weight_grad: float
+    input_grad: float
+
+
+def training_gates(model: nn.Module, in_shape: tuple[int, ...], batch: int) -> list[LayerGates]:
+    """Per conv/linear layer, the gates of one fp32 training step on ``batch`` samples (the
+    module docstring's model). The first layer the forward pass runs needs no input gradient."""
+    out = []
+    for i, (name, v) in enumerate(layer_io(model, in_shape).items()):
+        fwd = batch * (2 * v.macs - v.n_out) * GATES_PER_FLOP
+        out.append(LayerGates(name, fwd, fwd, 0 if i == 0 else batch * (2 * v.macs - v.n_in) * GATES_PER_FLOP))
+    return out
+
+
+def update_gates(optimizers) -> float:
+    """Gates of one optimizer step over every parameter the optimizers hold: per parameter
+    1 multiply + 1 add, 10 + 4 for Adam/AdamW (the notebook's FP SGD/Adam rule; momentum, weight
+    decay and the BNN optimizers' filters are not priced apart)."""
+    total = 0.0
+    for opt in optimizers:
+        inner = getattr(opt, "inner", opt)  # a wrapper (ProxConnect's latent clip) prices as what it wraps
+        per = 14 if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)) else 2
+        total += per * GATES_PER_FLOP * sum(p.numel() for g in opt.param_groups for p in g["params"])
+    return total
 
 
 def totals(rows: list[LayerCost]) -> dict[str, float]:

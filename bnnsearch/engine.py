@@ -9,7 +9,8 @@ losses as ``inf``, never NaN.
 
 Report keys per epoch: ``epoch``, ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
 ``test/loss``, ``test/acc``, ``bin/flip_ratio`` (seed 002 Eq. 18, per step, averaged over the
-epoch) and ``bin/flip_from_init`` (global and ``/<layer>``), ``sched/<name>``, ``cost/*``,
+epoch) and ``bin/flip_from_init`` (global and ``/<layer>``), ``sched/<name>``, ``cost/*`` (the static
+inference cost, and ``cost/train_gates``: modelled training cost so far, cost.py),
 ``time/epoch_s``, ``time/total_s``, ``time/cpu_s``, ``time/total_cpu_s``, ``diverged``, plus
 the method's own entries; with ``compile: true`` also ``time/compile_s`` (see ``fit_pack``).
 """
@@ -186,6 +187,7 @@ class _Member:
     static_cost: dict
     result: FitResult
     report: Callable[[dict], Any] | None
+    gates: float | None = None  # modelled gates per step (Method.train_gates_per_step)
     sched_last: dict = field(default_factory=dict)
 
 
@@ -259,7 +261,8 @@ def fit_pack(
         gen = torch.Generator(device=device).manual_seed(c.seed + 3)
         members.append(_Member(c, hp, model, setup, layers, float(sum(n for _, _, n in layers)) or 1.0, prev,
                                [s.clone() for s in prev], frozen, gen, rows, static_cost,
-                               FitResult(cost_rows=rows, model=model), rep))
+                               FitResult(cost_rows=rows, model=model), rep,
+                               method.train_gates_per_step(model, setup, info)))
     pack = Pack([m.model for m in members], [m.setup for m in members], [m.gen for m in members],
                 method.pack_model([m.model for m in members]) if k_n > 1 else None)
     if k_n > 1:
@@ -409,6 +412,8 @@ def fit_pack(
                 vals, pos = flat[pos : pos + width], pos + width
                 extras.update(zip(dev_keys, vals[width - len(dev_keys):]))
                 metrics = _epoch_metrics(m, epoch, vals, n_l[j], steps_per_epoch, extras, epoch_s / len(live), elapsed / len(live) if k_n > 1 else elapsed)
+                if m.gates is not None:  # the steps so far (every live member took all of them)
+                    metrics["cost/train_gates"] = step * m.gates
                 if cpu_used is not None:
                     metrics["time/cpu_s"] = epoch_cpu / len(live)
                     metrics["time/total_cpu_s"] = cpu_used / len(live) if k_n > 1 else cpu_used

@@ -240,7 +240,7 @@ def _cost_section(exp, ui) -> str:
     methods = sorted({t["tags"].get("method", "?") for t in done})
     charts, notes = [], []
     for key, label in (("cost/ops", "OPs per sample (BOPs/64 + FLOPs)"), ("cost/mem_bits", "memory (bits)"),
-                       ("cost/train_rel", "modelled training cost vs fp32"),
+                       ("cost/train_gates", "modelled training cost (Boolean gates)"),
                        ("time/total_cpu_s", "measured training CPU seconds")):
         pts = [(t["metrics"][key], t["metrics"]["objective"], t) for t in done if key in t["metrics"]]
         if not pts:

@@ -96,6 +96,12 @@ def test_compare_end_to_end_and_resume(tmp_path):
             cpu = [float(x["trial_cpu_seconds"]) for x in rows if x["method"] == m and x["repeat"] == str(rep)]
             assert all(v > 0 for v in cpu) and (c is None) == (t is None) and (t is None or c == pytest.approx(sum(cpu[:t])))
     assert "process CPU seconds to target (median;" in r.stdout
+    # ... and the modelled training cost (cost/train_gates), the same for every trial of an arm here
+    for m, st in s["methods"].items():
+        for rep, (t, c) in enumerate(zip(st["ttt"], st["train_gates_to_target"])):
+            g = [float(x["trial_train_gates"]) for x in rows if x["method"] == m and x["repeat"] == str(rep)]
+            assert len(set(g)) == 1 and g[0] > 0 and (c is None) == (t is None) and (t is None or c == t * g[0])
+    assert "modelled training cost to target (median Boolean gates" in r.stdout
     md = (out / "summary.md").read_text()  # the same findings as Markdown, for a write-up
     assert md.startswith("| method | HPs | studies | best val/acc |") and "\n- target: " in md
     assert sum(line.startswith("| latent") for line in md.splitlines()) == 2  # latent, latent@random

@@ -16,6 +16,9 @@ Modelled training cost (the paper's accounting is undisclosed; both are labelled
 ``cost/train_rel`` is the running mean of CPT's cr_t = (b_t^2 + 2 b_t g_t) / (3 * 32^2), and
 ``cost/train_bitops`` is the bit-weighted MAC count summed over the iterations so far,
 batch x sum_layers MACs x (b_w b_a + b_a g + b_w g) with 32 bits for full-precision layers.
+``cost/train_gates``, the unit every method reports (cost.py), prices each binary layer's fp32
+gates per pass at CPT's bit products over 32·32 — forward b_t·b_t, weight and input gradient
+b_t·g [RECON] — and full-precision layers and the AdamW update in full.
 AdamW on all parameters (lr 1e-3, weight decay 1e-5), cosine over the iterations, no warm-up.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from ..cost import layer_macs
+from ..cost import layer_macs, training_gates, update_gates
 from ..nn import binary_layers, weight_quantizer
 from ..nn.cyclic import CyclicAct, CyclicWeight, scale_output
 from ..schedules import decay
@@ -93,6 +96,9 @@ class CycleBNN(Method):
         for _, layer in binary_layers(model):
             layer.register_forward_hook(lambda m, i, out, g=hp.grad_bits: scale_output(m, out, g))
 
+    def train_gates_per_step(self, model, setup, info):
+        return None  # varies with b_t: counted in on_step (setup)
+
     def setup(self, model, hp: CycleHparams, total_steps: int, info: RunInfo | None = None) -> Setup:
         opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         check_partition(model, [opt])
@@ -106,7 +112,13 @@ class CycleBNN(Method):
         mac_bin = sum(v for n, v in macs.items() if n in binary_names)
         mac_fp = sum(v for n, v in macs.items() if n not in binary_names)
         batch = info.batch_size if info else 0
-        acc = {"cr_sum": 0.0, "bitops": 0.0, "steps": 0, "bits": hp.b_max}  # checkpointed (Setup.state)
+        gates = training_gates(model, info.in_shape, batch) if info else []
+        g_fwd = sum(r.forward for r in gates if r.name in binary_names)
+        g_grad = sum(r.weight_grad + r.input_grad for r in gates if r.name in binary_names)
+        g_full = sum(r.forward + r.weight_grad + r.input_grad for r in gates if r.name not in binary_names)
+        g_full += update_gates([opt])
+        # checkpointed (Setup.state)
+        acc = {"cr_sum": 0.0, "bitops": 0.0, "gates": 0.0, "steps": 0, "bits": hp.b_max}
 
         def bits_at(p: float) -> float:
             t = int(round(p * total_steps))
@@ -121,10 +133,12 @@ class CycleBNN(Method):
             b = acc["bits"]
             acc["cr_sum"] += cr(b, g)
             acc["bitops"] += batch * (mac_bin * (b * b + 2 * b * g) + mac_fp * 3 * 32 * 32)
+            acc["gates"] += (g_fwd * b * b + g_grad * b * g) / (32 * 32) + g_full
             acc["steps"] += 1
 
         def report():
             return {"cost/train_rel": acc["cr_sum"] / max(acc["steps"], 1), "cost/train_bitops": acc["bitops"],
+                    "cost/train_gates": acc["gates"],
                     "sched/grad_bits": float(hp.grad_bits)}
 
         sched = [Scheduled("bits", bits_at, set_bits),

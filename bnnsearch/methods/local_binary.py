@@ -541,6 +541,9 @@ class LocalBinary(Method):
     def binary_signs(self, model: LocalBinaryNet):
         return [(f"H{l}", (lambda l=l: model.H(l) >= 0), model.H(l).numel()) for l in range(model.n_layers)]
 
+    def train_gates_per_step(self, model, setup, info):
+        return None  # no fp32 training: its own gate count (§6.4), reported by setup's report
+
     def setup(self, model: LocalBinaryNet, hp: LocalHparams, total_steps: int, info: RunInfo | None = None) -> Setup:
         dev = model.H(0).device
         L = model.n_layers

@@ -1,0 +1,96 @@
+"""Modelled training cost, ``cost/train_gates``: one unit for every method (cost.py; Colombo's
+gate model, methods.md §6.4), checked against counts written out by hand from the notebook's
+formulas, and kept exact through packs and resumes."""
+import pytest
+
+from tests.conftest import small_arch_args
+
+E4 = 10_000  # gates of one fp32 multiply or add
+B = 64       # tiny_cfg's batch size
+
+
+def _fc_gates(n_in: int, n_out: int, first: bool) -> int:
+    """The notebook's FP SGD baseline for one linear layer and one step of B samples."""
+    fwd = B * n_in * n_out + B * (n_in - 1) * n_out        # mult + add
+    wgrad = fwd                                              # "same as forward"
+    igrad = 0 if first else B * n_in * n_out + B * (n_out - 1) * n_in
+    return (fwd + wgrad + igrad) * E4
+
+
+# tiny_cfg: an MLP 64 -> 32 -> 32 -> 32 -> 10 on digits; first and last layer full precision
+LAYERS = [(64, 32, True), (32, 32, False), (32, 32, False), (32, 10, False)]
+N_BINARY = 2 * 32 * 32                      # the two hidden binary layers' latent weights
+N_FP = 32 * 64 + 3 * (32 + 32) + 10 * 32 + 10  # first weight (no bias), 3 BatchNorms, last layer
+
+
+def _steps(cfg):
+    from bnnsearch.data import load_dataset
+
+    return len(load_dataset("digits", cfg.data_root, cfg.data_obj()).x_train) // cfg.batch_size
+
+
+def test_latent_gates_hand_computed(tiny_cfg):
+    from bnnsearch.engine import fit
+
+    cfg = tiny_cfg(epochs=2)
+    hist = fit(cfg, threads=1).history
+    # LatentSGD prices 1 mult + 1 add per latent weight, Adam (the fp layers) 10 + 4
+    per_step = sum(_fc_gates(*l) for l in LAYERS) + (2 * N_BINARY + 14 * N_FP) * E4
+    steps = _steps(cfg)
+    assert [h["cost/train_gates"] for h in hist] == [steps * per_step, 2 * steps * per_step]
+
+
+def test_gradient_methods_differ_only_in_their_update(tiny_cfg):
+    """Latent SGD and the filtered optimizer train the same network in fp32: the same forward
+    and backward gates; both update the binary weights at 2 per weight and the rest with Adam."""
+    from bnnsearch.engine import fit
+
+    a = fit(tiny_cfg(epochs=1), threads=1).final["cost/train_gates"]
+    b = fit(tiny_cfg(method="filtered", epochs=1), threads=1).final["cost/train_gates"]
+    c = fit(tiny_cfg(method="proxconnect", epochs=1, hparams={"optimizer": "adam", "pair": "bnn"}), threads=1).final["cost/train_gates"]
+    assert a == b
+    steps = _steps(tiny_cfg())
+    assert c - a == steps * (14 - 2) * N_BINARY * E4  # ProxConnect's binary weights under Adam (inside its clip)
+
+
+def test_cyclebnn_gates_scale_binary_layers_by_bits(tiny_cfg):
+    from bnnsearch.engine import fit
+
+    cfg = tiny_cfg(method="cyclebnn", epochs=1, hparams={"b_min": 4, "b_max": 4, "shape": "static", "grad_bits": 8})
+    res = fit(cfg, threads=1)
+    b, g = 4, 8
+    fwd = B * (32 * 32 + 31 * 32) * E4            # one hidden binary layer's fp32 forward
+    grads = 2 * fwd                              # weight grad (= forward) + input grad (the same for 32x32)
+    binary = 2 * (fwd * b * b + grads * b * g) / (32 * 32)
+    full = _fc_gates(*LAYERS[0]) + _fc_gates(*LAYERS[3])
+    n_params = sum(p.numel() for p in res.model.parameters())  # AdamW over every parameter
+    per_step = binary + full + 14 * n_params * E4
+    assert res.final["cost/train_gates"] == pytest.approx(_steps(cfg) * per_step, rel=1e-12)
+
+
+def test_local_learner_is_orders_of_magnitude_cheaper(tiny_cfg):
+    """Colombo et al.: ~10^8-10^10 gates against 10^11-10^12 for FP SGD/Adam, "2-3 orders of
+    magnitude". The same hidden widths, trained each way on the same data."""
+    from bnnsearch.engine import fit
+
+    fp = fit(tiny_cfg(epochs=1, arch_args={"widths": [32, 32]}), threads=1).final["cost/train_gates"]
+    lb = fit(tiny_cfg(method="local_binary", arch="local_mlp", epochs=1, arch_args={"widths": [32, 32]},
+                      hparams={"group_size": 4}), threads=1).final["cost/train_gates"]
+    assert 100 <= fp / lb
+
+
+@pytest.mark.parametrize("method", ["latent", "hbnn", "cyclebnn", "local_binary"])
+def test_gates_survive_a_resume_and_a_pack(tiny_cfg, tmp_path, method):
+    from bnnsearch.engine import fit, fit_pack
+
+    arch, args = small_arch_args(method)
+    over = {"hparams": {"group_size": 5}} if method == "local_binary" else {}
+    cfg = tiny_cfg(method=method, arch=arch, arch_args=args, epochs=2, **over)
+    full = fit(cfg, threads=1).history
+    assert full[0]["cost/train_gates"] > 0
+    fit(cfg, lambda m: m["epoch"] == 1, checkpoint_dir=tmp_path, threads=1)
+    resumed = fit(cfg, checkpoint_dir=tmp_path, threads=1).history
+    assert [h["cost/train_gates"] for h in resumed] == [h["cost/train_gates"] for h in full]
+    packed = fit_pack([cfg, cfg], threads=1)  # (members share the seed: it orders the batches)
+    for member in packed:
+        assert [h["cost/train_gates"] for h in member.history] == [h["cost/train_gates"] for h in full]
