@@ -188,8 +188,10 @@ def main():
                         epochs=min(args.epochs, 3))
             bench(f"local_mlp 525x2, mnist5k, batch {bs}, cpu", base, "local_binary", 8)
             local_binary.STACK_ON_CPU = True
-            bench(f"local_mlp 525x2, mnist5k, batch {bs}, cpu, stacked", base, "local_binary", 8)
-            local_binary.STACK_ON_CPU = False
+            try:
+                bench(f"local_mlp 525x2, mnist5k, batch {bs}, cpu, stacked", base, "local_binary", 8)
+            finally:
+                local_binary.STACK_ON_CPU = False
     if args.gpu:
         with tempfile.TemporaryDirectory() as tmp:
             p = cifar_shaped_npz(tmp, 10000)

@@ -119,6 +119,9 @@ class Pack:
 
     fused: list = field(default_factory=list)
     leftover: list = field(default_factory=list)
+    # caches: the live members' index on the device (per live set), every module (for train())
+    _live_idx: tuple | None = field(default=None, init=False, repr=False)
+    _all_modules: list | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if not self.active:
@@ -182,10 +185,9 @@ class Pack:
             return
         # What Module.train does, without its recursion over K member trees every evaluation
         # (no module of a packed network overrides train()).
-        mods = self.__dict__.get("_all_modules")
-        if mods is None:
-            mods = self._all_modules = [x for m in (*self.members, self.module) for x in m.modules()]
-        for x in mods:
+        if self._all_modules is None:
+            self._all_modules = [x for m in (*self.members, self.module) for x in m.modules()]
+        for x in self._all_modules:
             x.training = mode
 
     def zero_grad(self, positions: list[int] | None = None) -> None:
@@ -226,7 +228,7 @@ class Pack:
             return losses.sum()
         # the live members' index on the device, made once per change of the live set:
         # ``losses[live]`` copied a host list to the device at every step (a sync on CUDA)
-        if getattr(self, "_live_idx", (None,))[0] != live:
+        if self._live_idx is None or self._live_idx[0] != live:
             from .fused import host_tensor
 
             self._live_idx = (live, host_tensor(live, torch.long, losses.device))
