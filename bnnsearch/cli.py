@@ -78,7 +78,7 @@ def cmd_train(args) -> int:
 
 def cmd_cost(args) -> int:
     from .config import load_config
-    from .engine import build
+    from .engine import build, planned_train_gates
     from .textui import fmt, table
 
     cfg = load_config(args.config, args.set or [])
@@ -94,6 +94,9 @@ def cmd_cost(args) -> int:
     print(table([[k, v] for k, v in tot.items()], ["total", "value"]))
     print(f"\nOPs = BOPs/64 + FLOPs = {fmt(tot['cost/ops'])};  memory {fmt(tot['cost/mem_bits'] / 8 / 1024)} KiB "
           f"({tot['cost/compression']:.2f}x vs fp32)")
+    gates, info = planned_train_gates(cfg)
+    print(f"modelled training cost (cost/train_gates): {gates:.4g} Boolean gates for {cfg.epochs} epoch(s) of "
+          f"{info.steps_per_epoch} steps of {info.batch_size} samples ({gates / info.total_steps:.4g} a step)")
     return 0
 
 

@@ -125,6 +125,38 @@ def build(cfg: RunConfig, device: torch.device | str = "cpu"):
     return data, method, hp, build_model(cfg, data, method, hp, device)
 
 
+def run_info(cfg: RunConfig, data) -> RunInfo:
+    """The step arithmetic of a run: full batches only (the last partial one is dropped)."""
+    n_train, bs = len(data.x_train), min(cfg.batch_size, len(data.x_train))
+    steps_per_epoch = max(1, n_train // bs)
+    return RunInfo(cfg.epochs * steps_per_epoch, steps_per_epoch, bs, data.in_shape, data.num_classes, n_train,
+                   cfg.seed)
+
+
+def planned_train_gates(cfg: RunConfig) -> tuple[float, RunInfo]:
+    """The modelled training cost (``cost/train_gates``, cost.py) of a whole run of ``cfg``,
+    without training: the method's per-step count times the steps, or, where the method counts
+    as it goes (CycleBNN's precision schedule), its schedules and per-step hooks run over every
+    step as ``fit`` runs them. With the run's step arithmetic."""
+    data, method, hp, model = build(cfg, "cpu")
+    method.prepare(model, data)
+    info = run_info(cfg, data)
+    setup = method.setup(model, hp, info.total_steps, info)
+    per_step = method.train_gates_per_step(model, setup, info)
+    if per_step is not None:
+        return per_step * info.total_steps, info
+    for step in range(info.total_steps):
+        progress = step / info.total_steps
+        for sch in setup.scheduled:
+            sch.apply(sch.value(progress))
+        for hook in setup.on_step:
+            hook(step, progress)
+    out: dict = {}
+    for fn in setup.epoch_metrics:
+        out.update(fn())
+    return float(out["cost/train_gates"]), info
+
+
 def pack_key(cfg: RunConfig) -> dict:
     """What every member of a pack shares: the config without the method's packable
     hyperparameters (``Hparams`` fields whose metadata says ``packable: False`` stay in)."""
@@ -243,15 +275,14 @@ def fit_pack(
     device = resolve_device(cfg.device)
     data = load_data(cfg, device)
     method = get_method(cfg.method)
-    n_train, bs = len(data.x_train), min(cfg.batch_size, len(data.x_train))
-    steps_per_epoch = max(1, n_train // bs)
-    total_steps = cfg.epochs * steps_per_epoch
+    info = run_info(cfg, data)
+    n_train, bs, steps_per_epoch, total_steps = info.n_train, info.batch_size, info.steps_per_epoch, info.total_steps
     members: list[_Member] = []
     for c, rep in zip(cfgs, reports):
         hp = c.hp()
         model = build_model(c, data, method, hp, device)
         method.prepare(model, data)
-        info = RunInfo(total_steps, steps_per_epoch, bs, data.in_shape, data.num_classes, n_train, c.seed)
+        info = run_info(c, data)
         setup = method.setup(model, hp, total_steps, info)
         rows, static_cost = method.inference_cost(model, data.in_shape)
         frozen = [(t, t.detach().clone()) for t in method.binary_storage(model)] if c.freeze_binary else []

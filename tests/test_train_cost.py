@@ -94,3 +94,24 @@ def test_gates_survive_a_resume_and_a_pack(tiny_cfg, tmp_path, method):
     packed = fit_pack([cfg, cfg], threads=1)  # (members share the seed: it orders the batches)
     for member in packed:
         assert [h["cost/train_gates"] for h in member.history] == [h["cost/train_gates"] for h in full]
+
+
+@pytest.mark.parametrize("method", ["latent", "cyclebnn", "local_binary"])
+def test_the_cost_of_a_run_is_known_before_it_trains(tiny_cfg, capsys, tmp_path, method):
+    """``bnnsearch cost`` prints a config's modelled training cost without training: the same
+    number the run reports at its end (CycleBNN's follows its precision schedule step by step)."""
+    import yaml
+
+    from bnnsearch.cli import main
+    from bnnsearch.engine import fit, planned_train_gates
+
+    arch, args = small_arch_args(method)
+    over = {"hparams": {"group_size": 5}} if method == "local_binary" else {}
+    cfg = tiny_cfg(method=method, arch=arch, arch_args=args, epochs=2, **over)
+    gates, info = planned_train_gates(cfg)
+    assert gates == fit(cfg, threads=1).final["cost/train_gates"]
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main(["cost", str(p)]) == 0
+    assert (f"modelled training cost (cost/train_gates): {gates:.4g} Boolean gates for 2 epoch(s) of "
+            f"{info.steps_per_epoch} steps of 64 samples") in capsys.readouterr().out
