@@ -57,6 +57,28 @@ def _by_index(children: list, key: str | None, trials: int) -> list[float | None
     return [by_index.get(i) for i in range(1, trials + 1)]
 
 
+def _train_gates(tracker, children: list, trials: int) -> tuple[list[float | None], int]:
+    """Each trial's modelled training cost (``cost/train_gates``) at its last epoch, by trial
+    index, and how many were computed: a trial that trained (it has ``time/total_s``) in a version
+    that did not report the metric gets it from its recorded config and the epochs it trained
+    (``engine.planned_train_gates``: the number the run reports, tested equal)."""
+    from .config import resolve, safe_load
+    from .engine import planned_train_gates
+    from .sweep import MlflowCallback
+
+    by_index, computed = {}, 0
+    for r in children:
+        k = r.data.tags.get(MlflowCallback.INDEX)
+        if k is None:
+            continue
+        v = r.data.metrics.get("cost/train_gates")
+        if v is None and "time/total_s" in r.data.metrics and "epoch" in r.data.metrics:
+            cfg = resolve(safe_load(tracker.download_text(r.info.run_id, "config.yaml")), f"run {r.info.run_id}")
+            v, computed = planned_train_gates(cfg, int(r.data.metrics["epoch"]))[0], computed + 1
+        by_index[int(k)] = v
+    return [by_index.get(i) for i in range(1, trials + 1)], computed
+
+
 def noise_floor(config_yaml: str, metric: str, seeds: int, cache: Path | None = None) -> dict:
     """Re-train one configuration with ``seeds`` other seeds (in this process, no Ray): the
     seed-to-seed spread of its final ``metric`` is the noise floor that differences between arms
@@ -296,6 +318,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     seconds: dict[str, list[list[float | None]]] = {}  # each trial's training seconds, by trial index
     proc_cpu: dict[str, list[list[float | None]]] = {}  # each trial's measured process CPU seconds, by index
     gates: dict[str, list[list[float | None]]] = {}  # each trial's modelled training gates, by index
+    gates_computed: dict[str, int] = {}  # ... of which computed from the trial's config (not recorded)
     histories: dict[str, list[dict[int, float]]] = {}
     test_key = test_metric(metric)
     cpu: dict[str, float] = {}
@@ -306,7 +329,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     first = min(startup.values())  # every arm's first trials are random: a random config's median
     for arm, *_ in arms:
         per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm], seconds[arm] = [], 0.0, 0.0, [], [], []
-        histories[arm], proc_cpu[arm], gates[arm] = [], [], []
+        histories[arm], proc_cpu[arm], gates[arm], gates_computed[arm] = [], [], [], 0
     # Repeat-major order (r0 of every arm, then r1, ...): an interrupted comparison leaves the
     # arms balanced, and --resume continues where it stopped.
     try:
@@ -338,7 +361,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                 tests[arm].append(_by_index(kids, test_key, base.trials))
                 seconds[arm].append(_by_index(kids, "time/total_s", base.trials))
                 proc_cpu[arm].append(_by_index(kids, "time/total_cpu_s", base.trials))
-                gates[arm].append(_by_index(kids, "cost/train_gates", base.trials))
+                g, n = _train_gates(tracker, kids, base.trials)
+                gates[arm].append(g)
+                gates_computed[arm] += n
                 if base.scheduler == "asha":  # per-epoch objective of the full-budget trials
                     histories[arm] += [{m.step: m.value for m in tracker.client.get_metric_history(k.info.run_id,
                                                                                                     "objective")}
@@ -445,6 +470,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                         "process_cpu_seconds_to_target_median": None if pct[m] is None else _median_censored(pct[m]),
                         "train_gates_to_target": gtt[m],
                         "train_gates_to_target_median": None if gtt[m] is None else _median_censored(gtt[m]),
+                        "train_gates_computed": gates_computed[m],
                         "noise_floor": floors.get(m), "best_config": best_yaml.get(m)}
                     for m, s in stats.items()},
         "noise_warnings": warnings,
@@ -554,9 +580,11 @@ def compare_report(s: dict, markdown: bool = False) -> str:
     gtt = {m: st.get("train_gates_to_target_median") for m, st in s["methods"].items()
            if st.get("train_gates_to_target") is not None}
     if gtt and len(gtt) == len(s["methods"]):
+        n = sum(st.get("train_gates_computed", 0) for st in s["methods"].values())
         notes.append("modelled training cost to target (median Boolean gates, cost.py; the gradient methods train "
-                     "in fp32): " + "; ".join(f"{m} {'not reached' if v is None else format(v, '.3g')}"
-                                              for m, v in gtt.items()))
+                     "in fp32" + (f"; {n} trials recorded none and were computed from their configs" if n else "")
+                     + "): " + "; ".join(f"{m} {'not reached' if v is None else format(v, '.3g')}"
+                                         for m, v in gtt.items()))
     if s.get("initial_design") == "ax":
         notes.append("initial design: Ax's default, max(5, 2 x searched parameters) random trials per arm: " + ", ".join(
             f"{m} {st['startup_trials']}" for m, st in s["methods"].items()))

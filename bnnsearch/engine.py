@@ -133,19 +133,20 @@ def run_info(cfg: RunConfig, data) -> RunInfo:
                    cfg.seed)
 
 
-def planned_train_gates(cfg: RunConfig) -> tuple[float, RunInfo]:
-    """The modelled training cost (``cost/train_gates``, cost.py) of a whole run of ``cfg``,
-    without training: the method's per-step count times the steps, or, where the method counts
-    as it goes (CycleBNN's precision schedule), its schedules and per-step hooks run over every
-    step as ``fit`` runs them. With the run's step arithmetic."""
+def planned_train_gates(cfg: RunConfig, epochs: int | None = None) -> tuple[float, RunInfo]:
+    """The modelled training cost (``cost/train_gates``, cost.py) of a run of ``cfg`` after
+    ``epochs`` (all by default), without training: the method's per-step count times the steps,
+    or, where the method counts as it goes (CycleBNN's precision schedule), its schedules and
+    per-step hooks run over those steps as ``fit`` runs them. With the run's step arithmetic."""
     data, method, hp, model = build(cfg, "cpu")
     method.prepare(model, data)
     info = run_info(cfg, data)
+    steps = info.total_steps if epochs is None else min(epochs, cfg.epochs) * info.steps_per_epoch
     setup = method.setup(model, hp, info.total_steps, info)
     per_step = method.train_gates_per_step(model, setup, info)
     if per_step is not None:
-        return per_step * info.total_steps, info
-    for step in range(info.total_steps):
+        return per_step * steps, info
+    for step in range(steps):
         progress = step / info.total_steps
         for sch in setup.scheduled:
             sch.apply(sch.value(progress))

@@ -115,3 +115,33 @@ def test_the_cost_of_a_run_is_known_before_it_trains(tiny_cfg, capsys, tmp_path,
     assert main(["cost", str(p)]) == 0
     assert (f"modelled training cost (cost/train_gates): {gates:.4g} Boolean gates for 2 epoch(s) of "
             f"{info.steps_per_epoch} steps of 64 samples") in capsys.readouterr().out
+
+
+def test_compare_computes_the_cost_of_trials_that_did_not_record_it(tiny_cfg):
+    """Trials trained before ``cost/train_gates`` was reported: compare computes it from the
+    trial's recorded config and the epochs it trained (a trial stopped early included): the
+    number the run reports after those epochs."""
+    from types import SimpleNamespace as NS
+
+    from bnnsearch.compare import _train_gates
+    from bnnsearch.config import dump
+    from bnnsearch.engine import fit
+    from bnnsearch.sweep import MlflowCallback
+
+    cfg = tiny_cfg(method="cyclebnn", epochs=3)
+    hist = fit(cfg, lambda m: m["epoch"] == 2, threads=1).history  # stopped after 2 of 3 epochs
+    texts = {"old": dump(cfg)}
+
+    class Store:  # what _train_gates reads of a tracker: a run's artifact
+        def download_text(self, run_id, name):
+            assert name == "config.yaml"
+            return texts[run_id]
+
+    def run(rid, index, metrics):
+        return NS(info=NS(run_id=rid), data=NS(tags={MlflowCallback.INDEX: str(index)}, metrics=metrics))
+
+    kids = [run("old", 2, {"time/total_s": 1.0, "epoch": 2.0}),           # trained, recorded no gates
+            run("new", 1, {"time/total_s": 1.0, "epoch": 3.0, "cost/train_gates": 5.0}),
+            run("failed", 3, {})]                                          # never trained
+    values, computed = _train_gates(Store(), kids, 4)
+    assert values == [5.0, hist[1]["cost/train_gates"], None, None] and computed == 1
