@@ -276,8 +276,8 @@ def fit_pack(
     device = resolve_device(cfg.device)
     data = load_data(cfg, device)
     method = get_method(cfg.method)
-    info = run_info(cfg, data)
-    n_train, bs, steps_per_epoch, total_steps = info.n_train, info.batch_size, info.steps_per_epoch, info.total_steps
+    run = run_info(cfg, data)  # the members share it but for their seeds (RunInfo.seed)
+    n_train, bs, steps_per_epoch, total_steps = run.n_train, run.batch_size, run.steps_per_epoch, run.total_steps
     members: list[_Member] = []
     for c, rep in zip(cfgs, reports):
         hp = c.hp()
