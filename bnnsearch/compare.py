@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -494,7 +495,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                                     st.boot_high[i - 1], tests[m][r][i - 1],
                                     incumbent[m][r][i - 1], inc_band[m][0][i - 1], seconds[m][r][i - 1],
                                     proc_cpu[m][r][i - 1], gates[m][r][i - 1]])
-        plots = _plots(stats, per_method, target, summary, out)
+        plots = _plots(stats, per_method, target, summary, out, gates)
         cmp_run = tracker.start_study(cmp_name, tags={"bnnsearch.kind": "comparison", "methods": ",".join(methods),
                                                      "study_runs": json.dumps(parents), "verdict": test["verdict"]},
                                       params={"repeats": repeats, "trials": base.trials, "sampler": base.sampler,
@@ -660,7 +661,7 @@ def _json(o):
     return None if isinstance(o, float) and math.isnan(o) else str(o)
 
 
-def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
+def _plots(stats, per_method, target, summary, out: Path, gates: dict | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -744,4 +745,47 @@ def _plots(stats, per_method, target, summary, out: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(p2, dpi=120)
     plt.close(fig)
-    return [p1, p2]
+    p3 = _cost_plot(per_method, gates or {}, target, summary, out / "efficiency_cost.png", styles)
+    return [p1, p2] + ([p3] if p3 else [])
+
+
+def _cost_plot(per_method, gates, target, summary, path: Path, styles) -> Path | None:
+    """Efficiency against the modelled training cost spent: best-so-far against the cumulative
+    ``cost/train_gates`` of a study's trials (log axis; every study thin), and per arm the mean
+    best-so-far after trial t drawn at the mean cumulative cost of trial t. None when some arm's
+    cost is unknown (a trial that trained without it)."""
+    import matplotlib.pyplot as plt
+
+    from .efficiency import best_so_far
+
+    if not gates or any(summary["methods"][m].get("train_gates_to_target") is None for m in per_method):
+        return None
+    mode = summary["mode"]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for m, studies in per_method.items():
+        c, dashed = styles[m]
+        xs, ys = [], []
+        for vals, g in zip(studies, gates[m]):
+            cum, total = [], 0.0
+            for v in g:
+                total += v or 0.0
+                cum.append(total)
+            bsf = best_so_far(vals, mode)
+            ax.plot(cum, bsf, color=c, alpha=0.15, lw=0.8)
+            xs.append(cum)
+            ys.append(bsf)
+        mx = [statistics.fmean(col) for col in zip(*xs)]
+        my = [statistics.fmean(f) if (f := [v for v in col if not math.isnan(v)]) else math.nan for col in zip(*ys)]
+        ax.plot(mx, my, color=c, lw=2, ls="--" if dashed else "-", label=m)
+    ax.axhline(target, color="k", ls="--", lw=1, label=f"target ({target:.4g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("modelled training cost spent (cumulative cost/train_gates, Boolean gates)")
+    ax.set_ylabel(f"best-so-far {summary['metric']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title("efficiency against modelled training cost (mean at each trial's mean cost; studies thin)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -105,7 +105,7 @@ def test_compare_end_to_end_and_resume(tmp_path):
     md = (out / "summary.md").read_text()  # the same findings as Markdown, for a write-up
     assert md.startswith("| method | HPs | studies | best val/acc |") and "\n- target: " in md
     assert sum(line.startswith("| latent") for line in md.splitlines()) == 2  # latent, latent@random
-    for png in ("efficiency.png", "trials_to_target.png"):
+    for png in ("efficiency.png", "trials_to_target.png", "efficiency_cost.png"):  # (the last: against gates)
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     from mlflow.tracking import MlflowClient
 
