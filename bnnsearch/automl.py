@@ -34,6 +34,9 @@ worst value of every objective (never on a front). Constraints go to Optuna as
 never on the front. The hypervolume reference point is fixed per study, so the hypervolume
 against trial index never decreases: ``ref`` of an objective, else 0 for a maximised accuracy,
 else the objective's constraint bound; otherwise the file must give ``ref``.
+``log: true`` on a minimised objective puts its axis in log10 for the hypervolume and for what
+the sampler is told (``log_scaled``; costs spanning orders of magnitude); recorded values, the
+front and ``pareto.json``'s points stay in the metric's units.
 """
 from __future__ import annotations
 
@@ -119,8 +122,8 @@ def _objectives(raw, where: str) -> list[dict]:
     out, seen = [], set()
     for i, o in enumerate(raw):
         at = f"{where}: objectives[{i}]"
-        if not isinstance(o, dict) or set(o) - {"metric", "mode", "ref"} or "metric" not in o:
-            raise ConfigError("each objective is {metric: ..., mode: max|min} (optionally ref: a number)", at)
+        if not isinstance(o, dict) or set(o) - {"metric", "mode", "ref", "log"} or "metric" not in o:
+            raise ConfigError("each objective is {metric: ..., mode: max|min} (optionally ref: a number, log: true)", at)
         metric, mode = o["metric"], o.get("mode", "max")
         if metric not in AUTOML_METRICS:
             raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(AUTOML_METRICS)}", f"{at}.metric")
@@ -131,8 +134,16 @@ def _objectives(raw, where: str) -> list[dict]:
         ref = o.get("ref")
         if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float)) or not math.isfinite(ref)):
             raise ConfigError(f"ref must be a finite number, got {ref!r}", f"{at}.ref")
+        log = o.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"log must be true or false, got {log!r}", f"{at}.log")
+        if log and mode != "min":
+            raise ConfigError("log: true is for a cost that is minimised over orders of magnitude (mode: min)",
+                              f"{at}.log")
+        if log and len(raw) < 2:
+            raise ConfigError("log: true scales an axis of the hypervolume: it needs two or more objectives", f"{at}.log")
         seen.add(metric)
-        out.append({"metric": metric, "mode": mode, "ref": ref})
+        out.append({"metric": metric, "mode": mode, "ref": ref, "log": log})
     return out
 
 
@@ -182,6 +193,9 @@ def load_automl(path: Path, raw: dict) -> AutoSpace:
     objs = _objectives(raw.get("objectives"), where)
     cons = _constraints(raw.get("constraints"), where)
     refs = tuple(_ref(o, cons, f"{where}: objectives[{i}]") for i, o in enumerate(objs)) if len(objs) > 1 else ()
+    for i, (o, r) in enumerate(zip(objs, refs)):
+        if o["log"] and not r > 0:
+            raise ConfigError(f"a log axis needs a positive reference value, got {r:g}", f"{where}: objectives[{i}].ref")
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise ConfigError("fixed must be a mapping", f"{where}: fixed")
@@ -250,7 +264,8 @@ def load_automl(path: Path, raw: dict) -> AutoSpace:
     space = AutoSpace(where, "automl", objs[0]["metric"], objs[0]["mode"], fixed, tuple(params),
                       hashlib.sha256(Path(path).read_bytes()).hexdigest(), pack,
                       extra_objectives=tuple((o["metric"], o["mode"]) for o in objs[1:]),
-                      constraints=tuple(cons), refs=refs, method_fixed=tuple(method_fixed))
+                      constraints=tuple(cons), refs=refs, method_fixed=tuple(method_fixed),
+                      log_axes=tuple(o["log"] for o in objs) if any(o["log"] for o in objs) else ())
     _validate(space, where)
     return space
 
@@ -298,12 +313,20 @@ def pareto_front(points: list[dict], objectives) -> list[dict]:
     return sorted(front, key=lambda p: _as_min(p["objectives"], objectives))
 
 
-def hypervolume(vectors: list, objectives, refs) -> float:
+def log_scaled(vector, log_axes) -> list:
+    """The values as the sampler and the hypervolume see them: log10 on the ``log: true`` axes
+    (a value <= 0, which no cost reaches, is taken as 1e-300)."""
+    if not log_axes:
+        return list(vector)
+    return [math.log10(max(v, 1e-300)) if lg else v for v, lg in zip(vector, log_axes)]
+
+
+def hypervolume(vectors: list, objectives, refs, log_axes=()) -> float:
     """The volume dominated by the objective vectors and bounded by the reference point
-    (points no better than the reference in some objective add nothing). Exact: a sweep in 2-D,
-    inclusion-exclusion over slices in 3-D."""
-    pts = [_as_min(v, objectives) for v in vectors]
-    ref = _as_min(refs, objectives)
+    (points no better than the reference in some objective add nothing), with the ``log_axes``
+    in log10. Exact: a sweep in 2-D, inclusion-exclusion over slices in 3-D."""
+    pts = [_as_min(log_scaled(v, log_axes), objectives) for v in vectors]
+    ref = _as_min(log_scaled(refs, log_axes), objectives)
     pts = [p for p in pts if all(x < r for x, r in zip(p, ref))]
     if not pts:
         return 0.0
@@ -476,8 +499,11 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
         a = dc.replace(a, points=tuple(points))
     summary = run_sweep(a)
     front = front_records(summary, space, a.cpus_per_trial)
-    hv = hypervolume([list(p["objectives"].values()) for p in front], space.objectives, space.refs) if space.multi else None
-    doc = {"study": summary["study"], "objectives": [{"metric": m, "mode": d} for m, d in space.objectives],
+    hv = (hypervolume([list(p["objectives"].values()) for p in front], space.objectives, space.refs, space.log_axes)
+          if space.multi else None)
+    logs = space.log_axes or (False,) * len(space.objectives)
+    doc = {"study": summary["study"], "objectives": [{"metric": m, "mode": d, **({"log": True} if lg else {})}
+                                              for (m, d), lg in zip(space.objectives, logs)],
            "constraints": [{"metric": m, kind: b} for m, kind, b in space.constraints],
            "reference_point": list(space.refs), "hypervolume": hv, "front": front}
     from . import interrupts

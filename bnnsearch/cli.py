@@ -260,7 +260,9 @@ def cmd_automl(args) -> int:
     rows = [[p["rank"], p["method"], *[p["objectives"][k] for k in keys], p["trial"], _arch_text(p["config"])]
             for p in s["front"]]
     print(f"\nPareto front ({len(rows)} point{'s' if len(rows) != 1 else ''}, feasible complete trials)"
-          + (f", hypervolume {s['hypervolume']:.6g} (reference {list(space.refs)})" if s["hypervolume"] is not None else ""))
+          + (f", hypervolume {s['hypervolume']:.6g} (reference {list(space.refs)}"
+             + "".join(f"; {m} on a log10 axis" for (m, _), lg in zip(space.objectives, space.log_axes) if lg)
+             + ")" if s["hypervolume"] is not None else ""))
     if rows:
         print(table(rows, ["rank", "method", *keys, "trial", "network"], align_right=set(range(2, 2 + len(keys)))))
         from .automl import front_ties

@@ -256,7 +256,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     from .sweep import SAMPLERS
     from .tracking import Tracker
 
-    metrics = {(s.objectives, s.refs, s.constraints) for s in spaces}
+    metrics = {(s.objectives, s.refs, s.constraints, s.log_axes) for s in spaces}
     if len(metrics) > 1:
         raise UserError(f"compare needs the same objectives for all spaces, got {sorted(map(str, metrics))}")
     methods = [s.method for s in spaces]

@@ -111,6 +111,9 @@ class SearchSpace:
     extra_objectives: tuple = ()
     constraints: tuple = ()
     refs: tuple = ()
+    # Per objective, whether the hypervolume and the sampler see its log10 (``log: true``: costs
+    # that span orders of magnitude); empty when none does.
+    log_axes: tuple = ()
 
     @property
     def objectives(self) -> tuple:

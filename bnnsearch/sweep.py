@@ -527,7 +527,7 @@ def _searcher_cls():
         """
 
         def __init__(self, *a, full_epochs: int, journal: str, pack: int = 1, total: int = 0,
-                     structural: tuple[str, ...] = (), **k):
+                     structural: tuple[str, ...] = (), log_keys: tuple[str, ...] = (), **k):
             super().__init__(*a, **k)
             self.full_epochs = full_epochs
             self.journal = journal
@@ -539,6 +539,16 @@ def _searcher_cls():
             self._reported: dict[str, int] = {}
             self._keys = list(self.metric) if isinstance(self.metric, list) else [self.metric]
             self._constrained: set[str] = set()
+            self.log_keys = log_keys  # objectives the sampler is told in log10 (``log: true``)
+
+        def _scaled(self, result: dict | None) -> dict | None:
+            """A result as the sampler is told it: the ``log: true`` objectives in log10."""
+            keys = getattr(self, "log_keys", ())  # absent from a searcher pickled before log axes existed
+            if not result or not keys:
+                return result
+            from .automl import log_scaled
+
+            return {**result, **dict(zip(keys, log_scaled([result[k] for k in keys], [True] * len(keys))))}
 
         def _constrain(self, mid: str, m: dict | None) -> None:
             """Hand a trial's constraint values to Optuna before its outcome (samplers read
@@ -635,7 +645,7 @@ def _searcher_cls():
                 result = {k: m[k] for k in self._keys}
             if not error:
                 self._constrain(mid, m)
-            OptunaSearch.on_trial_complete(self, mid, result, error)
+            OptunaSearch.on_trial_complete(self, mid, self._scaled(result), error)
 
         def _intermediate(self, mid: str, m: dict) -> None:
             """Optuna's intermediate value of a trial at its epoch (single objective; an epoch
@@ -675,7 +685,7 @@ def _searcher_cls():
                 result = None  # -> PRUNED: a partial-budget value is not a full-budget result
             if result and not error and trial_id not in self._completed_trials:
                 self._constrain(trial_id, result)
-            super().on_trial_complete(trial_id, result, error)
+            super().on_trial_complete(trial_id, self._scaled(result), error)
 
     return BudgetAwareOptunaSearch
 
@@ -801,7 +811,7 @@ class MlflowCallback(tune.Callback):
             if space.multi:
                 from .automl import hypervolume
 
-                m["hypervolume"] = hypervolume(self.points, space.objectives, space.refs)
+                m["hypervolume"] = hypervolume(self.points, space.objectives, space.refs, space.log_axes)
             self.tracker.log_metrics(self.parent_id, m, step=k)
 
     def _count(self, rid: str, value, config, last: dict | None = None, tags: dict | None = None,
@@ -1425,7 +1435,8 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                                  objectives=len(space.objectives), methods=getattr(space, "methods", None)),
             points_to_evaluate=[*a.points, *([p] if a.seed_defaults and (p := space.default_point()) else [])] or None,
             full_epochs=epochs, journal=str(exp_dir / JOURNAL), seed=None,
-            pack=pack, total=a.trials, structural=tuple(p.name for p in space.params if space.structural(p)))
+            pack=pack, total=a.trials, structural=tuple(p.name for p in space.params if space.structural(p)),
+            log_keys=tuple(k for k, lg in zip(keys, space.log_axes) if lg))
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric="objective", mode=space.mode, max_t=epochs,
                                    grace_period=1, reduction_factor=3)
                      if a.scheduler == "asha" and asha is None else FIFOScheduler())

@@ -177,6 +177,57 @@ def test_hypervolume_by_hand():
     assert hypervolume(pts, three, [1.0, 1.0, 1.0]) == pytest.approx(grid / n ** 3, abs=0.02)
 
 
+def test_hypervolume_on_a_log_axis_by_hand():
+    # acc (ref 0) against gates in log10 (ref 1e15 -> 15): 0.9 at 1e14, 0.8 at 1e11, 0.5 at 1e9
+    pts = [[0.9, 1e14], [0.8, 1e11], [0.5, 1e9]]
+    vol = hypervolume(pts, MO, [0.0, 1e15], log_axes=(False, True))
+    assert vol == pytest.approx(0.9 * (15 - 14) + 0.8 * (14 - 11) + 0.5 * (11 - 9))
+    # on the linear axis the cheap points add almost nothing: the accuracy axis dominates
+    assert hypervolume(pts, MO, [0.0, 1e15]) == pytest.approx(0.9 * 0.9e15 + 0.8 * (1e14 - 1e11) + 0.5 * (1e11 - 1e9))
+
+
+def test_log_axes_reach_the_space_and_the_sampler(tmp_path):
+    """``log: true``: the space keeps it per objective, and the searcher tells Optuna log10 of
+    that objective (real Ray OptunaSearch and Optuna study; the recorded value stays raw)."""
+    import math
+
+    import optuna
+
+    from bnnsearch.sweep import _searcher_cls, objective_keys
+
+    s = load_space(automl_file(tmp_path, objectives=[{"metric": "val/acc", "mode": "max"},
+                                                     {"metric": "cost/train_gates", "mode": "min", "ref": 1e15,
+                                                      "log": True}]))
+    assert s.log_axes == (False, True) and s.refs == (0.0, 1e15)
+    assert load_space(automl_file(tmp_path)).log_axes == ()
+    from bnnsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs two or more objectives"):
+        load_space(automl_file(tmp_path, objectives=[{"metric": "cost/bops", "mode": "min", "log": True}]))
+    keys = objective_keys(s)
+    searcher = _searcher_cls()(space=s.sampler_space(), metric=keys, mode=["max", "min"],
+                               sampler=optuna.samplers.RandomSampler(seed=0), full_epochs=2,
+                               journal=str(tmp_path / "journal.jsonl"), log_keys=(keys[1],))
+    assert searcher.suggest("t1") is not None
+    searcher.on_trial_complete("t1", {keys[0]: 0.8, keys[1]: 1e12, "epoch": 2})
+    (t,) = searcher._ot_study.trials
+    assert t.values == [0.8, pytest.approx(12.0)] and not math.isclose(t.values[1], 1e12)
+
+
+@pytest.mark.parametrize("objective, needle", [
+    ({"metric": "val/acc", "mode": "max", "log": True}, "log: true is for a cost that is minimised"),
+    ({"metric": "cost/train_gates", "mode": "min", "ref": 1e15, "log": "yes"}, "log must be true or false"),
+    ({"metric": "time/total_s", "mode": "min", "ref": 0.0, "log": True}, "a log axis needs a positive reference"),
+])
+def test_bad_log_axes_are_refused(tmp_path, objective, needle):
+    from bnnsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        load_space(automl_file(tmp_path, objectives=[{"metric": "val/acc", "mode": "max"}, objective]
+                               if objective["metric"] != "val/acc" else [objective, {"metric": "cost/mem_bits",
+                                                                                     "mode": "min"}]))
+
+
 def test_constraint_values_are_optuna_style(tmp_path):
     s = load_space(automl_file(tmp_path, constraints={"cost/mem_bits": {"max": 100.0}, "val/acc": {"min": 0.5}}))
     assert constraint_values({"cost/mem_bits": 80.0, "val/acc": 0.7}, s) == {
@@ -476,7 +527,8 @@ def test_automl_on_training_costs_under_a_bops_limit(in_tmp, capsys):
     limit = 2000.0  # a binary 16x16 or 32x32 hidden layer fits (256, 1024 BOPs), 64x64 (4096) does not
     space = automl_file(in_tmp, objectives=[{"metric": "val/acc", "mode": "max"},  # unbounded costs need a ref
                                             {"metric": "time/total_cpu_s", "mode": "min", "ref": 600.0},
-                                            {"metric": "cost/train_gates", "mode": "min", "ref": 1e16}],
+                                            {"metric": "cost/train_gates", "mode": "min", "ref": 1e16,
+                                             "log": True}],
                         constraints={"cost/bops": {"max": limit}})
     assert main(["automl", str(space), "--trials", "6", "--startup-trials", "6", "--out", "out"]) == 0
     assert "Pareto front" in capsys.readouterr().out
@@ -497,6 +549,12 @@ def test_automl_on_training_costs_under_a_bops_limit(in_tmp, capsys):
     doc = json.loads((in_tmp / "out" / "pareto.json").read_text())
     assert sorted(p["run"] for p in pareto_front(pts, objectives)) == sorted(p["run_id"] for p in doc["front"])
     assert doc["front"] and all(p["objectives"]["time/total_cpu_s"] > 0 for p in doc["front"])
+    # the training-cost axis in log10: the study's hypervolume, and its record after every trial
+    assert doc["objectives"][2] == {"metric": "cost/train_gates", "mode": "min", "log": True}
+    front = [list(p["objectives"].values()) for p in doc["front"]]
+    assert doc["hypervolume"] == pytest.approx(hypervolume(front, objectives, [0.0, 600.0, 1e16], (False, False, True)))
+    hv = [m.value for m in sorted(c.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: m.step)]
+    assert hv[-1] == pytest.approx(doc["hypervolume"]) and hv == sorted(hv)
 
 
 @pytest.mark.slow
