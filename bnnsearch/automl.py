@@ -503,7 +503,7 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
           if space.multi else None)
     logs = space.log_axes or (False,) * len(space.objectives)
     doc = {"study": summary["study"], "objectives": [{"metric": m, "mode": d, **({"log": True} if lg else {})}
-                                              for (m, d), lg in zip(space.objectives, logs)],
+                                                    for (m, d), lg in zip(space.objectives, logs)],
            "constraints": [{"metric": m, kind: b} for m, kind, b in space.constraints],
            "reference_point": list(space.refs), "hypervolume": hv, "front": front}
     from . import interrupts

@@ -106,7 +106,7 @@ def cmd_space(args) -> int:
 
     for path in args.spaces:
         s = load_space(path)
-        objs = ", ".join(f"{mode} {metric}" for metric, mode in s.objectives)
+        objs = s.objectives_text()
         if s.method == "automl":
             cons = ", ".join(f"{m} {k} {b:g}" for m, k, b in s.constraints) or "none"
             print(f"{path}: AutoML over {', '.join(s.methods)}; objectives {objs}; constraints {cons}; fixed {s.fixed}")
@@ -250,7 +250,7 @@ def cmd_automl(args) -> int:
     from .automl import check_flags
 
     check_flags(a, args.out, args.pick)
-    objs = ", ".join(f"{mode} {metric}" for metric, mode in space.objectives)
+    objs = space.objectives_text()
     cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
     print(f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
           f"{a.budget_text()}, sampler {a.sampler}", flush=True)

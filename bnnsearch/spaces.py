@@ -124,6 +124,12 @@ class SearchSpace:
     def multi(self) -> bool:
         return bool(self.extra_objectives)
 
+    def objectives_text(self) -> str:
+        """``max val/acc, min cost/train_gates (log10)``: the objectives as the CLI prints them."""
+        logs = self.log_axes or (False,) * len(self.objectives)
+        return ", ".join(f"{mode} {metric}" + (" (log10)" if lg else "")
+                         for (metric, mode), lg in zip(self.objectives, logs))
+
     def label(self, cfg) -> str:
         """What a trial's MLflow run name starts with (its method)."""
         return cfg.method

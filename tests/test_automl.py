@@ -199,6 +199,7 @@ def test_log_axes_reach_the_space_and_the_sampler(tmp_path):
                                                      {"metric": "cost/train_gates", "mode": "min", "ref": 1e15,
                                                       "log": True}]))
     assert s.log_axes == (False, True) and s.refs == (0.0, 1e15)
+    assert s.objectives_text() == "max val/acc, min cost/train_gates (log10)"  # as space and automl print it
     assert load_space(automl_file(tmp_path)).log_axes == ()
     from bnnsearch.errors import ConfigError
 
