@@ -80,6 +80,15 @@ class Setup:
     ctx: Any = None
 
 
+def host_tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of host values on ``device`` with no host sync. On CUDA
+    ``torch.tensor(values, device=...)`` copies from pageable memory and waits for the stream,
+    i.e. for every kernel queued so far (a sync per step where this ran per step); from pinned
+    memory the copy is queued instead (the caching host allocator keeps the block until it ran)."""
+    t = torch.tensor(values, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """Half-precision logits to float32 for the loss; float32 and float64 stay as they are."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -229,8 +238,6 @@ class Pack:
         # the live members' index on the device, made once per change of the live set:
         # ``losses[live]`` copied a host list to the device at every step (a sync on CUDA)
         if self._live_idx is None or self._live_idx[0] != live:
-            from .fused import host_tensor
-
             self._live_idx = (live, host_tensor(live, torch.long, losses.device))
         return losses.index_select(0, self._live_idx[1]).sum()
 

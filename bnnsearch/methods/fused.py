@@ -23,14 +23,7 @@ from typing import Callable
 
 import torch
 
-
-def host_tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small tensor of host values on ``device`` with no host sync. On CUDA
-    ``torch.tensor(values, device=...)`` copies from pageable memory and waits for the stream,
-    i.e. for every kernel queued so far (a sync per step where this ran per step); from pinned
-    memory the copy is queued instead (the caching host allocator keeps the block until it ran)."""
-    t = torch.tensor(values, dtype=dtype)
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+from .base import host_tensor
 
 
 def _col(values: list[float], like: torch.Tensor) -> torch.Tensor:
