@@ -24,7 +24,7 @@ counted, as in the inference cost. CycleBNN scales a binary layer's passes by CP
 gate model is ours]; the local learner reports its own count (``methods/local_binary.py``).
 ``training_gates`` gives the per-layer fp32 gates of one step, ``update_gates`` the optimizers'.
 
-The per-layer MACs (``layer_macs``) also feed CycleBNN's bit-weighted MAC count.
+The per-layer work (``layer_io``) also feeds CycleBNN's bit-weighted MAC count.
 """
 from __future__ import annotations
 
@@ -109,11 +109,12 @@ class LayerGates:
     input_grad: float
 
 
-def training_gates(model: nn.Module, in_shape: tuple[int, ...], batch: int) -> list[LayerGates]:
-    """Per conv/linear layer, the gates of one fp32 training step on ``batch`` samples (the
-    module docstring's model). The first layer the forward pass runs needs no input gradient."""
+def training_gates(io: dict[str, LayerIO], batch: int) -> list[LayerGates]:
+    """Per conv/linear layer of ``io`` (``layer_io``), the gates of one fp32 training step on
+    ``batch`` samples (the module docstring's model). The first layer the forward pass runs
+    needs no input gradient."""
     out = []
-    for i, (name, v) in enumerate(layer_io(model, in_shape).items()):
+    for i, (name, v) in enumerate(io.items()):
         fwd = batch * (2 * v.macs - v.n_out) * GATES_PER_FLOP
         out.append(LayerGates(name, fwd, fwd, 0 if i == 0 else batch * (2 * v.macs - v.n_in) * GATES_PER_FLOP))
     return out

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..archs import build_arch
-from ..cost import cost_table, training_gates, update_gates
+from ..cost import cost_table, layer_io, training_gates, update_gates
 from ..nn import binarize, binary_layers, is_binary_param, weight_quantizer
 from ..nn import rng
 from ..nn.binarize import stored_weight
@@ -338,7 +338,7 @@ class Method:
         conv/linear layer plus the optimizers' update); the engine reports ``cost/train_gates``,
         the steps so far times this. None for a method whose step cost varies or is not fp32
         training: it reports ``cost/train_gates`` itself (CycleBNN, the local learner)."""
-        rows = training_gates(model, info.in_shape, info.batch_size)
+        rows = training_gates(layer_io(model, info.in_shape), info.batch_size)
         return sum(r.forward + r.weight_grad + r.input_grad for r in rows) + update_gates(setup.optimizers)
 
     def prepare(self, model: nn.Module, data) -> None:

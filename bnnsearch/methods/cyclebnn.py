@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from ..cost import layer_macs, training_gates, update_gates
+from ..cost import layer_io, training_gates, update_gates
 from ..nn import binary_layers, weight_quantizer
 from ..nn.cyclic import CyclicAct, CyclicWeight, scale_output
 from ..schedules import decay
@@ -107,12 +107,13 @@ class CycleBNN(Method):
         spe = info.steps_per_epoch if info else 1
         unit_T = total_steps // spe if hp.schedule_unit == "epoch" else total_steps
         g = hp.grad_bits or 32
-        macs = layer_macs(model, info.in_shape) if info else {}
+        io = layer_io(model, info.in_shape) if info else {}  # one hooked pass for the MACs and the gates
+        macs = {n: v.macs for n, v in io.items()}
         binary_names = {n for n, _ in layers}
         mac_bin = sum(v for n, v in macs.items() if n in binary_names)
         mac_fp = sum(v for n, v in macs.items() if n not in binary_names)
         batch = info.batch_size if info else 0
-        gates = training_gates(model, info.in_shape, batch) if info else []
+        gates = training_gates(io, batch)
         g_fwd = sum(r.forward for r in gates if r.name in binary_names)
         g_grad = sum(r.weight_grad + r.input_grad for r in gates if r.name in binary_names)
         g_full = sum(r.forward + r.weight_grad + r.input_grad for r in gates if r.name not in binary_names)
