@@ -501,9 +501,8 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
     front = front_records(summary, space, a.cpus_per_trial)
     hv = (hypervolume([list(p["objectives"].values()) for p in front], space.objectives, space.refs, space.log_axes)
           if space.multi else None)
-    logs = space.log_axes or (False,) * len(space.objectives)
     doc = {"study": summary["study"], "objectives": [{"metric": m, "mode": d, **({"log": True} if lg else {})}
-                                                    for (m, d), lg in zip(space.objectives, logs)],
+                                                    for (m, d), lg in zip(space.objectives, space.objective_logs)],
            "constraints": [{"metric": m, kind: b} for m, kind, b in space.constraints],
            "reference_point": list(space.refs), "hypervolume": hv, "front": front}
     from . import interrupts

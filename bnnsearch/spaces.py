@@ -124,11 +124,15 @@ class SearchSpace:
     def multi(self) -> bool:
         return bool(self.extra_objectives)
 
+    @property
+    def objective_logs(self) -> tuple:
+        """Whether each objective is on a log10 axis, one bool per objective."""
+        return self.log_axes or (False,) * len(self.objectives)
+
     def objectives_text(self) -> str:
         """``max val/acc, min cost/train_gates (log10)``: the objectives as the CLI prints them."""
-        logs = self.log_axes or (False,) * len(self.objectives)
         return ", ".join(f"{mode} {metric}" + (" (log10)" if lg else "")
-                         for (metric, mode), lg in zip(self.objectives, logs))
+                         for (metric, mode), lg in zip(self.objectives, self.objective_logs))
 
     def label(self, cfg) -> str:
         """What a trial's MLflow run name starts with (its method)."""
