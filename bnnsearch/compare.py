@@ -133,13 +133,14 @@ def study_name(cmp_name: str, arm: str, r: int) -> str:
 
 
 def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list[str], repeats: int, trials: int,
-                     concurrency: int) -> dict:
+                     concurrency: int, noise_seeds: int = 0) -> dict:
     """How far a comparison has got, read from its MLflow store (nothing trains, nothing is
     created): per arm the finished studies, the trials recorded by an unfinished one, and the
     training seconds (the trials' ``time/total_s``) spent so far; and an estimate of what is left:
     each arm's unfinished studies at the mean of its finished ones, less what an unfinished study
-    already spent, divided by ``concurrency`` for wall time (the noise floor's re-trainings come
-    on top). No values: an unfinished comparison is not summarised."""
+    already spent, divided by ``concurrency`` for wall time; and the noise floor's re-trainings
+    after them (``noise_seeds`` per arm, one at a time: ``noise_floor_s``). No values: an
+    unfinished comparison is not summarised."""
     from .sweep import MlflowCallback
     from .tracking import Tracker, read_store
 
@@ -177,7 +178,16 @@ def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list
     return {"name": cmp_name, "experiment": experiment, "tracking_uri": uri, "arms": rows, "trials": trials,
             "studies": len(arms) * repeats, "finished": n_done, "training_s": spent,
             "left_training_s": None if unknown else left, "left_wall_s": None if unknown else left / max(1, concurrency),
-            "no_estimate": unknown, "concurrency": concurrency}
+            "no_estimate": unknown, "concurrency": concurrency, "noise_seeds": noise_seeds,
+            "noise_floor_s": None if unknown else noise_floor_s(rows, trials, noise_seeds)}
+
+
+def noise_floor_s(arms: list[dict], trials: int, seeds: int) -> float:
+    """The noise floor's re-trainings, estimated: ``seeds`` re-trainings of each arm's best
+    configuration, one after another, each at its arm's mean training seconds per trial (its
+    finished studies' mean over ``trials``). Re-trainings already cached are not subtracted."""
+    return float(seeds * sum(a["mean_s_per_finished_study"] / trials for a in arms
+                             if a["mean_s_per_finished_study"] is not None))
 
 
 _STATE = {"RUNNING": "running, or stopped by a kill", "KILLED": "interrupted", "FAILED": "failed"}
@@ -199,7 +209,11 @@ def progress_report(p: dict) -> str:
     left = ("no estimate of what is left: no finished study yet for " + ", ".join(p["no_estimate"])
             if p["no_estimate"] else
             f"about {p['left_training_s']:,.0f} training s left (the finished studies' mean per arm), about "
-            f"{p['left_wall_s'] / 3600:.1f} h at --concurrency {p['concurrency']}, plus the noise floor if asked")
+            f"{p['left_wall_s'] / 3600:.1f} h at --concurrency {p['concurrency']}")
+    if p.get("noise_seeds") and p.get("noise_floor_s") is not None:
+        left += (f"; then the noise floor, {p['noise_seeds']} re-trainings of each arm's best configuration one at a "
+                 f"time: about {p['noise_floor_s'] / 3600:.1f} h (at each arm's mean trial seconds; any already "
+                 "cached in --out are not trained again)")
     lines.append(f"training seconds so far: {p['training_s']:,.0f}; {left}")
     return "\n".join(lines)
 
@@ -309,7 +323,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     ref = {m: m.split("@")[0] + RANDOM_SUFFIX for m in methods}
     if status:
         return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
-                                base.trials, base.concurrency)
+                                base.trials, base.concurrency, noise_seeds)
     tracker = Tracker(base.tracking_uri, experiment)
     out = Path(out or f"runs/{cmp_name}")
     out.mkdir(parents=True, exist_ok=True)

@@ -264,3 +264,24 @@ def test_pairwise_table_lists_every_pair_of_methods_with_holm_adjusted_p():
     assert lines[3].startswith("| a - c |") and lines[3].endswith("| +0.1 (5/5) | 0.188 |")
     assert len(lines) == 5
     assert pairwise_table({"pairwise_auc": [], "pick_test": None}) == ""
+
+
+def test_status_estimates_the_noise_floor_from_each_arms_mean_trial_seconds():
+    from bnnsearch.compare import noise_floor_s, progress_report
+
+    arms = [{"arm": "a", "finished": 2, "repeats": 3, "unfinished": [], "training_s": 500.0,
+             "mean_s_per_finished_study": 250.0},
+            {"arm": "b", "finished": 1, "repeats": 3, "unfinished": [], "training_s": 1000.0,
+             "mean_s_per_finished_study": 1000.0}]
+    # 5 seeds x (250/25 + 1000/25) s per trial = 5 x 50 = 250 s
+    assert noise_floor_s(arms, 25, 5) == 250.0
+    assert noise_floor_s(arms, 25, 0) == 0.0
+    p = {"name": "c", "arms": arms, "trials": 25, "studies": 6, "finished": 3, "training_s": 1500.0,
+         "left_training_s": 2250.0, "left_wall_s": 1125.0, "no_estimate": [], "concurrency": 2,
+         "noise_seeds": 5, "noise_floor_s": 3600.0 * 1.25}
+    last = progress_report(p).splitlines()[-1]
+    assert last == ("training seconds so far: 1,500; about 2,250 training s left (the finished studies' mean per arm), "
+                    "about 0.3 h at --concurrency 2; then the noise floor, 5 re-trainings of each arm's best "
+                    "configuration one at a time: about 1.2 h (at each arm's mean trial seconds; any already cached "
+                    "in --out are not trained again)")
+    assert progress_report({**p, "noise_seeds": 0}).splitlines()[-1].endswith("about 0.3 h at --concurrency 2")
