@@ -479,7 +479,8 @@ def check_flags(a, out: str | None, pick: int | None) -> None:
         raise UserError(f"--out {outdir}: is a file, not a directory")
 
 
-def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: str | None = None) -> dict:
+def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: str | None = None,
+               ready=None) -> dict:
     """Run (or resume) an AutoML study (``sweep.run_sweep`` on an AutoML space), then write its
     Pareto front (``register_pick`` registers a point of it). With
     ``warm_start`` (an experiment of the same store) a fresh study enqueues that experiment's
@@ -497,7 +498,7 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
         if not a.quiet:
             print(note, flush=True)
         a = dc.replace(a, points=tuple(points))
-    summary = run_sweep(a)
+    summary = run_sweep(a, ready)
     front = front_records(summary, space, a.cpus_per_trial)
     hv = (hypervolume([list(p["objectives"].values()) for p in front], space.objectives, space.refs, space.log_axes)
           if space.multi else None)

@@ -170,12 +170,10 @@ def cmd_sweep(args) -> int:
         raise UserError(f"{args.space}: an AutoML space (methods:); run it with  bnnsearch automl {args.space}  "
                         "(it prints and records the Pareto front and can register the network)")
     a = _sweep_args(args, space)
-    from .sweep import _check_args
-
-    _check_args(a)  # a bad flag is one clear line, not a header with an empty budget and then the error
-    print(f"study {a.study_name()}: {space.method}, {a.budget_text()}, sampler {a.sampler}, "
-          f"scheduler {a.scheduler}, objective {space.mode} {space.metric}", flush=True)
-    print_summary(run_sweep(a))
+    header = (f"study {a.study_name()}: {space.method}, {a.budget_text()}, sampler {a.sampler}, "
+              f"scheduler {a.scheduler}, objective {space.mode} {space.metric}")
+    # printed once the flags, store and data are checked: a mistake is the only line printed
+    print_summary(run_sweep(a, lambda: print(header, flush=True)))
     return 0
 
 
@@ -232,7 +230,7 @@ def parse_duration(text: str) -> float:
 def cmd_automl(args) -> int:
     from .automl import AutoSpace, run_automl
     from .spaces import load_space
-    from .sweep import _check_args
+    from .sweep import check_args
     from .textui import table
 
     space = load_space(args.space)
@@ -246,15 +244,16 @@ def cmd_automl(args) -> int:
     a.experiment = a.experiment or f"bnnsearch/{data}/automl"
     a.name = a.name or f"automl-{data}-{a.sampler}-s{a.seed}"
     register = None if args.register is None else (args.register or f"bnnsearch-{data}")
-    _check_args(a)  # a bad flag is one clear line before the study's header, not after it
+    check_args(a)
     from .automl import check_flags
 
     check_flags(a, args.out, args.pick)
     objs = space.objectives_text()
     cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
-    print(f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
-          f"{a.budget_text()}, sampler {a.sampler}", flush=True)
-    s = run_automl(a, args.out, args.pick, args.warm_start)
+    header = (f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
+              f"{a.budget_text()}, sampler {a.sampler}")
+    # printed once the flags, store and data are checked: a mistake is the only line printed
+    s = run_automl(a, args.out, args.pick, args.warm_start, ready=lambda: print(header, flush=True))
     print_summary(s)
     keys = [m for m, _ in space.objectives]
     rows = [[p["rank"], p["method"], *[p["objectives"][k] for k in keys], p["trial"], _arch_text(p["config"])]

@@ -26,7 +26,7 @@ from . import interrupts
 from .errors import Interrupted, UserError
 from .runio import write_text_whole
 from .spaces import SearchSpace
-from .sweep import SweepArgs, run_sweep
+from .sweep import SweepArgs, check_args, run_sweep
 
 NOISE_CACHE = "noise_floor_runs.json"  # in --out: each noise-floor re-training's value, kept for --resume
 PACKS_HINT = "give distinct pack sizes >= 1, comma-separated (e.g. 1,8)"  # in --packs errors (cli parses them)
@@ -321,6 +321,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         arms += [(s.method + RANDOM_SUFFIX, s, "random", base.pack) for s in spaces]
     # each arm's random-search reference: <method>@random (a pack arm's too)
     ref = {m: m.split("@")[0] + RANDOM_SUFFIX for m in methods}
+    startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, *_ in arms}
+    for arm, space, sampler, pack in arms:  # every study's flags, before anything is printed or created
+        check_args(replace(base, space=space, sampler=sampler, startup_trials=startup[arm], pack=pack))
     if status:
         return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
                                 base.trials, base.concurrency, noise_seeds)
@@ -340,7 +343,6 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     gpu: dict[str, float] = {}
     parents: dict[str, list[str]] = {}
     best_cfg: dict[str, tuple[float, str]] = {}
-    startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, *_ in arms}
     first = min(startup.values())  # every arm's first trials are random: a random config's median
     for arm, *_ in arms:
         per_method[arm], cpu[arm], gpu[arm], parents[arm], tests[arm], seconds[arm] = [], 0.0, 0.0, [], [], []

@@ -25,6 +25,7 @@ import pickle
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1042,7 +1043,7 @@ class MlflowCallback(tune.Callback):
 
 
 
-def _check_args(a: SweepArgs) -> None:
+def check_args(a: SweepArgs) -> None:
     """Every flag checked before anything is created (a run, a directory, a Ray instance)."""
     if a.sampler not in SAMPLERS:
         raise UserError(f"--sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -1060,6 +1061,7 @@ def _check_args(a: SweepArgs) -> None:
              ">= 1 (0 only with a time budget)"),
             ("--time-budget", a.time_budget_s, a.time_budget_s >= 0, ">= 0 seconds"),
             ("--startup-trials", a.startup_trials, a.startup_trials >= 0, ">= 0"),
+            ("--seed", a.seed, a.seed >= 0, ">= 0"),
             ("--concurrency", a.concurrency, a.concurrency >= 0, ">= 0 (0: as many as the CPUs allow)"),
             ("--cpus-per-trial", a.cpus_per_trial, a.cpus_per_trial > 0, "> 0"),
             ("--gpus-per-trial", a.gpus_per_trial, a.gpus_per_trial >= 0, ">= 0"),
@@ -1112,8 +1114,10 @@ def _interrupted(tracker, parent_id: str, a: SweepArgs, name: str) -> Interrupte
                        "lost, and the study is marked interrupted (no best config)", name)
 
 
-def run_sweep(a: SweepArgs) -> dict:
-    """Run (or resume) one study; returns a summary with the top trials."""
+def run_sweep(a: SweepArgs, ready: Callable[[], None] | None = None) -> dict:
+    """Run (or resume) one study; returns a summary with the top trials. ``ready()`` is called
+    once every flag, the store, the storage folder and the data have been checked and before Ray
+    starts: the CLI prints the study's header there, so a mistake is the only line printed."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
@@ -1126,7 +1130,7 @@ def run_sweep(a: SweepArgs) -> dict:
 
     from .tracking import Tracker, check_store, git_sha
 
-    _check_args(a)
+    check_args(a)
     _check_address(a.address)
     if not a.address and a.gpus_per_trial > 0:  # before anything is created; a cluster is asked after ray.init
         import torch
@@ -1156,6 +1160,8 @@ def run_sweep(a: SweepArgs) -> dict:
                             f"{a.experiment_name()!r} of {tracker.uri})")
     elif parent is not None or exp_dir.exists():
         raise UserError(f"study {name!r} already exists ({exp_dir}); add --resume to continue it or --name to start another")
+    if ready is not None:
+        ready()
 
     if not ray.is_initialized():
         kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")

@@ -167,6 +167,13 @@ CASES = [  # (argv, what the one line must say)
     (["dashboard", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["dashboard", "--tracking-uri", "http://127.0.0.1:1"], "no MLflow server answers there"),
     (["compare", "space.yaml", "--status"], "mlflow.db does not exist (nothing recorded there"),
+    # a study's flags, checked for every arm before the comparison prints or creates anything
+    (["compare", "space.yaml", "--trials", "-1"], "--trials -1: must be >= 1 (0 only with a time budget)"),
+    (["compare", "space.yaml", "--startup-trials", "-2"], "--startup-trials -2: must be >= 0"),
+    (["compare", "space.yaml", "--seed", "-1"], "--seed -1: must be >= 0"),
+    (["compare", "space.yaml", "--samplers", "tpe,bandit"], "--sampler bandit chooses among methods"),
+    (["compare", "space.yaml", "--status", "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
+    ([*SWEEP, "--seed", "-1"], "--seed -1: must be >= 0"),
 ]
 
 
@@ -198,8 +205,12 @@ def no_work(monkeypatch):
 def test_a_mistake_is_one_clear_line_and_nothing_is_written(files, no_work, capsys, argv, needle):
     before = sorted(p.name for p in files.iterdir())
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bnnsearch: error: ") and needle in err[0], err
+    # no header or progress line before the error (train announces its run directory before the
+    # data loads: it writes nothing there until the first epoch ends)
+    assert out == "" or argv[0] == "train", out
     # nothing half-written: no tracking store, no Ray results, no run directory, no output file
     assert sorted(p.name for p in files.iterdir()) == before
 
