@@ -244,7 +244,7 @@ def cmd_automl(args) -> int:
     a.experiment = a.experiment or f"bnnsearch/{data}/automl"
     a.name = a.name or f"automl-{data}-{a.sampler}-s{a.seed}"
     register = None if args.register is None else (args.register or f"bnnsearch-{data}")
-    check_args(a)
+    check_args(a)  # before the warm start reads the store
     from .automl import check_flags
 
     check_flags(a, args.out, args.pick)
