@@ -35,7 +35,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out or f"runs/{cfg.method}-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}")
     show = _progress(cfg.epochs)
-    print(f"training {cfg.method} on {cfg.data} with {cfg.arch} for {cfg.epochs} epochs -> {out}/", flush=True)
+    header = f"training {cfg.method} on {cfg.data} with {cfg.arch} for {cfg.epochs} epochs -> {out}/"
     writer = []  # the run directory is written once the first epoch exists: a run that fails to start leaves none
 
     def report(m):
@@ -46,7 +46,7 @@ def cmd_train(args) -> int:
         show(m)
 
     try:
-        res = fit(cfg, report)
+        res = fit(cfg, report, on_start=lambda: print(header, flush=True))  # once the data and model exist
     except UserError as e:
         raise named(args.config, e) from None
     except KeyboardInterrupt:

@@ -175,12 +175,16 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     threads: int | None = None,
     save_due: Callable[[], bool] | None = None,
+    on_start: Callable[[], Any] | None = None,
 ) -> FitResult:
     """Train one configuration. ``report(metrics)`` is called once per epoch; a truthy return
     stops training. With ``checkpoint_dir`` the full state is saved after every epoch (with
     ``save_due``, after the epochs where ``save_due()`` is true, asked before the epoch's
-    report) and a run finding a checkpoint there continues from it."""
-    return fit_pack([cfg], [report], checkpoint_dir=checkpoint_dir, threads=threads, save_due=save_due)[0]
+    report) and a run finding a checkpoint there continues from it. ``on_start()`` is called once
+    the data is loaded and the model built, before the first epoch (the CLI announces the run
+    there, so a missing dataset is the only line printed)."""
+    return fit_pack([cfg], [report], checkpoint_dir=checkpoint_dir, threads=threads, save_due=save_due,
+                    on_start=on_start)[0]
 
 
 def autocast(cfg: RunConfig, device: torch.device):
@@ -233,6 +237,7 @@ def fit_pack(
     on_epoch: Callable[[dict[int, dict]], Any] | None = None,
     after_checkpoint: Callable[[], Any] | None = None,
     save_due: Callable[[], bool] | None = None,
+    on_start: Callable[[], Any] | None = None,
 ) -> list[FitResult]:
     """Train K configurations that share every structural key as one packed network
     (``nn/pack.py``); K = 1 is the ordinary single run. Member k is trained exactly as
@@ -349,6 +354,8 @@ def fit_pack(
     # The flip statistics of a pack read all members' signs per layer at once where the method
     # allows it (the same values as each member's own, in 1/K of the small ops per step).
     stacked = method.binary_signs_stacked(pack.module, [m.model for m in members]) if k_n > 1 else None
+    if on_start is not None:
+        on_start()
     pack.train(True)
     with rng.use(members[0].gen):  # a pack's members switch to their own streams (Pack.ctx)
         for epoch in range(start_epoch, cfg.epochs):
