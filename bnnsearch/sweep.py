@@ -1114,6 +1114,31 @@ def _interrupted(tracker, parent_id: str, a: SweepArgs, name: str) -> Interrupte
                        "lost, and the study is marked interrupted (no best config)", name)
 
 
+class _TempFileRace:
+    """A logging filter for Ray Tune's experiment-state logger. Ray writes each snapshot file in
+    its driver staging folder as ``.<uuid>-tmp-...`` and renames it, while the previous snapshot's
+    copy to the study folder may still be listing that folder in a background thread: the copy
+    then fails on the renamed temp file and Ray logs the failure with a traceback. The snapshot is
+    whole (the rename is atomic) and Ray copies the folder again at once, after the write that
+    raced (``experiment_state.checkpoint``: write, wait for the previous copy, start the next);
+    resume has its own copy besides (``bnnsearch_state/``). Only that record is dropped: any other
+    failure to save the state is still logged."""
+
+    def filter(self, record) -> bool:
+        if not record.getMessage().startswith("Saving experiment state to storage") or not record.exc_info:
+            return True
+        e = record.exc_info[1]
+        return not (isinstance(e, FileNotFoundError) and "-tmp-" in str(e) and "/." in str(e))
+
+
+def _quiet_temp_file_race() -> None:
+    import logging
+
+    log = logging.getLogger("ray.tune.execution.experiment_state")
+    if not any(isinstance(f, _TempFileRace) for f in log.filters):
+        log.addFilter(_TempFileRace())
+
+
 def run_sweep(a: SweepArgs, ready: Callable[[], None] | None = None) -> dict:
     """Run (or resume) one study; returns a summary with the top trials. ``ready()`` is called
     once every flag, the store, the storage folder and the data have been checked and before Ray
@@ -1127,6 +1152,8 @@ def run_sweep(a: SweepArgs, ready: Callable[[], None] | None = None) -> dict:
     # fresh-clone run). Snapshot on every loop step (a small file) and keep two checkpoints.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     import ray
+
+    _quiet_temp_file_race()
 
     from .tracking import Tracker, check_store, git_sha
 
