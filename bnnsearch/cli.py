@@ -260,7 +260,7 @@ def cmd_automl(args) -> int:
             for p in s["front"]]
     print(f"\nPareto front ({len(rows)} point{'s' if len(rows) != 1 else ''}, feasible complete trials)"
           + (f", hypervolume {s['hypervolume']:.6g} (reference {list(space.refs)}"
-             + "".join(f"; {m} on a log10 axis" for (m, _), lg in zip(space.objectives, space.log_axes) if lg)
+             + "".join(f"; {m} on a log10 axis" for (m, _), lg in zip(space.objectives, space.objective_logs) if lg)
              + ")" if s["hypervolume"] is not None else ""))
     if rows:
         print(table(rows, ["rank", "method", *keys, "trial", "network"], align_right=set(range(2, 2 + len(keys)))))

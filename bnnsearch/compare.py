@@ -210,7 +210,7 @@ def progress_report(p: dict) -> str:
             if p["no_estimate"] else
             f"about {p['left_training_s']:,.0f} training s left (the finished studies' mean per arm), about "
             f"{p['left_wall_s'] / 3600:.1f} h at --concurrency {p['concurrency']}")
-    if p.get("noise_seeds") and p.get("noise_floor_s") is not None:
+    if p["noise_seeds"] and p["noise_floor_s"] is not None:
         left += (f"; then the noise floor, {p['noise_seeds']} re-trainings of each arm's best configuration one at a "
                  f"time: about {p['noise_floor_s'] / 3600:.1f} h (at each arm's mean trial seconds; any already "
                  "cached in --out are not trained again)")

@@ -108,10 +108,9 @@ class CycleBNN(Method):
         unit_T = total_steps // spe if hp.schedule_unit == "epoch" else total_steps
         g = hp.grad_bits or 32
         io = layer_io(model, info.in_shape) if info else {}  # one hooked pass for the MACs and the gates
-        macs = {n: v.macs for n, v in io.items()}
         binary_names = {n for n, _ in layers}
-        mac_bin = sum(v for n, v in macs.items() if n in binary_names)
-        mac_fp = sum(v for n, v in macs.items() if n not in binary_names)
+        mac_bin = sum(v.macs for n, v in io.items() if n in binary_names)
+        mac_fp = sum(v.macs for n, v in io.items() if n not in binary_names)
         batch = info.batch_size if info else 0
         gates = training_gates(io, batch)
         g_fwd = sum(r.forward for r in gates if r.name in binary_names)
