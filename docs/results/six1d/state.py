@@ -110,6 +110,7 @@ def restore(work: Path) -> None:
     cs = chunks()
     if not cs:
         sys.exit(f"state.py: no chunks in {STATE}")
+    work.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(work / DB)
     for i, c in enumerate(cs):
         with tarfile.open(c, "r:xz") as tar:
