@@ -1,7 +1,8 @@
 """The pre-registered secondary analysis of the automl-cost test (README.md, "The analysis"):
 final hypervolume after the budget (paired Wilcoxon, Holm over the pairs, from curves.csv), how
 many trials each arm gave each method, and per study the best feasible validation accuracy and
-the cheapest feasible point (the most accurate of the cheapest; from the MLflow store). Reported without a claim; the primary test
+the cheapest feasible point (the most accurate of the cheapest), and how many of the five
+gradient methods have no feasible trial (from the MLflow store). Reported without a claim; the primary test
 is compare's pairwise AUC table.
 
     .venv/bin/python docs/results/automl-cost/secondary.py runs/automlcost/out/curves.csv \
@@ -62,6 +63,7 @@ def main(curves: str, uri: str, cmp_name: str) -> None:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(f"bnnsearch-compare/{cmp_name}")
     counts: dict[str, Counter] = {}
+    shut: dict[str, list[int]] = defaultdict(list)  # per study: gradient methods with no feasible trial
     best_acc: dict[str, list] = defaultdict(list)
     cheap: dict[str, list] = defaultdict(list)
     for a in arms:
@@ -72,6 +74,7 @@ def main(curves: str, uri: str, cmp_name: str) -> None:
             counts[a].update(x.data.tags.get("method") for x in runs)
             ok = [x for x in runs if x.data.tags.get("bnnsearch.feasible", "1") == "1"
                   and "val/acc" in x.data.metrics and "cost/train_gates" in x.data.metrics]
+            shut[a].append(len(set(METHODS[:-1]) - {x.data.tags.get("method") for x in ok}))
             if not ok:
                 continue
             b = max(ok, key=lambda x: x.data.metrics["val/acc"])
@@ -84,6 +87,13 @@ def main(curves: str, uri: str, cmp_name: str) -> None:
     print("| arm | " + " | ".join(METHODS) + " | total |\n|---|" + "---|" * (len(METHODS) + 1))
     for a in arms:
         print(f"| {a} | " + " | ".join(str(counts[a][m]) for m in METHODS) + f" | {sum(counts[a].values())} |")
+
+    print("\n## Studies where gradient methods have no feasible trial (of the five: latent, filtered, hbnn, "
+          "cyclebnn, proxconnect)\n")
+    print("| arm | studies with at least one | with all five | per study |\n|---|---|---|---|")
+    for a in arms:
+        print(f"| {a} | {sum(n > 0 for n in shut[a])}/{len(shut[a])} | {sum(n == 5 for n in shut[a])}/{len(shut[a])} "
+              f"| {' '.join(map(str, shut[a]))} |")
 
     print("\n## Per study: the best feasible validation accuracy and the cheapest feasible point\n")
     print("| arm | best val acc, mean [min, max] | its test acc, mean | methods of the best (count) "
