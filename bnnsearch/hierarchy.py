@@ -13,10 +13,11 @@ beneath"; the scores below are this project's choice, kept in one function]:
   about the method (docs/results/automl-cost: with one try, a method whose one trial drew an
   infeasible width scored 0 and UCB never came back to it — in 4 of 20 studies all five gradient
   methods were shut out this way; docs/results/automl-cover: with this rule none was, and the
-  bandit still did not beat flat TPE — the covering spends the early trials). Then UCB: ``score(m) = best(m) + c * sqrt(ln N / n(m))`` with ``n(m)`` the trials of m
-  (running ones included, so parallel asks spread), N all trials, c = 0.5. ``best(m)`` is the best
-  reward of m's feasible full-budget trials in [0, 1]: one objective, its value min-max scaled over
-  all such trials of the study; several, ``1 / (1 + the number of trials that dominate it)`` (1 on
+  bandit still did not beat flat TPE — the covering spends the early trials). Then UCB:
+  ``score(m) = best(m) + c * sqrt(ln N / n(m))`` with ``n(m)`` the trials of m (running ones
+  included, so parallel asks spread), N all trials, c = 0.5. ``best(m)`` is the best reward of m's
+  feasible full-budget trials in [0, 1]: one objective, its value min-max scaled over all such
+  trials of the study; several, ``1 / (1 + the number of trials that dominate it)`` (1 on
   the front). A method with none scores 0 + its bonus.
 * Beneath: each method has its own ``GPSampler`` that sees only that method's trials (a view of
   the study), so it models the method's own parameters and the shared ones (the method itself is

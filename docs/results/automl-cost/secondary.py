@@ -19,6 +19,8 @@ from statistics import mean, median
 
 from bnnsearch.compare import study_name
 from bnnsearch.efficiency import pairwise_paired
+from bnnsearch.sweep import MlflowCallback
+from bnnsearch.tracking import Tracker
 
 METHODS = ["latent", "filtered", "hbnn", "cyclebnn", "proxconnect", "local_binary"]
 
@@ -33,15 +35,6 @@ def final_values(curves: str) -> dict[str, list[float | None]]:
             if v is not None and t >= last[arm].get(r, (0, 0.0))[0]:
                 last[arm][r] = (t, v)
     return {arm: [by_r[r][1] if r in by_r else None for r in range(max(by_r) + 1)] for arm, by_r in last.items()}
-
-
-def study_trials(client, experiment_id: str, name: str) -> list:
-    """The trial (child) runs of a study, found by its parent run's study tag."""
-    parents = client.search_runs([experiment_id], f"tags.`bnnsearch.kind` = 'study' and tags.`bnnsearch.study` = '{name}'")
-    if not parents:
-        return []
-    pid = parents[0].info.run_id
-    return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'", max_results=1000)
 
 
 def main(curves: str, uri: str, cmp_name: str) -> None:
@@ -61,7 +54,7 @@ def main(curves: str, uri: str, cmp_name: str) -> None:
         print(f"| {a} | {mean(v):.4g} | {min(v):.4g} | {max(v):.4g} |")
 
     client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(f"bnnsearch-compare/{cmp_name}")
+    tracker = Tracker.from_client(client, client.get_experiment_by_name(f"bnnsearch-compare/{cmp_name}").experiment_id)
     counts: dict[str, Counter] = {}
     shut: dict[str, list[int]] = defaultdict(list)  # per study: gradient methods with no feasible trial
     best_acc: dict[str, list] = defaultdict(list)
@@ -69,10 +62,11 @@ def main(curves: str, uri: str, cmp_name: str) -> None:
     for a in arms:
         counts[a] = Counter()
         for r in range(len(finals[a])):
-            runs = [x for x in study_trials(client, exp.experiment_id, study_name(cmp_name, a, r))
-                    if x.data.tags.get("bnnsearch.trial_index") is not None]
+            parent = tracker.find_study(study_name(cmp_name, a, r))
+            runs = [x for x in (tracker.child_runs(parent.info.run_id) if parent else [])
+                    if x.data.tags.get(MlflowCallback.INDEX) is not None]
             counts[a].update(x.data.tags.get("method") for x in runs)
-            ok = [x for x in runs if x.data.tags.get("bnnsearch.feasible", "1") == "1"
+            ok = [x for x in runs if x.data.tags.get(MlflowCallback.FEASIBLE, "1") == "1"
                   and "val/acc" in x.data.metrics and "cost/train_gates" in x.data.metrics]
             shut[a].append(len(set(METHODS[:-1]) - {x.data.tags.get("method") for x in ok}))
             if not ok:
