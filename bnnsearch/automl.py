@@ -471,12 +471,11 @@ def _outdir(a, out: str | None) -> Path:
 def check_flags(a, out: str | None, pick: int | None) -> None:
     """``automl``'s own flags, checked before anything runs (the CLI: before the header)."""
     from .errors import UserError
+    from .runio import check_out_dir
 
     if pick is not None and pick < 1:
         raise UserError(f"--pick {pick}: a rank on the front, 1 for the best first objective")
-    outdir = _outdir(a, out)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"--out {outdir}: is a file, not a directory")
+    check_out_dir(_outdir(a, out), "--out")  # a folder made at the end, after the study
 
 
 def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: str | None = None,
@@ -487,6 +486,7 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
     best configurations that fit this space first."""
     import dataclasses as dc
 
+    from .errors import UserError
     from .sweep import run_sweep
     from .tracking import Tracker, check_store
 
@@ -509,10 +509,14 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
     from . import interrupts
 
     with interrupts.held():  # the finished study's front is written whole, file and MLflow copy
-        outdir.mkdir(parents=True, exist_ok=True)
-        (outdir / "pareto.json").write_text(json.dumps(doc, indent=1))
         tracker = Tracker(summary["tracking_uri"], summary["experiment"])
         tracker.log_json(summary["parent_run_id"], doc, "pareto.json")
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+            (outdir / "pareto.json").write_text(json.dumps(doc, indent=1))
+        except OSError as e:  # checked before the study, but a write can still fail
+            raise UserError(f"--out {outdir}: cannot write pareto.json ({e.strerror}); the study and its front are "
+                            f"recorded (pareto.json of MLflow run {summary['parent_run_id']})") from None
     summary.update(front=front, hypervolume=hv, out=str(outdir))
     return summary
 

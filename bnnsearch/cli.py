@@ -26,27 +26,37 @@ def _progress(total_epochs: int):
     return show
 
 
+class _OutDirError(UserError):
+    """``train --out`` could not be written (named by its flag, not by the config file)."""
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .engine import fit
-    from .runio import MetricsWriter, write_config, write_text_whole
+    from .runio import MetricsWriter, check_out_dir, write_config, write_text_whole
     from .textui import fmt, table
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out or f"runs/{cfg.method}-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out_dir(out, "--out")
     show = _progress(cfg.epochs)
     header = f"training {cfg.method} on {cfg.data} with {cfg.arch} for {cfg.epochs} epochs -> {out}/"
     writer = []  # the run directory is written once the first epoch exists: a run that fails to start leaves none
 
     def report(m):
         if not writer:
-            write_config(out, cfg)
-            writer.append(MetricsWriter(out / "metrics.jsonl"))
+            try:
+                write_config(out, cfg)
+                writer.append(MetricsWriter(out / "metrics.jsonl"))
+            except OSError as e:
+                raise _OutDirError(f"--out {out}: cannot write there ({e.strerror})") from None
         writer[0](m)
         show(m)
 
     try:
         res = fit(cfg, report, on_start=lambda: print(header, flush=True))  # once the data and model exist
+    except _OutDirError:
+        raise
     except UserError as e:
         raise named(args.config, e) from None
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from .efficiency import (RANDOM_SUFFIX, asha_rungs, cost_to_target, gap_target, 
                          target_value, test_metric)
 from . import interrupts
 from .errors import Interrupted, UserError
-from .runio import write_text_whole
+from .runio import check_out_dir, write_text_whole
 from .spaces import SearchSpace
 from .sweep import SweepArgs, check_args, run_sweep
 
@@ -327,9 +327,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     if status:
         return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
                                 base.trials, base.concurrency, noise_seeds)
-    tracker = Tracker(base.tracking_uri, experiment)
     out = Path(out or f"runs/{cmp_name}")
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, "--out", create=True)
+    tracker = Tracker(base.tracking_uri, experiment)
     t0 = time.time()
     per_method: dict[str, list[list[float | None]]] = {}
     tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -41,6 +42,28 @@ def write_text_whole(path: Path, text: str) -> None:
 
 def copy_whole(src: Path, dst: Path) -> None:
     write_whole(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def check_out_dir(path: Path, flag: str, create: bool = False) -> None:
+    """An output folder a command will write into, checked before any work (a user's mistake
+    found after an hour of training loses that hour): a file in its place, or a place where no
+    folder can be made or written, is an error naming ``flag``. ``create`` makes it now; else
+    the nearest existing folder above it must be writable (a check, not a proof: the write
+    itself can still fail, e.g. under /proc, where callers name the flag too)."""
+    from .errors import UserError
+
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a directory")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{flag} {path}: cannot create the directory ({e.strerror})") from None
+    base = path
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write there ({base} is not a writable directory)")
 
 
 def write_config(out: Path, cfg: RunConfig) -> None:

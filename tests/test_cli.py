@@ -105,6 +105,36 @@ def test_missing_file_and_bad_yaml(tmp_path):
     assert r.returncode == 2 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
 
 
+
+def test_an_output_folder_that_cannot_be_written_is_named_by_its_flag(cfg_file, tmp_path, capsys, monkeypatch):
+    """A file where ``--out``'s folder should be, or beneath it, is refused before any training
+    (train, compare) or study (automl); a folder whose first write still fails (as root the
+    access check passes under /proc) is named by ``--out`` too, not blamed on the config file."""
+    import bnnsearch.runio as runio
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "search_spaces"
+    monkeypatch.chdir(tmp_path)  # the default store and runs/ would go here; nothing may be made
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv, needle in [(["train", str(cfg_file), "--out", str(afile)], "is a file, not a directory"),
+                         (["train", str(cfg_file), "--out", str(afile / "run")], "is not a writable directory"),
+                         (["compare", str(root / "latent.yaml"), "--repeats", "1", "--trials", "1",
+                           "--out", str(afile)], "is a file, not a directory"),
+                         (["automl", str(root / "automl.yaml"), "--trials", "1", "--out", str(afile / "x")],
+                          "is not a writable directory")]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"bnnsearch: error: --out {afile}") and needle in err[0], err
+
+    def refused(out, cfg):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runio, "write_config", refused)
+    assert main(["train", str(cfg_file), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bnnsearch: error: --out {tmp_path / 'run'}: cannot write there (Permission denied)"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cfg.yaml", "data"]
+
 def test_yaml_exponent_without_dot_is_a_float(cfg_file, tmp_path):
     from bnnsearch.config import load_config
 
