@@ -9,6 +9,7 @@ config. All writes go through ``MlflowClient`` from the driver (SQLite has one w
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -62,6 +63,29 @@ def check_store(uri: str | None, must_exist: bool = False, flag: str = "--tracki
         elif not path.parent.is_dir():
             raise UserError(f"{flag} {uri}: folder {path.parent} does not exist")
     return uri
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Held while a process first opens an SQLite store: MLflow creates (or migrates) the tables
+    on first use, and two commands starting together on a new store raced there — "table
+    experiments already exists", or Alembic's "Online migration expected to match one row" for
+    the loser, and a half-migrated store is not a risk worth taking. An exclusive ``flock`` on the
+    database's folder (no lock file left behind), released when the store is open; a server
+    store, or a system without ``fcntl``, needs none."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: MLflow's own behaviour
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    fd = os.open(Path(uri[len("sqlite:///"):]).resolve().parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_store(uri: str | None, flag: str = "--tracking-uri"):
@@ -118,10 +142,12 @@ class Tracker:
         self.uri = check_store(uri)
         self._mlflow = mlflow
         try:
-            self.client = MlflowClient(tracking_uri=self.uri)
-            self.experiment_id = self._experiment_id(experiment)
+            with store_lock(self.uri):  # the first use creates the store's tables
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.experiment_id = self._experiment_id(experiment)
         except Exception as e:  # a wrong URI or an unreachable server is a user error
-            raise UserError(f"--tracking-uri {self.uri}: cannot use the MLflow store ({type(e).__name__}: {e})") from None
+            first = (str(e).strip().splitlines() or [""])[0]  # SQLAlchemy appends the statement and a link
+            raise UserError(f"--tracking-uri {self.uri}: cannot use the MLflow store ({type(e).__name__}: {first})") from None
         self.experiment = experiment
 
     def _artifact_location(self, name: str) -> str | None:
