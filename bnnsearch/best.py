@@ -5,9 +5,26 @@ from .errors import UserError
 from .tracking import STUDY_TAG, Tracker
 
 
-def best_trials(target: str, uri: str | None, experiment: str | None, top: int) -> tuple[list[dict], str]:
+def _unfinished(parent) -> str | None:
+    """Why a study's trials so far are not its result, or None for a finished study."""
+    name = parent.data.tags.get(STUDY_TAG, parent.info.run_name)
+    status = parent.info.status
+    if status == "FINISHED":
+        return None
+    if status == "KILLED":
+        n = parent.data.tags.get("n_finished_trials", "?")
+        return (f"study {name} was interrupted after {n} finished trials: its best so far, not its result (add "
+                f"--resume --name {name} to the command that started it to complete it)")
+    if status == "FAILED":
+        return f"study {name} failed: its best so far, not its result"
+    return (f"study {name} is not finished (MLflow run {status}: still running, or its driver was killed): "
+            "its best so far, not its result")
+
+
+def best_trials(target: str, uri: str | None, experiment: str | None, top: int) -> tuple[list[dict], str, list[str]]:
     """Top ``top`` finished full-budget trials of study ``target`` (or of experiment ``target``),
-    and the best trial's resolved config YAML."""
+    the best trial's resolved config YAML, and a note for each study among them that is not
+    finished (running, interrupted or failed: its best so far is not its result)."""
     from .tracking import default_tracking_uri, read_store
 
     if top < 1:
@@ -35,10 +52,12 @@ def best_trials(target: str, uri: str | None, experiment: str | None, top: int) 
     if not runs:
         raise UserError(f"no study or experiment named {target!r} with finished trials in {uri or default_tracking_uri()}")
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
-    modes = {}
-    for pid in parents:
+    modes, notes = {}, []
+    for pid in sorted(parents):
         p = client.get_run(pid)
         modes[pid] = (p.data.params.get("metric", "val/acc"), p.data.params.get("mode", "max"))
+        if (note := _unfinished(p)) is not None:
+            notes.append(note)
     metric, mode = next(iter(modes.values()))
     if len(set(modes.values())) > 1:
         raise UserError(f"{target!r} mixes studies with different objectives {sorted(set(modes.values()))}; name one study")
@@ -52,4 +71,4 @@ def best_trials(target: str, uri: str | None, experiment: str | None, top: int) 
     if not rows:
         raise UserError(f"{target!r} has no complete full-budget trial yet")
     rows.sort(key=lambda x: -x["value"] if mode == "max" else x["value"])
-    return rows[:top], Tracker.from_client(client).download_text(rows[0]["run_id"], "config.yaml")
+    return rows[:top], Tracker.from_client(client).download_text(rows[0]["run_id"], "config.yaml"), sorted(notes)

@@ -342,7 +342,7 @@ def cmd_export(args) -> int:
 def cmd_best(args) -> int:
     from .best import best_trials
 
-    rows, best_cfg = best_trials(args.target, args.tracking_uri, args.experiment, args.top)
+    rows, best_cfg, notes = best_trials(args.target, args.tracking_uri, args.experiment, args.top)
     from .textui import table
 
     print(table([[i + 1, r["study"], r["trial"], r["value"], r["run_id"]] for i, r in enumerate(rows)],
@@ -351,6 +351,8 @@ def cmd_best(args) -> int:
     _writable(out, "--out")
     out.write_text(best_cfg)
     print(f"\nwrote the best config to {out}; reproduce it with:  bnnsearch train {out}")
+    for note in notes:
+        print(f"note: {note}")
     if rows[0].get("pack_size", 1) > 1:
         print(f"note: the best trial trained as a member of a pack of {rows[0]['pack_size']} (--pack): trained alone "
               "it matches to 1e-9 only with dtype: float64; in float32 batched kernels round differently, so expect "

@@ -118,12 +118,18 @@ def test_ctrl_c_during_a_sweep_is_an_interrupt_and_resume_completes_it(tmp_path)
     assert cmd[:2] == ["bnnsearch", "sweep"] and cmd[-3:] == ["--name", "filtered-random-s0", "--resume"]
     c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
     assert_interrupted(c, e, parent)
+    best = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "best", "filtered-random-s0"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # its trials so far, said to be so
+    assert best.returncode == 0 and "note: study filtered-random-s0 was interrupted after" in best.stdout, best
     done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *cmd[1:]], cwd=tmp_path, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "[5/5]" in done.stdout and "[1/5]" not in done.stdout  # the counter continues
     c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
     assert_complete(c, e, parent, n)
+    best = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "best", "filtered-random-s0"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert best.returncode == 0 and "note: study" not in best.stdout, best
 
 
 def test_ctrl_c_during_an_automl_study_and_resume_completes_it(tmp_path):

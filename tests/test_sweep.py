@@ -200,7 +200,8 @@ def test_best_reproduces_the_trial(ray_local, tmp_path):
     from bnnsearch.engine import fit
 
     s = sweep(tmp_path, space_file(tmp_path, ALPHA), trials=3, sampler="random", name="repro")
-    rows, text = best_trials("repro", f"sqlite:///{tmp_path}/mlflow.db", None, 3)
+    rows, text, notes = best_trials("repro", f"sqlite:///{tmp_path}/mlflow.db", None, 3)
+    assert notes == []  # a finished study
     assert rows[0]["value"] == max(r["value"] for r in rows) == s["top"][0]["objective"]
     p = tmp_path / "best.yaml"
     p.write_text(text)
