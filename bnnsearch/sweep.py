@@ -18,6 +18,7 @@ proposes configs, MLflow records them. The only module that imports ray.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -1168,11 +1169,9 @@ def run_sweep(a: SweepArgs, ready: Callable[[], None] | None = None) -> dict:
     # study's resume fail that trial ("checkpoint does not exist on storage anymore", seen in a
     # fresh-clone run). Snapshot on every loop step (a small file) and keep two checkpoints.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    import ray
-
     _quiet_temp_file_race()
 
-    from .tracking import Tracker, check_store, git_sha
+    from .tracking import check_store
 
     check_args(a)
     _check_address(a.address)
@@ -1188,14 +1187,56 @@ def run_sweep(a: SweepArgs, ready: Callable[[], None] | None = None) -> dict:
     storage = Path(a.storage).expanduser().resolve()
     _check_creatable(storage, f"--storage {a.storage}")
     check_store(a.tracking_uri)
-    # The dataset is there and the fixed config builds (the driver builds each trial's model for
-    # its cost table anyway): a missing data file is one clear error before any run, directory or
-    # Ray instance exists, not a study whose every trial fails.
+    with _claim_study(storage, name):  # held until this study ends: one driver per study
+        # The dataset is there and the fixed config builds (the driver builds each trial's model
+        # for its cost table anyway): a missing data file is one clear error before any run,
+        # directory or Ray instance exists, not a study whose every trial fails.
+        try:
+            build(space.config(space.low_point(), where=space.path), "cpu")
+        except UserError as e:
+            raise named(space.path, e) from None
+        return _start_study(a, space, name, storage, storage / name, ready)
+
+
+@contextlib.contextmanager
+def _claim_study(storage: Path, name: str):
+    """One driver per study: two commands given the same study name at once (the same command
+    in two terminals) both passed the "already exists" check before either had recorded
+    anything, then shared one Ray results folder and one study name in MLflow (20 trials from
+    two samplers under one study). The check and everything after it now run under an exclusive
+    ``flock`` on a file keyed by the resolved storage folder and the name, in the system's temp
+    folder (the storage folder may not exist yet, and a mistake must leave nothing there);
+    the operating system releases it when the driver exits, even on SIGKILL. Covers drivers on
+    one machine, not two machines sharing a storage folder."""
+    import hashlib
+
     try:
-        build(space.config(space.low_point(), where=space.path), "cpu")
-    except UserError as e:
-        raise named(space.path, e) from None
-    exp_dir = storage / name
+        import fcntl
+    except ImportError:  # not a POSIX system: no claim
+        yield
+        return
+    key = hashlib.sha256(f"{storage}\0{name}".encode()).hexdigest()[:32]
+    locks = Path(tempfile.gettempdir()) / "bnnsearch-studies"
+    locks.mkdir(exist_ok=True)
+    fd = os.open(locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)  # never removed: see above
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"study {name!r} is running in another process on this machine (storage {storage}); "
+                            f"wait for it to end, or give --name to start another") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _start_study(a: SweepArgs, space, name: str, storage: Path, exp_dir: Path,
+                 ready: Callable[[], None] | None) -> dict:
+    """``run_sweep`` once the study is claimed: the "already exists" check, Ray, the record."""
+    import ray
+
+    from .tracking import Tracker, git_sha
+
     tracker = Tracker(a.tracking_uri, a.experiment_name())
     parent = tracker.find_study(name)
     if a.resume:

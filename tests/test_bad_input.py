@@ -293,3 +293,26 @@ def test_an_address_that_answers_but_is_no_ray_head_is_one_clear_error(files, ca
     runs = [r for e in MlflowClient(f"sqlite:///{files}/mlflow.db").search_experiments()
             for r in MlflowClient(f"sqlite:///{files}/mlflow.db").search_runs([e.experiment_id])]
     assert runs == []  # no study parent run
+
+
+def test_a_study_running_in_another_process_is_not_started_twice(files, no_work, capsys):
+    """The same study name given to two drivers at once: both used to pass the "already exists"
+    check before either recorded anything, then shared one Ray results folder and one study in
+    MLflow. While one driver holds the study (``_claim_study``, an flock the OS drops with the
+    process), another is refused with one line, before Ray starts and with nothing written; a
+    --resume is refused too. Another name is free."""
+    from pathlib import Path
+
+    from bnnsearch.sweep import _claim_study
+
+    before = sorted(p.name for p in files.iterdir())
+    with _claim_study(Path("bnnsearch_runs").resolve(), "filtered-tpe-s0"):
+        for extra in ([], ["--resume"]):
+            assert main([*SWEEP, *extra]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "study 'filtered-tpe-s0' is running in another process" in err[0], err
+        assert sorted(p.name for p in files.iterdir()) == before
+        with _claim_study(Path("bnnsearch_runs").resolve(), "filtered-tpe-s1"):
+            pass  # another study of the same storage
+    with _claim_study(Path("bnnsearch_runs").resolve(), "filtered-tpe-s0"):
+        pass  # released with the first
