@@ -1216,8 +1216,8 @@ def _claim_study(storage: Path, name: str):
         yield
         return
     key = hashlib.sha256(f"{storage}\0{name}".encode()).hexdigest()[:32]
-    locks = Path(tempfile.gettempdir()) / "bnnsearch-studies"
-    locks.mkdir(exist_ok=True)
+    locks = Path(tempfile.gettempdir()) / f"bnnsearch-studies-{os.getuid()}"  # per user: another's is not writable
+    locks.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)  # never removed: see above
     try:
         try:
