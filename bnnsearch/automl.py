@@ -475,7 +475,8 @@ def check_flags(a, out: str | None, pick: int | None) -> None:
 
     if pick is not None and pick < 1:
         raise UserError(f"--pick {pick}: a rank on the front, 1 for the best first objective")
-    check_out_dir(_outdir(a, out), "--out")  # a folder made at the end, after the study
+    outdir = _outdir(a, out)
+    check_out_dir(outdir, f"--out {outdir}")  # a folder made at the end, after the study
 
 
 def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: str | None = None,

@@ -38,7 +38,7 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out or f"runs/{cfg.method}-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_out_dir(out, "--out")
+    check_out_dir(out, f"--out {out}")
     show = _progress(cfg.epochs)
     header = f"training {cfg.method} on {cfg.data} with {cfg.arch} for {cfg.epochs} epochs -> {out}/"
     writer = []  # the run directory is written once the first epoch exists: a run that fails to start leaves none

@@ -328,7 +328,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
                                 base.trials, base.concurrency, noise_seeds)
     out = Path(out or f"runs/{cmp_name}")
-    check_out_dir(out, "--out", create=True)
+    check_out_dir(out, f"--out {out}", create=True)
     tracker = Tracker(base.tracking_uri, experiment)
     t0 = time.time()
     per_method: dict[str, list[list[float | None]]] = {}

@@ -44,26 +44,28 @@ def copy_whole(src: Path, dst: Path) -> None:
     write_whole(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def check_out_dir(path: Path, flag: str, create: bool = False) -> None:
+def check_out_dir(path: Path, label: str, create: bool = False) -> None:
     """An output folder a command will write into, checked before any work (a user's mistake
-    found after an hour of training loses that hour): a file in its place, or a place where no
-    folder can be made or written, is an error naming ``flag``. ``create`` makes it now; else
-    the nearest existing folder above it must be writable (a check, not a proof: the write
-    itself can still fail, e.g. under /proc, where callers name the flag too)."""
+    found after an hour of training loses that hour): a file in its place or above it, or a
+    nearest existing folder that is not writable, is an error that starts with ``label`` (the
+    flag and the value as given, e.g. ``--out runs/x``). Without ``create`` nothing is created
+    (an error found later must leave nothing behind); with it the folder is made now. A check,
+    not a proof: a write can still fail (e.g. under /proc as root), where callers name the flag too."""
     from .errors import UserError
 
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: is a file, not a directory")
+    up = path
+    while not up.exists():
+        up = up.parent
+    if not up.is_dir():
+        raise UserError(f"{label}: is a file, not a directory" if up == path
+                        else f"{label}: cannot create the directory ({up} is a file)")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise UserError(f"{label}: cannot create or write there ({up} is not writable)")
     if create:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"{flag} {path}: cannot create the directory ({e.strerror})") from None
-    base = path
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: cannot write there ({base} is not a writable directory)")
+            raise UserError(f"{label}: cannot create the directory ({e.strerror})") from None
 
 
 def write_config(out: Path, cfg: RunConfig) -> None:

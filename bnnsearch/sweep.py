@@ -35,7 +35,7 @@ from ray import tune
 from .cost import STATIC_COST
 from . import interrupts
 from .errors import Interrupted, UserError, named
-from .runio import copy_whole
+from .runio import check_out_dir, copy_whole
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
@@ -1185,7 +1185,7 @@ def run_sweep(a: SweepArgs, ready: Callable[[], None] | None = None) -> dict:
     # The flags' own checks come before any work: loading the data may write its cache under
     # data_root, and a mistyped flag must leave nothing behind.
     storage = Path(a.storage).expanduser().resolve()
-    _check_creatable(storage, f"--storage {a.storage}")
+    check_out_dir(storage, f"--storage {a.storage}")
     check_store(a.tracking_uri)
     with _claim_study(storage, name):  # held until this study ends: one driver per study
         # The dataset is there and the fixed config builds (the driver builds each trial's model
@@ -1461,19 +1461,6 @@ def _member_asha(a: SweepArgs, space, name: str, tracker, parent_id: str, epochs
     actor_name = f"bnnsearch-asha-{name}-{uuid.uuid4().hex[:8]}"
     _member_asha.actor = rungs_actor(actor_name, epochs, space.mode, histories)  # held: the actor lives with it
     return actor_name
-
-
-def _check_creatable(path: Path, flag: str) -> None:
-    """That ``path`` is a writable directory or could be created as one, without creating it
-    (an error found later must leave nothing behind)."""
-    up = path
-    while not up.exists():
-        up = up.parent
-    if not up.is_dir():
-        raise UserError(f"{flag}: is a file, not a directory" if up == path
-                        else f"{flag}: cannot create the directory ({up} is a file)")
-    if not os.access(up, os.W_OK | os.X_OK):
-        raise UserError(f"{flag}: cannot create or write there ({up} is not writable)")
 
 
 def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir: Path, storage: Path) -> dict:

@@ -117,11 +117,11 @@ def test_an_output_folder_that_cannot_be_written_is_named_by_its_flag(cfg_file, 
     afile = tmp_path / "afile"
     afile.write_text("")
     for argv, needle in [(["train", str(cfg_file), "--out", str(afile)], "is a file, not a directory"),
-                         (["train", str(cfg_file), "--out", str(afile / "run")], "is not a writable directory"),
+                         (["train", str(cfg_file), "--out", str(afile / "run")], f"cannot create the directory ({afile} is a file)"),
                          (["compare", str(root / "latent.yaml"), "--repeats", "1", "--trials", "1",
                            "--out", str(afile)], "is a file, not a directory"),
                          (["automl", str(root / "automl.yaml"), "--trials", "1", "--out", str(afile / "x")],
-                          "is not a writable directory")]:
+                          f"cannot create the directory ({afile} is a file)")]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"bnnsearch: error: --out {afile}") and needle in err[0], err
