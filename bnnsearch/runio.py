@@ -1,6 +1,7 @@
 """Files of one training run: ``config.yaml``, ``metrics.jsonl``, ``cost.json``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,6 +43,25 @@ def write_text_whole(path: Path, text: str) -> None:
 
 def copy_whole(src: Path, dst: Path) -> None:
     write_whole(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+@contextlib.contextmanager
+def flocked(path: Path, wait: bool = True):
+    """An exclusive ``flock`` on ``path`` (a folder, or a file made if missing and never removed:
+    removing a lock file races with its next taker) held for the block; the operating system
+    drops it when the process ends, even on SIGKILL. ``wait=False``: BlockingIOError at once if
+    another process holds it. Without ``fcntl`` (not POSIX) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_out_dir(path: Path, label: str, create: bool = False) -> None:

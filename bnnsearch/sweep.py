@@ -35,7 +35,7 @@ from ray import tune
 from .cost import STATIC_COST
 from . import interrupts
 from .errors import Interrupted, UserError, named
-from .runio import check_out_dir, copy_whole
+from .runio import check_out_dir, copy_whole, flocked
 from .tracking import TRIAL_TAG
 from .spaces import SearchSpace
 
@@ -1210,24 +1210,17 @@ def _claim_study(storage: Path, name: str):
     one machine, not two machines sharing a storage folder."""
     import hashlib
 
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no claim
-        yield
-        return
     key = hashlib.sha256(f"{storage}\0{name}".encode()).hexdigest()[:32]
-    locks = Path(tempfile.gettempdir()) / f"bnnsearch-studies-{os.getuid()}"  # per user: another's is not writable
+    uid = os.getuid() if hasattr(os, "getuid") else "any"  # not POSIX: flocked holds no lock anyway
+    locks = Path(tempfile.gettempdir()) / f"bnnsearch-studies-{uid}"  # per user: another's is not writable
     locks.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)  # never removed: see above
-    try:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(flocked(locks / f"{key}.lock", wait=False))
         except BlockingIOError:
             raise UserError(f"study {name!r} is running in another process on this machine (storage {storage}); "
                             f"wait for it to end, or give --name to start another") from None
         yield
-    finally:
-        os.close(fd)
 
 
 def _start_study(a: SweepArgs, space, name: str, storage: Path, exp_dir: Path,

@@ -70,22 +70,16 @@ def store_lock(uri: str):
     """Held while a process first opens an SQLite store: MLflow creates (or migrates) the tables
     on first use, and two commands starting together on a new store raced there — "table
     experiments already exists", or Alembic's "Online migration expected to match one row" for
-    the loser, and a half-migrated store is not a risk worth taking. An exclusive ``flock`` on the
+    the loser, and a half-migrated store is not a risk worth taking. A ``flock`` on the
     database's folder (no lock file left behind), released when the store is open; a server
-    store, or a system without ``fcntl``, needs none."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: MLflow's own behaviour
-        fcntl = None
-    if fcntl is None or not uri.startswith("sqlite:///"):
+    store needs none."""
+    from .runio import flocked
+
+    if not uri.startswith("sqlite:///"):
         yield
         return
-    fd = os.open(Path(uri[len("sqlite:///"):]).resolve().parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(Path(uri[len("sqlite:///"):]).resolve().parent):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def read_store(uri: str | None, flag: str = "--tracking-uri"):
