@@ -324,9 +324,11 @@ def cmd_export(args) -> int:
     from .modelio import export_uri
     from .textui import fmt
 
+    from .runio import check_out_file
+
     out = Path(args.out)
-    _writable(out, "--out")
-    r = export_uri(args.model, out, args.tracking_uri)
+    check_out_file(out, f"--out {out}")
+    r = export_uri(args.model, out, args.tracking_uri, label=f"--out {out}")
     modelled = r["modelled_mem_bits"] / 8
     print(f"wrote {out}: {fmt(r['bytes'])} bytes ({r['binary_tensors']} tensors as packed bits, "
           f"{fmt(r['binary_weights'])} binary values; modelled memory {fmt(modelled)} bytes — the file adds the "
@@ -341,15 +343,16 @@ def cmd_export(args) -> int:
 
 def cmd_best(args) -> int:
     from .best import best_trials
+    from .runio import check_out_file, write_out
 
+    out = Path(args.out)
+    check_out_file(out, f"--out {out}")
     rows, best_cfg, notes = best_trials(args.target, args.tracking_uri, args.experiment, args.top)
     from .textui import table
 
     print(table([[i + 1, r["study"], r["trial"], r["value"], r["run_id"]] for i, r in enumerate(rows)],
                 ["rank", "study", "trial", rows[0]["metric"] if rows else "value", "MLflow run"], align_right={0, 3}))
-    out = Path(args.out)
-    _writable(out, "--out")
-    out.write_text(best_cfg)
+    write_out(out, f"--out {out}", lambda tmp: tmp.write_text(best_cfg))
     print(f"\nwrote the best config to {out}; reproduce it with:  bnnsearch train {out}")
     for note in notes:
         print(f"note: {note}")
@@ -360,16 +363,6 @@ def cmd_best(args) -> int:
     return 0
 
 
-def _writable(path: Path, flag: str) -> None:
-    """An output file's folder is created if missing; a folder where a file should go is an error."""
-    if path.is_dir():
-        raise UserError(f"{flag} {path}: is a directory; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create folder {path.parent} ({e.strerror})") from None
-
-
 def cmd_dashboard(args) -> int:
     from dashboards import build_html
     from dashboards.server import serve
@@ -377,8 +370,12 @@ def cmd_dashboard(args) -> int:
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be a TCP port, 1-65535")
     if args.export:
-        _writable(Path(args.export), "--export")
-        Path(args.export).write_text(build_html(args.tracking_uri, args.mlflow_ui))
+        from .runio import check_out_file, write_out
+
+        out, label = Path(args.export), f"--export {args.export}"
+        check_out_file(out, label)
+        page = build_html(args.tracking_uri, args.mlflow_ui)
+        write_out(out, label, lambda tmp: tmp.write_text(page))
         print(f"wrote {args.export} (one self-contained HTML file)")
         return 0
     from .tracking import check_store

@@ -178,14 +178,16 @@ def _candidates(t: torch.Tensor):
         yield "sign*row_scale", sign * scale.view(-1, *([1] * (t.ndim - 1))), scale
 
 
-def export_bnn(net: BinaryNet, path, x: torch.Tensor, provenance: dict | None = None) -> dict:
+def export_bnn(net: BinaryNet, path, x: torch.Tensor, provenance: dict | None = None, label: str | None = None) -> dict:
     """Write ``net`` as a .bnn file. Every tensor the method names as its binary storage is
     stored as packed bits (plus a per-row scale where the quantizer uses one) when the network
     rebuilt with that stand-in gives the same logits on ``x`` bit for bit; otherwise it stays
-    full precision (said in the report). The loader is ``load_bnn``."""
+    full precision (said in the report). The loader is ``load_bnn``. The file is written whole
+    or not at all; a failed write is a UserError starting with ``label`` (default: the path)."""
     import numpy as np
 
     from .methods import get_method
+    from .runio import write_out
 
     method = get_method(net.config["method"])
     names = {id(t): k for k, t in net.net.state_dict(keep_vars=True).items()}
@@ -217,10 +219,15 @@ def export_bnn(net: BinaryNet, path, x: torch.Tensor, provenance: dict | None = 
             bits = np.packbits((v > 0).flatten().numpy().astype(np.uint8))
             binary[k] = {"shape": list(v.shape), "bits": torch.from_numpy(bits), "scale": None, "dtype": str(v.dtype)}
     full = {k: v for k, v in state.items() if k not in binary}
-    torch.save({"format": BNN_FORMAT, "config": net.config, "in_shape": list(net.in_shape),
-                "num_classes": net.num_classes, "scalars": scalars, "binary": binary, "full": full,
-                "provenance": {k: v for k, v in (provenance or {}).items() if k in ("run_id", "recorded_test_acc", "source")}},
-               path)
+    doc = {"format": BNN_FORMAT, "config": net.config, "in_shape": list(net.in_shape),
+           "num_classes": net.num_classes, "scalars": scalars, "binary": binary, "full": full,
+           "provenance": {k: v for k, v in (provenance or {}).items() if k in ("run_id", "recorded_test_acc", "source")}}
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # opened here: torch.save(path) reports a failed open as RuntimeError
+            torch.save(doc, f)
+
+    write_out(Path(path), label or str(path), save)
     n_bin = sum(math.prod(b["shape"]) for b in binary.values())
     return {"path": str(path), "bytes": Path(path).stat().st_size, "binary_tensors": len(binary),
             "binary_weights": n_bin, "full_precision_storage": kept,
@@ -256,14 +263,14 @@ def load_bnn(path) -> BinaryNet:
     return net
 
 
-def export_uri(uri: str, out, tracking_uri: str | None = None) -> dict:
+def export_uri(uri: str, out, tracking_uri: str | None = None, label: str | None = None) -> dict:
     """``bnnsearch export``: a registered model (or a .bnn file) written as a .bnn file; the
     file is read back and must score exactly as the model does."""
     model, config, prov = load_model(uri, tracking_uri)
     x = _test_inputs(config)  # loaded once: the rebuild check, the export's checks, the read-back
     net = as_binary_net(model, config, prov, x)
     rep = export_bnn(net, out, x, {"run_id": prov.get("run_id"), "recorded_test_acc": prov.get("recorded"),
-                                   "source": uri})
+                                   "source": uri}, label)
     back = load_bnn(out)
     with torch.no_grad():
         rep["exact"] = bool(torch.equal(back(x), net(x)))

@@ -88,6 +88,31 @@ def check_out_dir(path: Path, label: str, create: bool = False) -> None:
             raise UserError(f"{label}: cannot create the directory ({e.strerror})") from None
 
 
+def check_out_file(path: Path, label: str) -> None:
+    """An output file a command will write, checked before any work as ``check_out_dir``
+    checks its folder (nothing is created); a folder in its place is an error too."""
+    from .errors import UserError
+
+    if path.is_dir():
+        raise UserError(f"{label}: is a directory; give a file name")
+    if path.parent.is_file():  # (check_out_dir would call the folder, not the file, a file)
+        raise UserError(f"{label}: cannot create the directory ({path.parent} is a file)")
+    check_out_dir(path.parent, label)
+
+
+def write_out(path: Path, label: str, write: Callable[[Path], object]) -> None:
+    """Write an output file whole (``write_whole``), its folder made if missing; a write that
+    fails (a full disk; under /proc as root, where the access check passes) is a one-line error
+    that starts with ``label``, and leaves neither the file nor a temporary."""
+    from .errors import UserError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(path, write)
+    except OSError as e:
+        raise UserError(f"{label}: cannot write there ({e.strerror or e})") from None
+
+
 def write_config(out: Path, cfg: RunConfig) -> None:
     from .config import dump
 

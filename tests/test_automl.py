@@ -552,6 +552,19 @@ def test_automl_study_front_registry_and_evaluate(in_tmp, capsys):
     assert "logits identical" in capsys.readouterr().out
     assert main(["evaluate", "net.bnn"]) == 0
     assert f"recorded in MLflow run {mv.run_id}" in capsys.readouterr().out
+    # a write that fails after the checks passed (a full disk): one line, the earlier file kept whole
+    from bnnsearch import runio
+
+    def full(tmp):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runio, "write_whole", lambda path, write, unique=False: full(path))
+        assert main(["export", "models:/bnnsearch-digits/1", "--out", "net.bnn"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "bnnsearch: error: --out net.bnn: cannot write there (No space left on device)"]
+    assert main(["evaluate", "net.bnn"]) == 0
+    capsys.readouterr()
     # a second study warm-started from this one evaluates this front first
     # (and asks for a front point it does not have: the study stays recorded, the error says why)
     assert main(["automl", str(space), "--trials", "1", "--startup-trials", "1", "--name", "warm",

@@ -149,6 +149,9 @@ CASES = [  # (argv, what the one line must say)
     (["evaluate", "models:/x/1", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["evaluate", "missing.bnn"], "missing.bnn: no such file"),
     (["export", "models:/x/1", "--out", "adir"], "--out adir: is a directory"),
+    (["export", "models:/x/1", "--out", "afile/net.bnn"], "--out afile/net.bnn: cannot create the directory (afile is a file)"),
+    (["export", "models:/x/1", "--out", "new/net.bnn", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
+    (["best", "x", "--out", "afile/best.yaml"], "--out afile/best.yaml: cannot create the directory (afile is a file)"),
     (["compare", "am.yaml", "--samplers", "tpe,nope"], "--samplers tpe,nope: 'nope' is not a sampler"),
     (["compare", "space.yaml", "--packs", "1,x"], "--packs 1,x: give distinct pack sizes >= 1"),
     (["compare", "space.yaml", "--packs", "8,8"], "--packs 8,8: give distinct pack sizes >= 1"),
@@ -163,6 +166,8 @@ CASES = [  # (argv, what the one line must say)
     (["dashboard", "--export", "d.html", "--tracking-uri", "http://127.0.0.1:1"], "no MLflow server answers there"),
     (["dashboard", "--export", "d.html", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["dashboard", "--export", "adir"], "--export adir: is a directory"),
+    (["dashboard", "--export", "afile/d.html"], "--export afile/d.html: cannot create the directory (afile is a file)"),
+    (["dashboard", "--export", "new/d.html", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["dashboard", "--port", "99999"], "--port 99999: must be a TCP port"),
     (["dashboard", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["dashboard", "--tracking-uri", "http://127.0.0.1:1"], "no MLflow server answers there"),
@@ -246,6 +251,27 @@ def test_outputs_go_into_new_folders(files, capsys):
     Tracker(f"sqlite:///{files}/mlflow.db", "bnnsearch/digits/mlp")
     assert main(["dashboard", "--export", "new/folder/d.html"]) == 0
     assert (files / "new" / "folder" / "d.html").stat().st_size > 1000
+
+
+def test_an_output_file_whose_write_fails_is_named_by_its_flag(files, capsys, monkeypatch):
+    """A write that fails although the checks passed (as root under /proc; a full disk) is one
+    line naming the flag, and leaves neither the file nor its temporary."""
+    from bnnsearch import runio
+    from bnnsearch.tracking import Tracker
+
+    Tracker(f"sqlite:///{files}/mlflow.db", "bnnsearch/digits/mlp")
+    before = sorted(p.name for p in files.iterdir())
+
+    def full(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    real = runio.write_whole
+    monkeypatch.setattr(runio, "write_whole", lambda path, write, unique=False: real(path, full))
+    assert main(["dashboard", "--export", "d.html"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bnnsearch: error: --export d.html: cannot write there (No space left on device)"], err
+    assert sorted(p.name for p in files.iterdir()) == before
 
 
 def test_a_train_that_cannot_start_leaves_no_run_directory(files, capsys):
