@@ -26,7 +26,7 @@ from . import interrupts
 from .errors import Interrupted, UserError
 from .runio import check_out_dir, write_text_whole
 from .spaces import SearchSpace
-from .sweep import SweepArgs, check_args, run_sweep
+from .sweep import SweepArgs, check_args, recorded_differences, run_sweep
 
 NOISE_CACHE = "noise_floor_runs.json"  # in --out: each noise-floor re-training's value, kept for --resume
 PACKS_HINT = "give distinct pack sizes >= 1, comma-separated (e.g. 1,8)"  # in --packs errors (cli parses them)
@@ -330,6 +330,24 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     out = Path(out or f"runs/{cmp_name}")
     check_out_dir(out, f"--out {out}", create=True)
     tracker = Tracker(base.tracking_uri, experiment)
+
+    def study_args(r: int, arm: str, space, sampler: str, pack: int) -> SweepArgs:
+        # No seeded default trial: every arm starts from the same kind of initial design.
+        return replace(base, space=space, sampler=sampler, seed=base.seed + r, name=study_name(cmp_name, arm, r),
+                       startup_trials=startup[arm], pack=pack, experiment=experiment, quiet=True, seed_defaults=False,
+                       label=f"{space.method} {sampler} r{r}" + (f" pack{pack}" if packs else ""))
+
+    # A study recorded under this comparison's name counts only if it is the study this command
+    # would run (the same space and flags): a rerun with --trials 6 counted 3-trial studies as
+    # 6-trial ones, a rerun with another --sampler counted the first sampler's studies as its own.
+    for r in range(repeats):
+        for arm, space, sampler, pack in arms:
+            parent = tracker.find_study(study_name(cmp_name, arm, r))
+            changed = recorded_differences(parent, study_args(r, arm, space, sampler, pack)) if parent else []
+            if changed:
+                raise UserError(f"comparison {cmp_name!r}: its study {study_name(cmp_name, arm, r)!r} was run with "
+                                f"{'; '.join(changed)}; give the spaces and flags it was run with, or --name for "
+                                f"a new comparison")
     t0 = time.time()
     per_method: dict[str, list[list[float | None]]] = {}
     tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
@@ -359,13 +377,8 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                     if parent is not None and not base.resume:
                         raise UserError(f"study {study!r} was interrupted; rerun the same command with --resume")
                     print(f"== {arm}: repeat {r + 1}/{repeats} (sampler {sampler}, seed {base.seed + r})", flush=True)
-                    # No seeded default trial: every arm starts from the same kind of initial design.
                     try:
-                        run_sweep(replace(base, space=space, sampler=sampler, seed=base.seed + r, name=study,
-                                          startup_trials=startup[arm], pack=pack,
-                                          experiment=experiment, resume=parent is not None, quiet=True,
-                                          seed_defaults=False, label=f"{space.method} {sampler} r{r}"
-                                          + (f" pack{pack}" if packs else "")))
+                        run_sweep(replace(study_args(r, arm, space, sampler, pack), resume=parent is not None))
                     except Interrupted as e:  # nothing after it runs; --resume continues this study first
                         raise Interrupted(f"comparison {cmp_name!r} stopped in {e}", cmp_name) from None
                     parent = tracker.find_study(study)

@@ -171,6 +171,17 @@ class SearchSpace:
             counts.append(sum(p.active(values) for p in self.params))
         return min(counts), max(counts)
 
+    def key(self) -> str:
+        """A hash of what the file compiles to — fixed values, parameters and their ranges and
+        conditions, objectives, limits, pack — not of its text: a comment or the order of keys
+        changes nothing, a range does. Recorded on a study's run, so a study resumed or counted
+        again is known to be the same study."""
+        import dataclasses
+        import json
+
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "sha256")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
     def ax_startup_trials(self) -> int:
         """Random trials before the model under Ax's default initial design, max(5, 2·d), with d
         the most parameters one trial samples (``--startup-trials ax``). methods.md §7.2: Ax's

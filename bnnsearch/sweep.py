@@ -152,6 +152,33 @@ class SweepArgs:
         return self.experiment or f"bnnsearch/{fx.get('data', 'mnist1d')}/{fx.get('arch', 'mlp')}"
 
 
+SPACE_KEY = "bnnsearch.space_key"  # a study's SearchSpace.key(), a tag of its parent run
+
+
+def recorded_differences(parent, a: SweepArgs) -> list[str]:
+    """What a recorded study (its parent run) was run with that ``a`` changes, as ``--trials 3
+    (now 6)``: the flags that define a study's result and its space's content. Empty when they
+    agree. Concurrency, CPUs and the like are not compared: they change how fast, not what. A
+    study recorded before its space key was kept is checked on its flags only."""
+    params, tags = parent.data.params, parent.data.tags
+    now = {"--trials": (params.get("trials"), a.trials), "--sampler": (params.get("sampler"), a.sampler),
+           "--seed": (params.get("seed"), a.seed), "--startup-trials": (params.get("startup_trials"), a.startup_trials),
+           "--pack": (params.get("pack"), a.pack_size()), "--scheduler": (tags.get("scheduler"), a.scheduler),
+           "--time-budget": (params.get("time_budget_s", "0"), a.time_budget_s)}
+    out = []
+    for flag, (was, new) in now.items():
+        if was is None:
+            continue
+        if not isinstance(new, str):  # numbers as MLflow keeps them ("20", "90.0"), shown alike
+            was, new = f"{float(was):g}", f"{new:g}"
+        if was != new:
+            unit = "s" if flag == "--time-budget" else ""
+            out.append(f"{flag} {was}{unit} (now {new}{unit})")
+    if tags.get(SPACE_KEY) not in (None, a.space.key()):
+        out.append(f"a different space ({a.space.path} compiles to another: a range, a fixed value or an objective changed)")
+    return out
+
+
 def _quiet_gp_search() -> None:
     """Silence two messages of Optuna's GP acquisition search that say nothing wrong: once the
     acquisition is flat away from its best point (a study whose trials tie, common with
@@ -1236,6 +1263,10 @@ def _start_study(a: SweepArgs, space, name: str, storage: Path, exp_dir: Path,
         if parent is None:  # a study interrupted before Ray started has no exp_dir yet: it starts afresh
             raise UserError(f"--resume: no study {name!r} to resume (looked in {exp_dir} and experiment "
                             f"{a.experiment_name()!r} of {tracker.uri})")
+        changed = recorded_differences(parent, a)
+        if changed:  # Ray would restore the old sampler and count the new budget: a study of neither
+            raise UserError(f"--resume: study {name!r} was run with {'; '.join(changed)}; resume it with the same "
+                            f"flags and space, or give --name to start another")
     elif parent is not None or exp_dir.exists():
         raise UserError(f"study {name!r} already exists ({exp_dir}); add --resume to continue it or --name to start another")
     if ready is not None:
@@ -1264,7 +1295,7 @@ def _start_study(a: SweepArgs, space, name: str, storage: Path, exp_dir: Path,
         parent_id = tracker.start_study(
             name, run_name=a.label or f"{space.method} {a.sampler} s{a.seed}",
             tags={"method": space.method, "sampler": a.sampler, "seed": a.seed, "space_file": space.path,
-                  "space_sha256": space.sha256, "git_sha": git_sha(), "scheduler": a.scheduler},
+                  "space_sha256": space.sha256, SPACE_KEY: space.key(), "git_sha": git_sha(), "scheduler": a.scheduler},
             params={"trials": a.trials, "sampler": a.sampler, "seed": a.seed, "startup_trials": a.startup_trials,
                     "metric": space.metric, "mode": space.mode, "space": space.path, "pack": a.pack_size(),
                     **({"objectives": json.dumps(space.objectives)} if space.multi else {}),

@@ -124,6 +124,17 @@ def test_compare_end_to_end_and_resume(tmp_path):
     assert r2.returncode == 0 and r2.stdout.count("already finished, skipped") == 8
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["target"] == s["target"] and s2["methods"]["latent"]["ttt"] == s["methods"]["latent"]["ttt"]
+    # a rerun with another budget or sampler is another comparison: its recorded studies are not
+    # counted as its own (they were: 3-trial studies summarised as 4-trial ones), nothing is written
+    n_comparisons = len(c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'comparison'"))
+    for flag, was in (("--trials", "--trials 3 (now 4)"), ("--sampler", "--sampler tpe (now random)")):
+        r3 = run(tmp_path, "--random-arm", "--resume", *{"--trials": ["--trials", "4"], "--sampler": ["--sampler", "random"]}[flag])
+        assert r3.returncode == 2 and r3.stdout == "", r3.stdout[-2000:]
+        assert r3.stderr.strip().splitlines() == [
+            f"bnnsearch: error: comparison 'cmp': its study 'cmp-latent-r0' was run with {was}; give the spaces and "
+            "flags it was run with, or --name for a new comparison"], r3.stderr
+    assert json.loads((out / "summary.json").read_text()) == s2
+    assert len(c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'comparison'")) == n_comparisons
 
 
 def test_compare_with_asha_reports_rung_correlations(tmp_path):

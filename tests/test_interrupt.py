@@ -121,6 +121,24 @@ def test_ctrl_c_during_a_sweep_is_an_interrupt_and_resume_completes_it(tmp_path)
     best = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "best", "filtered-random-s0"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)  # its trials so far, said to be so
     assert best.returncode == 0 and "note: study filtered-random-s0 was interrupted after" in best.stdout, best
+    # resumed with another budget and a wider range: refused (Ray would restore the old sampler and
+    # count to the new budget, a study of neither); the same space reworded and reordered is the same
+    doc = yaml.safe_load(open(cmd[2]))
+    wider = tmp_path / "filtered_wider.yaml"
+    wider.write_text(yaml.safe_dump({**doc, "params": {**doc["params"], "alpha": {"float": [1e-5, 1e-1], "log": True}}}))
+    changed = [*cmd[1:], "--trials", "6"]
+    changed[1] = str(wider)
+    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *changed], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"bnnsearch: error: --resume: study 'filtered-random-s0' was run with --trials 5 (now 6); a different space "
+        f"({wider} compiles to another: a range, a fixed value or an objective changed); resume it with the same "
+        "flags and space, or give --name to start another"], r.stderr
+    c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/mlp")
+    assert_interrupted(c, e, parent)
+    same = tmp_path / "filtered_reworded.yaml"
+    same.write_text("# the same space, reworded\n" + yaml.safe_dump(dict(reversed(list(doc.items()))), sort_keys=False))
+    cmd[2] = str(same)
     done = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *cmd[1:]], cwd=tmp_path, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

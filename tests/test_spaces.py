@@ -145,3 +145,39 @@ def test_integer_ranges_are_checked_at_every_value(tmp_path):
         load_space(write(tmp_path, doc))
     doc["params"]["group_size"] = {"categorical": [1, 2, 4]}
     assert load_space(write(tmp_path, doc)).default_point() is None  # the default 105 is not a choice
+
+
+@pytest.mark.parametrize("path", [ROOT / "latent.yaml", ROOT / "automl.yaml"], ids=["latent", "automl"])
+def test_a_space_key_follows_what_the_file_compiles_to_not_its_text(tmp_path, path):
+    doc = yaml.safe_load(path.read_text())
+    key = load_space(path).key()
+    same = tmp_path / "same.yaml"  # reworded: a comment, the keys in another order
+    same.write_text("# reworded\n" + yaml.safe_dump(dict(reversed(list(doc.items()))), sort_keys=False))
+    assert load_space(same).key() == key
+    doc["fixed"]["epochs"] += 1
+    assert load_space(write(tmp_path, yaml.safe_dump(doc, sort_keys=False))).key() != key
+
+
+def test_a_recorded_study_is_told_apart_by_the_flags_that_define_it(tmp_path):
+    """sweep.recorded_differences: the flags a study's parent run was recorded with (MLflow keeps
+    them as strings) against this command's; how fast it runs (concurrency, CPUs) is not compared;
+    a study recorded before the space key was kept is checked on its flags alone."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from bnnsearch.sweep import SPACE_KEY, SweepArgs, recorded_differences
+
+    space = load_space(ROOT / "latent.yaml")
+    params = {"trials": "20", "sampler": "tpe", "seed": "0", "startup_trials": "5", "pack": "1", "time_budget_s": "90.0"}
+    parent = SimpleNamespace(data=SimpleNamespace(params=params, tags={"scheduler": "fifo", SPACE_KEY: space.key()}))
+    a = SweepArgs(space=space, trials=20, time_budget_s=90.0)
+    assert recorded_differences(parent, a) == []
+    assert recorded_differences(parent, replace(a, concurrency=1, cpus_per_trial=2.0, max_failures=3)) == []
+    assert recorded_differences(parent, replace(a, pack=8, scheduler="asha", time_budget_s=120.0, seed=1)) == [
+        "--seed 0 (now 1)", "--pack 1 (now 8)", "--scheduler fifo (now asha)", "--time-budget 90s (now 120s)"]
+    other = load_space(write(tmp_path, {**yaml.safe_load((ROOT / "latent.yaml").read_text()), "pack": 8}))
+    assert recorded_differences(parent, replace(a, space=other, pack=1)) == [
+        f"a different space ({other.path} compiles to another: a range, a fixed value or an objective changed)"]
+    old = SimpleNamespace(data=SimpleNamespace(params={k: v for k, v in params.items() if k != "time_budget_s"}, tags={}))
+    assert recorded_differences(old, replace(a, space=other, pack=1, time_budget_s=0.0)) == []
+    assert recorded_differences(old, replace(a, time_budget_s=60.0)) == ["--time-budget 0s (now 60s)"]
