@@ -1116,6 +1116,8 @@ def check_args(a: SweepArgs) -> None:
                                            "file's pack:)")):
         if not ok:
             raise UserError(f"{flag} {value:g}: must be {need}")
+    if not a.address:  # a cluster is asked after ray.init
+        _check_resources(a, _local_resources(a))
 
 
 
@@ -1126,6 +1128,27 @@ def _check_resources(a: SweepArgs, res: dict) -> None:
         if want > have:
             where = f"the Ray cluster at {a.address}" if a.address else "this machine"
             raise UserError(f"{flag} {want:g}: {where} has {have:g} {key}s in all, so no trial could ever start")
+
+
+def _local_resources(a: SweepArgs) -> dict:
+    """What the local Ray this study starts will have: Ray's own CPU count (it honours cgroup
+    limits), the GPUs torch sees (asked only when a trial wants one); a Ray already started in
+    this process (tests, notebooks) is asked itself."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    try:
+        from ray._private.utils import get_num_cpus  # private: os.cpu_count() where it moved
+        cpus = float(get_num_cpus())
+    except (ImportError, AttributeError):
+        cpus = float(os.cpu_count() or 1)
+    gpus = 0.0
+    if a.gpus_per_trial > 0:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    return {"CPU": cpus, "GPU": gpus}
 
 
 def _check_address(address: str | None) -> None:
@@ -1202,10 +1225,6 @@ def run_sweep(a: SweepArgs, ready: Callable[[], None] | None = None) -> dict:
 
     check_args(a)
     _check_address(a.address)
-    if not a.address and a.gpus_per_trial > 0:  # before anything is created; a cluster is asked after ray.init
-        import torch
-
-        _check_resources(a, {"CPU": a.cpus_per_trial, "GPU": float(torch.cuda.device_count())})
     space, name = a.space, a.study_name()
     from .engine import build
 

@@ -179,6 +179,9 @@ CASES = [  # (argv, what the one line must say)
     (["compare", "space.yaml", "--samplers", "tpe,bandit"], "--sampler bandit chooses among methods"),
     (["compare", "space.yaml", "--status", "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
     ([*SWEEP, "--seed", "-1"], "--seed -1: must be >= 0"),
+    ([*SWEEP, "--cpus-per-trial", "100000"], "--cpus-per-trial 100000: this machine has"),  # before the header
+    (["compare", "space.yaml", "--cpus-per-trial", "100000"], "--cpus-per-trial 100000: this machine has"),
+    (["automl", "am.yaml", "--cpus-per-trial", "100000"], "--cpus-per-trial 100000: this machine has"),
 ]
 
 
