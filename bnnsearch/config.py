@@ -188,7 +188,16 @@ def load_config(path: str | Path | None, sets: list[str] = ()) -> RunConfig:
         kind, cmd = ("an AutoML space (methods:)", "automl") if "methods" in raw else ("a search space (params:)", "sweep")
         raise ConfigError(f"{kind}, not the config of one run; study it with  bnnsearch {cmd} {path}  "
                           f"(bnnsearch best STUDY --out best.yaml then writes a trial's config to train)", where)
-    return resolve(apply_overrides(raw, list(sets)), where)
+    try:
+        return resolve(apply_overrides(raw, list(sets)), where)
+    except ConfigError as e:  # a value a --set gave is named with it: the file may not hold it at all
+        text = str(e).removeprefix(f"{where}: ")  # "hparams.lr: expected a number, got 'abc'"
+        key = text.split(":", 1)[0] if ":" in text else ""
+        for s in reversed(list(sets)):
+            k = s.split("=", 1)[0].strip()
+            if key and (key == k or k.startswith(key + ".") or key.startswith(k + ".")):
+                raise ConfigError(text, f"{where} (from --set {s})") from None
+        raise
 
 
 def dump(cfg: RunConfig) -> str:

@@ -86,9 +86,10 @@ CASES = [  # (argv, what the one line must say)
     (["train", "onewidth.yaml"], "onewidth.yaml: arch_args: widths [16] make 2 linear layers, and with the first and "
                                  "last kept in full precision none is binary"),
     (["train", "hp_top.yaml"], "hp_top.yaml: alpha: 'alpha' is a hyperparameter of method filtered: put it under hparams"),
-    (["train", "config.yaml", "--set", "gamma=0.5"], "config.yaml: gamma: 'gamma' is a hyperparameter of method filtered"),
+    (["train", "config.yaml", "--set", "gamma=0.5"],
+     "config.yaml (from --set gamma=0.5): gamma: 'gamma' is a hyperparameter of method filtered"),
     (["train", "config.yaml", "--set", "amp=bf16", "--set", "dtype=float64"],
-     "config.yaml: amp: bf16 computes in bfloat16, dtype: float64 asks for exact float64 (pick one)"),
+     "config.yaml (from --set amp=bf16): amp: bf16 computes in bfloat16, dtype: float64 asks for exact float64 (pick one)"),
     (["sweep", "hp_fixed.yaml"], "hp_fixed.yaml: fixed.gamma: 'gamma' is a hyperparameter of method filtered"),
     (["cost", "onewidth.yaml"], "onewidth.yaml: arch_args: widths [16] make 2 linear layers"),
     # the first choice fails with every alpha: the widths are named, not alpha
