@@ -53,7 +53,7 @@ from .cost import STATIC_COST
 from .errors import ConfigError
 from .methods import get_method
 from .spaces import (OBJECTIVE_METRICS, RUN_KEYS, Param, SearchSpace, _absolute, _check_pairs, _check_values, _decode,
-                     _encode, _param, _set, flat_values)
+                     _check_not_fixed, _encode, _param, _set, flat_values)
 
 AUTOML_METRICS = OBJECTIVE_METRICS + STATIC_COST + ("cost/train_gates", "time/total_s", "time/total_cpu_s")
 MAX_OBJECTIVES = 3
@@ -224,7 +224,9 @@ def load_automl(path: Path, raw: dict) -> AutoSpace:
         if p.when:
             raise ConfigError("shared parameters cannot be conditional; put conditional ones under a method", f"{at}.when")
         params.append(p)
-    shared_paths = {p.path: p.name for p in params[1:]}
+    shared = params[1:]
+    shared_paths = {p.path: p.name for p in shared}
+    _check_not_fixed(raw.get("fixed") or {}, shared, f"{where}: params", "fixed")  # as written (no data_root default)
 
     method_fixed = []
     for m, spec in methods_raw.items():
@@ -257,6 +259,9 @@ def load_automl(path: Path, raw: dict) -> AutoSpace:
             if p.path in shared_paths:
                 raise ConfigError(f"already searched for every method under params.{shared_paths[p.path]}", pat)
             declared[str(n)] = p
+        _check_not_fixed(spec.get("fixed") or {}, declared.values(), f"{at}.params", f"methods.{m}.fixed")
+        _check_not_fixed(raw.get("fixed") or {}, declared.values(), f"{at}.params", "fixed")
+        _check_not_fixed(spec.get("fixed") or {}, shared, f"{where}: params", f"methods.{m}.fixed")
         for n, p in declared.items():
             when = ((METHOD, (_encode(m),)),) + tuple((f"{m}:{parent}", vals) for parent, vals in p.when)
             params.append(dataclasses.replace(p, name=f"{m}:{n}", when=when))

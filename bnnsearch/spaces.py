@@ -281,6 +281,22 @@ def _get(d: dict, path: tuple[str, ...]):
     return d
 
 
+def _check_not_fixed(fixed: dict, params, params_at: str, fixed_at: str) -> None:
+    """A parameter every trial samples must not also be fixed: the sampled value silently won,
+    so the file said two things and the study did one. (A conditional parameter may have a fixed
+    value for the trials that do not sample it.)"""
+    for p in params:
+        if p.when:
+            continue
+        try:
+            v = _get(fixed, p.path)
+        except (KeyError, TypeError):
+            continue
+        key = ".".join(p.path)
+        raise ConfigError(f"{key} is searched here and fixed too ({fixed_at}.{key} = {v!r}); keep one",
+                          f"{params_at}.{p.name}")
+
+
 def _param(name: str, spec, hp_fields: set[str], where: str, earlier: dict | None = None) -> Param:
     if not isinstance(spec, dict):
         raise ConfigError("expected a mapping like {float: [low, high]}", where)
@@ -424,6 +440,7 @@ def load_space(path: str | Path) -> SearchSpace:
     for n, spec in params_raw.items():
         declared[str(n)] = _param(str(n), spec, hp_fields, f"{where}: params.{n}", declared)
     params = tuple(declared.values())
+    _check_not_fixed(raw.get("fixed") or {}, params, f"{where}: params", "fixed")  # as written (no data_root default)
     searched_epochs = [p.name for p in params if p.path == ("epochs",)]
     if searched_epochs:
         raise ConfigError("epochs cannot be searched: a trial's budget is the fixed epoch count (compared against it "

@@ -57,7 +57,11 @@ def files(tmp_path, monkeypatch):
     w("am_group.yaml", {**am, "methods": {"local_binary": {"fixed": {"arch": "local_mlp", "arch_args": {"widths": [16, 16]}},
                                                            "params": {"group_size": {"categorical": [8, 5]}}}}})
     w("am_key.yaml", {**am, "method": "latent"})
-    w("am_width.yaml", {**am, "params": {"arch_args.widths": {"categorical": [[16, 16], [12, 12]]}}})  # 8 does not divide 12
+    lb_fixed = {k: v for k, v in am["methods"]["local_binary"]["fixed"].items() if k != "arch_args"}
+    w("am_width.yaml", {**am, "params": {"arch_args.widths": {"categorical": [[16, 16], [12, 12]]}},  # 8 does not divide 12
+                        "methods": {**am["methods"], "local_binary": {**am["methods"]["local_binary"], "fixed": lb_fixed}}})
+    w("am_twice.yaml", {**am, "params": {"arch_args.widths": {"categorical": [[16, 16], [32, 32]]}}})  # and fixed [16, 16]
+    w("twice.yaml", {**SPACE, "fixed": {**SPACE["fixed"], "hparams": {"alpha": 0.01}}})
     w("am_pair.yaml", {**am, "params": {"arch_args.widths": {"categorical": [[16, 16], [12, 12]]}},
                        "methods": {"latent": am["methods"]["latent"],
                                    "local_binary": {"fixed": {"arch": "local_mlp"},
@@ -133,6 +137,10 @@ CASES = [  # (argv, what the one line must say)
     (["automl", "am_group.yaml"], "am_group.yaml: methods.local_binary.params.group_size: value 5 is invalid"),
     (["automl", "am_key.yaml"], "am_key.yaml: method: unknown key 'method'"),
     (["automl", "am_width.yaml"], "am_width.yaml: params.arch_args.widths: value [12, 12] is invalid for method local_binary"),
+    (["automl", "am_twice.yaml"], "am_twice.yaml: params.arch_args.widths: arch_args.widths is searched here and fixed too "
+                                  "(methods.local_binary.fixed.arch_args.widths = [16, 16]); keep one"),
+    (["sweep", "twice.yaml"], "twice.yaml: params.alpha: hparams.alpha is searched here and fixed too "
+                              "(fixed.hparams.alpha = 0.01); keep one"),
     (["train", "space.yaml"], "space.yaml: a search space (params:), not the config of one run; study it with  "
                               "bnnsearch sweep space.yaml"),
     (["cost", "am.yaml"], "am.yaml: an AutoML space (methods:), not the config of one run; study it with  "
