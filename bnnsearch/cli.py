@@ -322,9 +322,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from .modelio import export_uri
-    from .textui import fmt
-
     from .runio import check_out_file
+    from .textui import fmt
 
     out = Path(args.out)
     check_out_file(out, f"--out {out}")
