@@ -58,17 +58,26 @@ def best_trials(target: str, uri: str | None, experiment: str | None, top: int) 
         modes[pid] = (p.data.params.get("metric", "val/acc"), p.data.params.get("mode", "max"))
         if (note := _unfinished(p)) is not None:
             notes.append(note)
+        if "objectives" in p.data.params:  # an AutoML study: one objective of several
+            name = p.data.tags.get(STUDY_TAG, p.info.run_name)
+            notes.append(f"study {name} has several objectives: ranked here by the first ({modes[pid][1]} "
+                         f"{modes[pid][0]}) among its feasible trials; its Pareto front is pareto.json (in its --out "
+                         "folder and on its MLflow run) and the dashboard's AutoML section")
     metric, mode = next(iter(modes.values()))
     if len(set(modes.values())) > 1:
         raise UserError(f"{target!r} mixes studies with different objectives {sorted(set(modes.values()))}; name one study")
-    rows = []
+    rows, over = [], 0
     for r in runs:
         if r.data.tags.get("bnnsearch.status") != "complete" or "objective" not in r.data.metrics:
+            continue
+        if r.data.tags.get("bnnsearch.feasible") == "0":  # over a hard limit (constraints:): never best
+            over += 1
             continue
         rows.append({"study": r.data.tags.get(STUDY_TAG, study), "trial": r.data.tags.get("bnnsearch.trial_id"),
                      "value": r.data.metrics["objective"], "run_id": r.info.run_id, "metric": metric,
                      "pack_size": int(r.data.tags.get("bnnsearch.pack_size", 1))})
     if not rows:
-        raise UserError(f"{target!r} has no complete full-budget trial yet")
+        raise UserError(f"{target!r} has no complete full-budget trial yet"
+                        + (f" within its hard limits ({over} over them)" if over else ""))
     rows.sort(key=lambda x: -x["value"] if mode == "max" else x["value"])
     return rows[:top], Tracker.from_client(client).download_text(rows[0]["run_id"], "config.yaml"), sorted(notes)
