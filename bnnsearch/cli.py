@@ -39,6 +39,9 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out or f"runs/{cfg.method}-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_out_dir(out, f"--out {out}")
+    held = [n for n in ("config.yaml", "metrics.jsonl", "cost.json") if (out / n).exists()]
+    if held:  # a run's results are not overwritten (a sweep refuses a recorded study name alike)
+        raise UserError(f"--out {out}: already holds a run ({', '.join(held)}); give another --out, or remove it first")
     show = _progress(cfg.epochs)
     header = f"training {cfg.method} on {cfg.data} with {cfg.arch} for {cfg.epochs} epochs -> {out}/"
     writer = []  # the run directory is written once the first epoch exists: a run that fails to start leaves none
@@ -63,7 +66,8 @@ def cmd_train(args) -> int:
         if not writer:
             raise  # nothing written yet: the usual "before anything was recorded"
         print(f"\nbnnsearch: interrupted: {out}/ holds config.yaml and the epochs finished so far in metrics.jsonl "
-              "(an incomplete run: no cost.json, no summary); `train` has no resume, run it again", file=sys.stderr)
+              "(an incomplete run: no cost.json, no summary); `train` has no resume: run it again with another --out, "
+              "or remove this folder first", file=sys.stderr)
         return _exit_interrupted()
     # cost.json marks the run complete: written whole, so a kill mid-write never fakes a finished run
     write_text_whole(out / "cost.json", json.dumps([r.__dict__ for r in res.cost_rows], indent=1))

@@ -73,6 +73,12 @@ def test_train_writes_resolved_config_and_metrics(cfg_file, tmp_path, capsys):
     rows2 = [json.loads(line) for line in (out2 / "metrics.jsonl").read_text().splitlines()]
     strip = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert [strip(r) for r in rows] == [strip(r) for r in rows2]
+    # a run's folder is not overwritten (nor a config trained in its own folder)
+    before = (out / "metrics.jsonl").read_text()
+    assert main(["train", str(out / "config.yaml"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"bnnsearch: error: --out {out}: already holds a run (config.yaml, "
+                                               "metrics.jsonl, cost.json); give another --out, or remove it first")
+    assert (out / "metrics.jsonl").read_text() == before
 
 
 @pytest.mark.parametrize("override,needle", [
