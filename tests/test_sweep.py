@@ -29,10 +29,11 @@ def ray_local():
 
 
 def space_file(tmp_path, params, fixed=None, method="filtered", name="space.yaml"):
+    fixed = {**FIXED, "data_root": str(tmp_path / "data"), **(fixed or {})}
+    searched = {n.split(".")[0] for n in params}  # a searched key is not fixed too (refused)
     p = tmp_path / name
     p.write_text(yaml.safe_dump({"method": method, "objective": {"metric": "val/acc", "mode": "max"},
-                                 "fixed": {**FIXED, "data_root": str(tmp_path / "data"), **(fixed or {})},
-                                 "params": params}))
+                                 "fixed": {k: v for k, v in fixed.items() if k not in searched}, "params": params}))
     return p
 
 
