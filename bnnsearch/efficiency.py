@@ -242,6 +242,18 @@ class MethodStats:
     boot_high: list = field(default_factory=list)
 
 
+def ttt_value(x: float, budget: int) -> str:
+    """A median or quartile of trials-to-target as printed: studies that never reached the
+    target rank as budget + 1, so a value above the budget says "not within it" and is shown as
+    ``>budget`` (an 8-trial study's "9" read as nine trials)."""
+    return f">{budget}" if x > budget else f"{x:g}"
+
+
+def ttt_text(median: float, q1: float, q3: float, budget: int) -> str:
+    """``median [q1, q3]`` of trials-to-target, each as ``ttt_value`` prints it."""
+    return f"{ttt_value(median, budget)} [{ttt_value(q1, budget)}, {ttt_value(q3, budget)}]"
+
+
 def _quantile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     pos = (len(xs) - 1) * q

@@ -117,7 +117,7 @@ def test_efficiency_rank_test_is_between_methods_as_in_compare():
     assert float(p) == float(format(between["p_value"], ".3g"))
     assert "to own target" not in page  # only with a gap target
     # with compare's --target-gap: the same rule, and each method's own target as compare has it
-    from bnnsearch.efficiency import own_gap_ttt
+    from bnnsearch.efficiency import own_gap_ttt, ttt_text
 
     page = _efficiency_section({"studies": studies}, {"tags": {"study_runs": json.dumps(runs)},
                                                      "params": {"trials": "3", "target_gap": "0.5", "startup_trials": "1"}})
@@ -125,4 +125,6 @@ def test_efficiency_rank_test_is_between_methods_as_in_compare():
     assert "to own target median [IQR] (reached)" in page
     for m in values:
         o = own[m]
-        assert f"<td>{html.escape(m)}</td>" in page and f"<td>{o['median']:g} [{o['q1']:g}, {o['q3']:g}] ({o['reached']})</td>" in page
+        assert f"<td>{html.escape(m)}</td>" in page and f"<td>{html.escape(ttt_text(o['median'], o['q1'], o['q3'], 3))} ({o['reached']})</td>" in page
+    assert (own["a@random"]["median"], own["a@random"]["q3"]) == (4, 4)  # beyond the 3 trials: never "4 trials"
+    assert "<td>&gt;3 [&gt;3, &gt;3] (1)</td>" in page

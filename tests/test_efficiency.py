@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from bnnsearch.efficiency import auc, best_so_far, mean_band, method_stats, rank_test, target_value, trials_to_target
+from bnnsearch.efficiency import (auc, best_so_far, mean_band, method_stats, rank_test, target_value,
+                                  trials_to_target, ttt_text)
 
 
 def test_best_so_far_max_min_and_gaps():
@@ -49,6 +50,10 @@ def test_method_stats_hand_computed():
     assert st.reached == 2 and st.best_value == 0.96
     assert st.auc_mean == pytest.approx(((0.8 + 0.9 + 0.95) / 3 + (0.7 + 0.96 + 0.96) / 3 + (0.6 + 0.7 + 0.8) / 3) / 3)
     assert st.mean[0] == pytest.approx(0.7)
+    # printed: a value above the 3-trial budget is "not within it", never "4 trials"
+    assert ttt_text(st.ttt_median, st.ttt_q1, st.ttt_q3, st.budget) == "3 [2.5, >3]"
+    late = method_stats("m", [[0.6, 0.7, 0.96], [0.6, 0.7, 0.8], [0.6, 0.7, 0.8]], target=0.95, mode="max")
+    assert ttt_text(late.ttt_median, late.ttt_q1, late.ttt_q3, late.budget) == ">3 [>3, >3]"  # ranked [3, 4, 4]
 
 
 def test_rank_test_verdicts():
