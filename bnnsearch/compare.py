@@ -272,7 +272,13 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
 
     metrics = {(s.objectives, s.refs, s.constraints, s.log_axes) for s in spaces}
     if len(metrics) > 1:
-        raise UserError(f"compare needs the same objectives for all spaces, got {sorted(map(str, metrics))}")
+        def judged(s) -> str:  # what a space's studies are judged by, as a user wrote it
+            refs = f"; references {', '.join(f'{r:g}' for r in s.refs)}" if s.refs else ""
+            limits = "; limits " + ", ".join(f"{m} {kind} {b:g}" for m, kind, b in s.constraints) if s.constraints else ""
+            return f"{s.path}: {s.objectives_text()}{refs}{limits}"
+
+        raise UserError("compare judges every space by the same objectives, references and limits; these differ: "
+                        + " | ".join(judged(s) for s in spaces))
     methods = [s.method for s in spaces]
     if len(set(methods)) != len(methods):
         raise UserError("compare takes one search space per method")

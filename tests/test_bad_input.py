@@ -162,6 +162,9 @@ CASES = [  # (argv, what the one line must say)
     (["export", "models:/x/1", "--out", "new/net.bnn", "--tracking-uri", "sqlite:///typo.db"], "typo.db does not exist"),
     (["best", "x", "--out", "afile/best.yaml"], "--out afile/best.yaml: cannot create the directory (afile is a file)"),
     (["compare", "am.yaml", "--samplers", "tpe,nope"], "--samplers tpe,nope: 'nope' is not a sampler"),
+    (["compare", "am.yaml", "space.yaml"], "compare judges every space by the same objectives, references and limits; "
+     "these differ: am.yaml: max val/acc, min cost/mem_bits; references 0, 1e+06; limits cost/mem_bits max 1e+06 | "
+     "space.yaml: max val/acc"),
     (["compare", "space.yaml", "--packs", "1,x"], "--packs 1,x: give distinct pack sizes >= 1"),
     (["compare", "space.yaml", "--packs", "8,8"], "--packs 8,8: give distinct pack sizes >= 1"),
     (["compare", "space.yaml", "--packs", "0,8"], "--packs 0,8: give distinct pack sizes >= 1"),
