@@ -133,14 +133,15 @@ def study_name(cmp_name: str, arm: str, r: int) -> str:
 
 
 def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list[str], repeats: int, trials: int,
-                     concurrency: int, noise_seeds: int = 0) -> dict:
+                     concurrency: int, noise_seeds: int = 0, check=None) -> dict:
     """How far a comparison has got, read from its MLflow store (nothing trains, nothing is
     created): per arm the finished studies, the trials recorded by an unfinished one, and the
     training seconds (the trials' ``time/total_s``) spent so far; and an estimate of what is left:
     each arm's unfinished studies at the mean of its finished ones, less what an unfinished study
     already spent, divided by ``concurrency`` for wall time; and the noise floor's re-trainings
     after them (``noise_seeds`` per arm, one at a time: ``noise_floor_s``). No values: an
-    unfinished comparison is not summarised."""
+    unfinished comparison is not summarised. ``check(parent, r, arm)`` raises for a recorded
+    study that is not the one this command would run (other flags or space)."""
     from .sweep import MlflowCallback
     from .tracking import Tracker, read_store
 
@@ -157,6 +158,8 @@ def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list
             parent = tracker.find_study(study_name(cmp_name, arm, r))
             if parent is None:
                 continue
+            if check is not None:
+                check(parent, r, arm)
             kids = tracker.child_runs(parent.info.run_id)
             t = _training_seconds(kids)
             arm_spent += t
@@ -330,30 +333,35 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, *_ in arms}
     for arm, space, sampler, pack in arms:  # every study's flags, before anything is printed or created
         check_args(replace(base, space=space, sampler=sampler, startup_trials=startup[arm], pack=pack))
-    if status:
-        return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
-                                base.trials, base.concurrency, noise_seeds)
-    out = Path(out or f"runs/{cmp_name}")
-    check_out_dir(out, f"--out {out}", create=True)
-    tracker = Tracker(base.tracking_uri, experiment)
+    arm_of = {arm: (space, sampler, pack) for arm, space, sampler, pack in arms}
 
-    def study_args(r: int, arm: str, space, sampler: str, pack: int) -> SweepArgs:
+    def study_args(r: int, arm: str) -> SweepArgs:
+        space, sampler, pack = arm_of[arm]
         # No seeded default trial: every arm starts from the same kind of initial design.
         return replace(base, space=space, sampler=sampler, seed=base.seed + r, name=study_name(cmp_name, arm, r),
                        startup_trials=startup[arm], pack=pack, experiment=experiment, quiet=True, seed_defaults=False,
                        label=f"{space.method} {sampler} r{r}" + (f" pack{pack}" if packs else ""))
 
-    # A study recorded under this comparison's name counts only if it is the study this command
-    # would run (the same space and flags): a rerun with --trials 6 counted 3-trial studies as
-    # 6-trial ones, a rerun with another --sampler counted the first sampler's studies as its own.
-    for r in range(repeats):
-        for arm, space, sampler, pack in arms:
-            parent = tracker.find_study(study_name(cmp_name, arm, r))
-            changed = recorded_differences(parent, study_args(r, arm, space, sampler, pack)) if parent else []
-            if changed:
-                raise UserError(f"comparison {cmp_name!r}: its study {study_name(cmp_name, arm, r)!r} was run with "
-                                f"{'; '.join(changed)}; give the spaces and flags it was run with, or --name for "
-                                f"a new comparison")
+    def check_recorded(parent, r: int, arm: str) -> None:
+        """A study recorded under this comparison's name counts only if it is the study this
+        command would run (the same space and flags): a rerun with --trials 6 counted 3-trial
+        studies as 6-trial ones, one with another --sampler the first sampler's studies as its own."""
+        changed = recorded_differences(parent, study_args(r, arm))
+        if changed:
+            raise UserError(f"comparison {cmp_name!r}: its study {study_name(cmp_name, arm, r)!r} was run with "
+                            f"{'; '.join(changed)}; give the spaces and flags it was run with, or --name for a new "
+                            "comparison")
+
+    if status:
+        return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
+                                base.trials, base.concurrency, noise_seeds, check_recorded)
+    out = Path(out or f"runs/{cmp_name}")
+    check_out_dir(out, f"--out {out}", create=True)
+    tracker = Tracker(base.tracking_uri, experiment)
+    for r in range(repeats):  # before any study runs
+        for arm in arm_of:
+            if (parent := tracker.find_study(study_name(cmp_name, arm, r))) is not None:
+                check_recorded(parent, r, arm)
     t0 = time.time()
     per_method: dict[str, list[list[float | None]]] = {}
     tests: dict[str, list[list[float | None]]] = {}  # each trial's held-out value, by trial index
@@ -384,7 +392,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                         raise UserError(f"study {study!r} was interrupted; rerun the same command with --resume")
                     print(f"== {arm}: repeat {r + 1}/{repeats} (sampler {sampler}, seed {base.seed + r})", flush=True)
                     try:
-                        run_sweep(replace(study_args(r, arm, space, sampler, pack), resume=parent is not None))
+                        run_sweep(replace(study_args(r, arm), resume=parent is not None))
                     except Interrupted as e:  # nothing after it runs; --resume continues this study first
                         raise Interrupted(f"comparison {cmp_name!r} stopped in {e}", cmp_name) from None
                     parent = tracker.find_study(study)

@@ -127,8 +127,10 @@ def test_compare_end_to_end_and_resume(tmp_path):
     # a rerun with another budget or sampler is another comparison: its recorded studies are not
     # counted as its own (they were: 3-trial studies summarised as 4-trial ones), nothing is written
     n_comparisons = len(c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'comparison'"))
-    for flag, was in (("--trials", "--trials 3 (now 4)"), ("--sampler", "--sampler tpe (now random)")):
-        r3 = run(tmp_path, "--random-arm", "--resume", *{"--trials": ["--trials", "4"], "--sampler": ["--sampler", "random"]}[flag])
+    for extra, was in ((["--resume", "--trials", "4"], "--trials 3 (now 4)"),
+                       (["--resume", "--sampler", "random"], "--sampler tpe (now random)"),
+                       (["--status", "--trials", "4"], "--trials 3 (now 4)")):  # --status said "4 trials each"
+        r3 = run(tmp_path, "--random-arm", *extra)
         assert r3.returncode == 2 and r3.stdout == "", r3.stdout[-2000:]
         assert r3.stderr.strip().splitlines() == [
             f"bnnsearch: error: comparison 'cmp': its study 'cmp-latent-r0' was run with {was}; give the spaces and "
