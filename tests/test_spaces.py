@@ -181,3 +181,16 @@ def test_a_recorded_study_is_told_apart_by_the_flags_that_define_it(tmp_path):
     old = SimpleNamespace(data=SimpleNamespace(params={k: v for k, v in params.items() if k != "time_budget_s"}, tags={}))
     assert recorded_differences(old, replace(a, space=other, pack=1, time_budget_s=0.0)) == []
     assert recorded_differences(old, replace(a, time_budget_s=60.0)) == ["--time-budget 0s (now 60s)"]
+
+
+def test_a_searched_key_is_not_fixed_too_unless_it_is_conditional(tmp_path):
+    """A key every trial samples and a fixed value for it: the file says two things (refused). A
+    conditional one may keep a fixed value for the trials that do not sample it."""
+    doc = {"method": "proxconnect", "fixed": {"data": "digits", "hparams": {"mu0": 2.0}},
+           "params": {"pair": {"categorical": ["bnn", "pc"]}, "mu0": {"float": [0.5, 5.0], "when": {"pair": ["pc"]}}}}
+    space = load_space(write(tmp_path, yaml.safe_dump(doc, sort_keys=False)))
+    assert space.config({"pair": "bnn"}).hparams["mu0"] == 2.0 and space.config({"pair": "pc", "mu0": 3.0}).hparams["mu0"] == 3.0
+    del doc["params"]["mu0"]["when"]
+    with pytest.raises(ConfigError, match=r"params\.mu0: hparams\.mu0 is searched here and fixed too "
+                                          r"\(fixed\.hparams\.mu0 = 2\.0\); keep one"):
+        load_space(write(tmp_path, yaml.safe_dump(doc, sort_keys=False)))
