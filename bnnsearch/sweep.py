@@ -1116,6 +1116,10 @@ def check_args(a: SweepArgs) -> None:
                                            "file's pack:)")):
         if not ok:
             raise UserError(f"{flag} {value:g}: must be {need}")
+    if a.name is not None and (a.name in ("", ".", "..") or any(c in a.name for c in "/\\")):
+        # (--name ../x put a study's Ray results outside --storage, a/b in a folder of its own)
+        raise UserError(f"--name {a.name!r}: a study's name is also its folder under --storage: give one without "
+                        "'/' or '\\', not '.' or '..' (or leave --name out)")
     if not a.address:  # a cluster is asked after ray.init
         _check_resources(a, _local_resources(a))
 

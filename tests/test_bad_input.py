@@ -192,6 +192,9 @@ CASES = [  # (argv, what the one line must say)
     (["compare", "space.yaml", "--status", "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
     ([*SWEEP, "--seed", "-1"], "--seed -1: must be >= 0"),
     ([*SWEEP, "--cpus-per-trial", "100000"], "--cpus-per-trial 100000: this machine has"),  # before the header
+    ([*SWEEP, "--name", "../up"], "--name '../up': a study's name is also its folder under --storage"),
+    (["compare", "space.yaml", "--name", "a/b"], "--name 'a/b': a study's name is also its folder under --storage"),
+    (["automl", "am.yaml", "--name", ".."], "--name '..': a study's name is also its folder under --storage"),
     (["compare", "space.yaml", "--cpus-per-trial", "100000"], "--cpus-per-trial 100000: this machine has"),
     (["automl", "am.yaml", "--cpus-per-trial", "100000"], "--cpus-per-trial 100000: this machine has"),
 ]
