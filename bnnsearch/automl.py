@@ -53,7 +53,7 @@ from .cost import STATIC_COST
 from .errors import ConfigError
 from .methods import get_method
 from .spaces import (OBJECTIVE_METRICS, RUN_KEYS, Param, SearchSpace, _absolute, _check_pairs, _check_values, _decode,
-                     _check_not_fixed, _encode, _param, _set, flat_values)
+                     _check_not_fixed, _encode, _param, _set, flat_values, space_name)
 
 AUTOML_METRICS = OBJECTIVE_METRICS + STATIC_COST + ("cost/train_gates", "time/total_s", "time/total_cpu_s")
 MAX_OBJECTIVES = 3
@@ -182,7 +182,7 @@ def load_automl(path: Path, raw: dict) -> AutoSpace:
     """Validate an AutoML space file (everything checked before anything launches: errors name
     the file and the key)."""
     where = str(path)
-    allowed = {"objectives", "constraints", "fixed", "params", "methods", "pack"}
+    allowed = {"objectives", "constraints", "fixed", "params", "methods", "name", "pack"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         hint = " (one method per file uses method:, an AutoML space lists methods:)" if unknown[0] in ("method", "objective") else ""
@@ -270,7 +270,8 @@ def load_automl(path: Path, raw: dict) -> AutoSpace:
                       hashlib.sha256(Path(path).read_bytes()).hexdigest(), pack,
                       extra_objectives=tuple((o["metric"], o["mode"]) for o in objs[1:]),
                       constraints=tuple(cons), refs=refs, method_fixed=tuple(method_fixed),
-                      log_axes=tuple(o["log"] for o in objs) if any(o["log"] for o in objs) else ())
+                      log_axes=tuple(o["log"] for o in objs) if any(o["log"] for o in objs) else (),
+                      name=space_name(raw, where))
     _validate(space, where)
     return space
 
@@ -499,7 +500,10 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
     space = a.space
     check_flags(a, out, pick)
     outdir = _outdir(a, out)
-    if warm_start and not a.resume:  # a resumed study's searcher already holds its enqueued points
+    # recorded on the study; a resume must name the same experiment (its searcher already holds
+    # the points enqueued when the study began: they are not read again)
+    a = dc.replace(a, warm_start=warm_start or "")
+    if warm_start and not a.resume:
         points, note = warm_points(space, check_store(a.tracking_uri, must_exist=True), warm_start)
         if not a.quiet:
             print(note, flush=True)

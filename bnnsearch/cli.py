@@ -121,6 +121,8 @@ def cmd_space(args) -> int:
     for path in args.spaces:
         s = load_space(path)
         objs = s.objectives_text()
+        if s.name:
+            print(f"{path}: name {s.name}")
         if s.method == "automl":
             cons = ", ".join(f"{m} {k} {b:g}" for m, k, b in s.constraints) or "none"
             print(f"{path}: AutoML over {', '.join(s.methods)}; objectives {objs}; constraints {cons}; fixed {s.fixed}")

@@ -21,6 +21,20 @@ def method_color(name: str) -> str:
 SAMPLER_ORDER = ("tpe", "tpe-flat", "gp", "botorch", "nsga2", "random", "bandit", "tpe-cover")
 
 
+def base_colors(bases) -> dict[str, str]:
+    """A colour per arm base (the part before '@'): a registry method's own; any other name
+    (a space's ``name:``) its hashed colour unless another base of this chart has it, then the
+    first palette colour none has (two named spaces of one method must not share a colour)."""
+    bases = list(dict.fromkeys(bases))
+    out = {b: method_color(b) for b in bases if b in METHOD_ORDER}
+    for b in bases:
+        if b not in out:
+            c = method_color(b)
+            free = [x for x in PALETTE if x not in out.values()]
+            out[b] = c if c in free or not free else free[0]
+    return out
+
+
 def arm_styles(arms) -> dict[str, tuple[str, bool]]:
     """(colour, dashed) per comparison arm. ``<method>`` and ``<method>@random`` share the
     method's colour, the random arm dashed. Sampler arms (``<method>@<sampler>``, compare
@@ -30,6 +44,7 @@ def arm_styles(arms) -> dict[str, tuple[str, bool]]:
     method's own (its random arm's)."""
     arms = list(arms)
     methods = {a.split("@")[0] for a in arms}
+    color = base_colors(a.split("@")[0] for a in arms)
     samplers = [a.partition("@")[2] for a in arms if "@" in a and not a.endswith("@random")]
     others = [s for s in dict.fromkeys(samplers) if s not in SAMPLER_ORDER]
     out = {}
@@ -39,8 +54,8 @@ def arm_styles(arms) -> dict[str, tuple[str, bool]]:
             if s in SAMPLER_ORDER:
                 out[a] = (PALETTE[SAMPLER_ORDER.index(s) % len(PALETTE)], False)
             else:
-                free = [c for c in PALETTE if c != method_color(m)]
+                free = [c for c in PALETTE if c != color[m]]
                 out[a] = (free[others.index(s) % len(free)], False)
         else:
-            out[a] = (method_color(m), s == "random" or (bool(s) and samplers and s != samplers[0]))
+            out[a] = (color[m], s == "random" or (bool(s) and samplers and s != samplers[0]))
     return out

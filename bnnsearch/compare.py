@@ -282,9 +282,11 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
 
         raise UserError("compare judges every space by the same objectives, references and limits; these differ: "
                         + " | ".join(judged(s) for s in spaces))
-    methods = [s.method for s in spaces]
-    if len(set(methods)) != len(methods):
-        raise UserError("compare takes one search space per method")
+    methods = [s.arm for s in spaces]  # each space's arm: its name:, else its method
+    if twice := sorted({m for m in methods if methods.count(m) > 1}):
+        arm, files = twice[0], ", ".join(s.path for s in spaces if s.arm == twice[0])
+        raise UserError(f"two spaces are both arm {arm!r} ({files}): give each a distinct name: in its file "
+                        f"(e.g. name: {arm}-a), which names its studies and its row in the summary")
     for smp in samplers or []:
         if smp not in SAMPLERS:
             raise UserError(f"--samplers {','.join(samplers)}: {smp!r} is not a sampler ({', '.join(SAMPLERS)})")
@@ -319,15 +321,15 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     experiment = base.experiment or f"bnnsearch-compare/{cmp_name}"
     # (arm, space, sampler, pack); pack 0 is --pack (or the space file's pack:)
     if samplers:
-        arms = [(f"{s.method}@{smp}", s, smp, base.pack) for s in spaces for smp in samplers]
+        arms = [(f"{s.arm}@{smp}", s, smp, base.pack) for s in spaces for smp in samplers]
         methods = [arm for arm, *_ in arms]  # the rank test is between every arm
     elif packs:
-        arms = [(f"{s.method}@pack{k}", s, base.sampler, k) for s in spaces for k in packs]
+        arms = [(f"{s.arm}@pack{k}", s, base.sampler, k) for s in spaces for k in packs]
         methods = [arm for arm, *_ in arms]
     else:
-        arms = [(s.method, s, base.sampler, base.pack) for s in spaces]
+        arms = [(s.arm, s, base.sampler, base.pack) for s in spaces]
     if random_arm and base.sampler != "random" and not samplers:
-        arms += [(s.method + RANDOM_SUFFIX, s, "random", base.pack) for s in spaces]
+        arms += [(s.arm + RANDOM_SUFFIX, s, "random", base.pack) for s in spaces]
     # each arm's random-search reference: <method>@random (a pack arm's too)
     ref = {m: m.split("@")[0] + RANDOM_SUFFIX for m in methods}
     startup = {arm: space.ax_startup_trials() if ax_design else base.startup_trials for arm, space, *_ in arms}
@@ -340,7 +342,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         # No seeded default trial: every arm starts from the same kind of initial design.
         return replace(base, space=space, sampler=sampler, seed=base.seed + r, name=study_name(cmp_name, arm, r),
                        startup_trials=startup[arm], pack=pack, experiment=experiment, quiet=True, seed_defaults=False,
-                       label=f"{space.method} {sampler} r{r}" + (f" pack{pack}" if packs else ""))
+                       label=f"{space.arm} {sampler} r{r}" + (f" pack{pack}" if packs else ""))
 
     def check_recorded(parent, r: int, arm: str) -> None:
         """A study recorded under this comparison's name counts only if it is the study this
@@ -501,6 +503,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         "rank_test": test, "paired_test": paired, "pairwise_auc": pairwise_auc, "pick_test": pick_test,
         "own_target_test": own_test, "seconds": time.time() - t0, "experiment": experiment, "tracking_uri": tracker.uri,
         "methods": {m: {**{k: v for k, v in asdict(s).items() if k not in ("mean", "low", "high")},
+                        "space": arm_of[m][0].path, "training_method": arm_of[m][0].method,
                         "hyperparameters": {"active_min": active[m][0], "active_max": active[m][1]},
                         "startup_trials": startup[m],
                         "incumbent_test": {"metric": test_key, "mean": inc_band[m][0], "low": inc_band[m][1],

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,14 @@ class SearchSpace:
     # Per objective, whether the hypervolume and the sampler see its log10 (``log: true``: costs
     # that span orders of magnitude); empty when none does.
     log_axes: tuple = ()
+    # ``name:`` in the file: a label for the space (its study's default name and its arm in
+    # ``compare``), so two spaces of one method can be told apart; "" when not given.
+    name: str = ""
+
+    @property
+    def arm(self) -> str:
+        """What names this space's studies and its ``compare`` arm: its ``name:``, else its method."""
+        return self.name or self.method
 
     @property
     def objectives(self) -> tuple:
@@ -179,7 +188,7 @@ class SearchSpace:
         import dataclasses
         import json
 
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "sha256")}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "sha256", "name")}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
     def ax_startup_trials(self) -> int:
@@ -386,6 +395,21 @@ def _some_value_resolves(space: SearchSpace, params, lows: dict) -> bool:
     return False
 
 
+NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def space_name(raw: dict, where: str) -> str:
+    """The optional ``name:`` of a space file: letters, digits, '_', '.', '-' (it becomes part of
+    study names and MLflow run names; '@' separates a compare arm from its sampler or pack)."""
+    if "name" not in raw:
+        return ""
+    name = raw["name"]
+    if not isinstance(name, str) or not NAME_CHARS.fullmatch(name) or len(name) > 64:
+        raise ConfigError(f"name must be up to 64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+                          f"(it names the space's studies and its compare arm), got {name!r}", f"{where}: name")
+    return name
+
+
 def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     raw = load_yaml(path)
@@ -394,9 +418,9 @@ def load_space(path: str | Path) -> SearchSpace:
         from .automl import load_automl
 
         return load_automl(path, raw)
-    unknown = set(raw) - {"method", "objective", "fixed", "params", "pack"}
+    unknown = set(raw) - {"method", "name", "objective", "fixed", "params", "pack"}
     if unknown:
-        raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; allowed: fixed, method, objective, pack, params",
+        raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; allowed: fixed, method, name, objective, pack, params",
                           f"{where}: {sorted(unknown)[0]}")
     pack = raw.get("pack", 1)
     if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
@@ -447,7 +471,7 @@ def load_space(path: str | Path) -> SearchSpace:
                           "to tell complete from stopped-early trials); put epochs under fixed",
                           f"{where}: params.epochs")
     space = SearchSpace(where, raw["method"], metric, mode, fixed, params,
-                        hashlib.sha256(path.read_bytes()).hexdigest(), pack)
+                        hashlib.sha256(path.read_bytes()).hexdigest(), pack, name=space_name(raw, where))
     # Every bound and choice must resolve as a full run config (types, Hparams.validate, ...).
     lows = space.low_point()
     if fixed_error is not None and not _some_value_resolves(space, params, lows):

@@ -132,6 +132,7 @@ class SweepArgs:
     checkpoint_s: float = 30.0  # hand Ray a trial checkpoint at most this often (0: every epoch)
     pack: int = 0  # members per Ray trial (packed trials); 0: the space file's ``pack:`` (default 1)
     points: tuple = ()  # configurations (sampler parameter values) evaluated first, e.g. a warm start
+    warm_start: str = ""  # the experiment ``points`` came from (automl --warm-start): recorded, a resume compares it
     time_budget_s: float = 0.0  # stop starting trials after this many seconds (0: no limit); with
     # trials 0 the time budget alone ends the study
 
@@ -145,7 +146,7 @@ class SweepArgs:
         return self.pack or self.space.pack
 
     def study_name(self) -> str:
-        return self.name or f"{self.space.method}-{self.sampler}-s{self.seed}"
+        return self.name or f"{self.space.arm}-{self.sampler}-s{self.seed}"
 
     def experiment_name(self) -> str:
         fx = self.space.fixed
@@ -164,7 +165,9 @@ def recorded_differences(parent, a: SweepArgs) -> list[str]:
     now = {"--trials": (params.get("trials"), a.trials), "--sampler": (params.get("sampler"), a.sampler),
            "--seed": (params.get("seed"), a.seed), "--startup-trials": (params.get("startup_trials"), a.startup_trials),
            "--pack": (params.get("pack"), a.pack_size()), "--scheduler": (tags.get("scheduler"), a.scheduler),
-           "--time-budget": (params.get("time_budget_s", "0"), a.time_budget_s)}
+           "--time-budget": (params.get("time_budget_s", "0"), a.time_budget_s),
+           # recorded since the space key was (a study from before is not checked on it)
+           "--warm-start": (params.get("warm_start", "" if SPACE_KEY in tags else None), a.warm_start)}
     out = []
     for flag, (was, new) in now.items():
         if was is None:
@@ -173,7 +176,7 @@ def recorded_differences(parent, a: SweepArgs) -> list[str]:
             was, new = f"{float(was):g}", f"{new:g}"
         if was != new:
             unit = "s" if flag == "--time-budget" else ""
-            out.append(f"{flag} {was}{unit} (now {new}{unit})")
+            out.append(f"{flag} {was or 'none'}{unit} (now {new or 'none'}{unit})")
     if tags.get(SPACE_KEY) not in (None, a.space.key()):
         out.append(f"a different space ({a.space.path} compiles to another: a range, a fixed value or an objective changed)")
     return out
@@ -1316,14 +1319,16 @@ def _start_study(a: SweepArgs, space, name: str, storage: Path, exp_dir: Path,
         tracker.set_tags(parent_id, {"bnnsearch.status": "running"})
     else:
         parent_id = tracker.start_study(
-            name, run_name=a.label or f"{space.method} {a.sampler} s{a.seed}",
-            tags={"method": space.method, "sampler": a.sampler, "seed": a.seed, "space_file": space.path,
-                  "space_sha256": space.sha256, SPACE_KEY: space.key(), "git_sha": git_sha(), "scheduler": a.scheduler},
+            name, run_name=a.label or f"{space.arm} {a.sampler} s{a.seed}",
+            tags={"method": space.method, **({"space_name": space.name} if space.name else {}), "sampler": a.sampler,
+                  "seed": a.seed, "space_file": space.path, "space_sha256": space.sha256, SPACE_KEY: space.key(),
+                  "git_sha": git_sha(), "scheduler": a.scheduler},
             params={"trials": a.trials, "sampler": a.sampler, "seed": a.seed, "startup_trials": a.startup_trials,
                     "metric": space.metric, "mode": space.mode, "space": space.path, "pack": a.pack_size(),
                     **({"objectives": json.dumps(space.objectives)} if space.multi else {}),
                     **({"constraints": json.dumps(space.constraints)} if space.constraints else {}),
-                    **({"time_budget_s": a.time_budget_s} if a.time_budget_s else {})},
+                    **({"time_budget_s": a.time_budget_s} if a.time_budget_s else {}),
+                    **({"warm_start": a.warm_start} if a.warm_start else {})},
         )
         tracker.log_text(parent_id, Path(space.path).read_text(), "space.yaml")
 

@@ -577,6 +577,13 @@ def test_automl_study_front_registry_and_evaluate(in_tmp, capsys):
     (first,) = c.search_runs([wexp.experiment_id], "tags.`bnnsearch.kind` = 'trial'")
     top = [c.get_run(p["run_id"]).data.params for p in doc["front"] if p["objectives"] == doc["front"][0]["objectives"]]
     assert first.data.params in top  # the same resolved config as the front's best
+    (wparent,) = c.search_runs([wexp.experiment_id], "tags.`bnnsearch.kind` = 'study'")
+    assert wparent.data.params["warm_start"] == "bnnsearch/digits/automl"
+    for flags, now in ((["--warm-start", "other"], "other"), ([], "none")):  # a resume names the same one
+        assert main(["automl", str(space), "--trials", "1", "--startup-trials", "1", "--name", "warm",
+                     "--experiment", "warm", "--out", "out2", "--resume", *flags]) == 2
+        assert (f"study 'warm' was run with --warm-start bnnsearch/digits/automl (now {now})"
+                in capsys.readouterr().err)
     # the dashboard draws the front and lists its points
     assert main(["dashboard", "--export", "d.html"]) == 0
     page = (in_tmp / "d.html").read_text()

@@ -27,6 +27,11 @@ def files(tmp_path, monkeypatch):
     w("config.yaml", {**CONFIG, "data_root": str(tmp_path / "data")})
     w("nodata_config.yaml", {**CONFIG, "data": "mnist", "data_root": str(tmp_path / "nowhere")})
     w("pack0.yaml", {**SPACE, "pack": 0})
+    w("space2.yaml", {**SPACE, "fixed": {**SPACE["fixed"], "data_root": str(tmp_path / "data")},
+                      "params": {"gamma": {"float": [1e-3, 1.0], "log": True}}})  # a second filtered space
+    w("named.yaml", {**SPACE, "name": "filtered-gamma", "fixed": {**SPACE["fixed"], "data_root": str(tmp_path / "data")},
+                     "params": {"gamma": {"float": [1e-3, 1.0], "log": True}}})
+    w("slash.yaml", {**SPACE, "name": "a/b"})
     w("empty.yaml", "")
     w("epochs.yaml", {**CONFIG, "epochs": -3})
     w("batch.yaml", {**CONFIG, "batch_size": 0})
@@ -49,6 +54,7 @@ def files(tmp_path, monkeypatch):
                                                  "hparams": {"group_size": 8}},
                                        "params": {"robustness": {"float": [0.0, 1.0]}}}}}
     w("am.yaml", am)
+    w("am_name.yaml", {**am, "name": "am@tpe"})  # '@' separates a compare arm from its sampler
     w("am_metric.yaml", {**am, "objectives": [{"metric": "val/acc"}, {"metric": "cost/bytes", "mode": "min"}]})
     w("am_ref.yaml", {**am, "objectives": [{"metric": "val/acc"}, {"metric": "time/total_s", "mode": "min"}]})
     w("am_limit.yaml", {**am, "constraints": {"cost/mem_bits": {"below": 3}}})
@@ -109,6 +115,12 @@ CASES = [  # (argv, what the one line must say)
     ([*SWEEP, "--checkpoint-s", "-1"], "--checkpoint-s -1: must be >= 0"),
     ([*SWEEP, "--pack", "-2"], "--pack -2: must be >= 1 (configurations trained together as one network; 0: the space file's pack:)"),
     (["sweep", "pack0.yaml"], "pack0.yaml: pack: pack must be an integer >= 1"),
+    (["compare", "space.yaml", "space2.yaml"], "two spaces are both arm 'filtered' (space.yaml, space2.yaml): give "
+                                                "each a distinct name: in its file"),
+    (["compare", "named.yaml", "space.yaml", "named.yaml"], "two spaces are both arm 'filtered-gamma' (named.yaml, "
+                                                            "named.yaml)"),
+    (["automl", "am_name.yaml"], "am_name.yaml: name: name must be up to 64 letters"),
+    (["sweep", "slash.yaml"], "slash.yaml: name: name must be up to 64 letters, digits"),
     ([*SWEEP, "--trials", "0"], "--trials 0: must be >= 1"),
     ([*SWEEP, "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
     ([*SWEEP, "--storage", "afile"], "--storage afile: is a file"),

@@ -202,26 +202,35 @@ def test_compare_of_an_automl_space_under_two_samplers_compares_hypervolume(tmp_
 def test_compare_with_ax_initial_design_gives_each_arm_its_own_startup(tmp_path):
     """``--startup-trials ax`` (the Figure 8 ablation of the initial design): a 3-parameter arm
     starts its model after max(5, 2·3) = 6 random trials, a 1-parameter arm after 5; each study is
-    run with its own count (recorded on its parent run) and the report says so."""
-    lat, fil = spaces(tmp_path)
+    run with its own count (recorded on its parent run) and the report says so. The two arms are
+    two spaces of one method told apart by their ``name:`` (latent over lr alone against latent
+    over three hyperparameters: what tuning more of them costs)."""
+    lat, _ = spaces(tmp_path)
     raw = yaml.safe_load(open(lat))
+    one, three = tmp_path / "lat1.yaml", tmp_path / "lat3.yaml"
+    one.write_text(yaml.safe_dump({**raw, "name": "latent-lr"}))
     raw["params"].update({"weight_decay": {"float": [1e-6, 1e-1], "log": True}, "momentum": {"float": [0.0, 0.9]}})
-    open(lat, "w").write(yaml.safe_dump(raw))
-    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "compare", lat, fil, "--repeats", "1", "--trials", "7",
-                        "--sampler", "tpe", "--startup-trials", "ax", "--out", str(tmp_path / "out"), "--name", "ax"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    three.write_text(yaml.safe_dump({**raw, "name": "latent-3hp"}))
+    r = subprocess.run([sys.executable, "-m", "bnnsearch.cli", "compare", str(three), str(one), "--repeats", "1",
+                        "--trials", "7", "--sampler", "tpe", "--startup-trials", "ax", "--out", str(tmp_path / "out"),
+                        "--name", "ax"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["initial_design"] == "ax" and s["startup_trials"] == 5  # the random phase every arm shares
-    assert {m: st["startup_trials"] for m, st in s["methods"].items()} == {"latent": 6, "filtered": 5}
-    assert "initial design: Ax's default, max(5, 2 x searched parameters) random trials per arm: latent 6, filtered 5" \
-        in r.stdout
+    assert {m: st["startup_trials"] for m, st in s["methods"].items()} == {"latent-3hp": 6, "latent-lr": 5}
+    assert "initial design: Ax's default, max(5, 2 x searched parameters) random trials per arm: latent-3hp 6, " \
+        "latent-lr 5" in r.stdout
+    assert {m: (st["training_method"], st["space"]) for m, st in s["methods"].items()} == {
+        "latent-3hp": ("latent", str(three)), "latent-lr": ("latent", str(one))}
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    for m, n in (("latent", "6"), ("filtered", "5")):  # what each study's sampler was built with
+    for m, n in (("latent-3hp", "6"), ("latent-lr", "5")):  # what each study's sampler was built with
         (pid,) = s["methods"][m]["study_runs"]
-        assert c.get_run(pid).data.params["startup_trials"] == n
+        run = c.get_run(pid)
+        assert run.data.params["startup_trials"] == n and run.data.tags["mlflow.runName"] == f"{m} tpe r0"
+        assert run.data.tags["method"] == "latent" and run.data.tags["space_name"] == m
+        assert run.data.tags["bnnsearch.study"] == f"ax-{m}-r0"
 
 
 def test_compare_of_pack_sizes_runs_each_space_packed_and_unpacked(tmp_path):

@@ -244,6 +244,13 @@ def test_arm_styles_tell_arms_apart():
     assert len(set(packs.values())) == 3 and packs["latent@random"] == (method_color("latent"), True)
     two = arm_styles(["latent@tpe", "latent@gp", "filtered@tpe", "filtered@gp"])  # by method, then dash
     assert two["latent@tpe"] == (method_color("latent"), False) and two["latent@gp"] == (method_color("latent"), True)
+    # named spaces (``name:``) of one method: a colour each (their hashed colours collide), their
+    # random arms dashed in it; a registry method beside them keeps its own
+    named = arm_styles(["latent-3hp", "latent-lr", "latent-3hp@random", "latent-lr@random", "filtered", "pc-only"])
+    assert method_color("latent-3hp") == method_color("latent-lr")  # what the test guards against
+    solid = [named[a][0] for a in ("latent-3hp", "latent-lr", "filtered", "pc-only")]
+    assert len(set(solid)) == 4 and named["filtered"][0] == method_color("filtered")
+    assert named["latent-lr@random"] == (named["latent-lr"][0], True)
 
 
 def test_measured_cost_to_target_is_unknown_when_a_trained_trial_did_not_record_it():

@@ -154,8 +154,26 @@ def test_a_space_key_follows_what_the_file_compiles_to_not_its_text(tmp_path, pa
     same = tmp_path / "same.yaml"  # reworded: a comment, the keys in another order
     same.write_text("# reworded\n" + yaml.safe_dump(dict(reversed(list(doc.items()))), sort_keys=False))
     assert load_space(same).key() == key
+    named = load_space(write(tmp_path, yaml.safe_dump({**doc, "name": "mine"}, sort_keys=False)))
+    assert named.key() == key  # a label: it names the studies, it does not change a trial
     doc["fixed"]["epochs"] += 1
     assert load_space(write(tmp_path, yaml.safe_dump(doc, sort_keys=False))).key() != key
+
+
+@pytest.mark.parametrize("path", [ROOT / "latent.yaml", ROOT / "automl.yaml"], ids=["latent", "automl"])
+def test_a_space_name_labels_its_studies_and_its_compare_arm(tmp_path, path):
+    from bnnsearch.sweep import SweepArgs
+
+    doc = yaml.safe_load(path.read_text())
+    plain = load_space(path)
+    assert plain.name == "" and plain.arm == plain.method
+    assert SweepArgs(space=plain, sampler="tpe", seed=3).study_name() == f"{plain.method}-tpe-s3"
+    named = load_space(write(tmp_path, yaml.safe_dump({**doc, "name": "v2.small_lr"}, sort_keys=False)))
+    assert named.arm == "v2.small_lr" and named.method == plain.method
+    assert SweepArgs(space=named, sampler="tpe", seed=3).study_name() == "v2.small_lr-tpe-s3"
+    for bad in ("", None, "x" * 65, "-x", "a b", "a@b", "a/b", 3):
+        with pytest.raises(ConfigError, match="name: name must be up to 64 letters"):
+            load_space(write(tmp_path, yaml.safe_dump({**doc, "name": bad}, sort_keys=False)))
 
 
 def test_a_recorded_study_is_told_apart_by_the_flags_that_define_it(tmp_path):
@@ -178,8 +196,11 @@ def test_a_recorded_study_is_told_apart_by_the_flags_that_define_it(tmp_path):
     other = load_space(write(tmp_path, {**yaml.safe_load((ROOT / "latent.yaml").read_text()), "pack": 8}))
     assert recorded_differences(parent, replace(a, space=other, pack=1)) == [
         f"a different space ({other.path} compiles to another: a range, a fixed value or an objective changed)"]
+    assert recorded_differences(parent, replace(a, warm_start="exp")) == ["--warm-start none (now exp)"]
+    warm = SimpleNamespace(data=SimpleNamespace(params={**params, "warm_start": "exp"}, tags=parent.data.tags))
+    assert recorded_differences(warm, replace(a, warm_start="exp")) == []
     old = SimpleNamespace(data=SimpleNamespace(params={k: v for k, v in params.items() if k != "time_budget_s"}, tags={}))
-    assert recorded_differences(old, replace(a, space=other, pack=1, time_budget_s=0.0)) == []
+    assert recorded_differences(old, replace(a, space=other, pack=1, time_budget_s=0.0, warm_start="x")) == []
     assert recorded_differences(old, replace(a, time_budget_s=60.0)) == ["--time-budget 0s (now 60s)"]
 
 
