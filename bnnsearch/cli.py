@@ -121,13 +121,12 @@ def cmd_space(args) -> int:
     for path in args.spaces:
         s = load_space(path)
         objs = s.objectives_text()
-        if s.name:
-            print(f"{path}: name {s.name}")
+        head = f"{path} (name {s.name})" if s.name else str(path)
         if s.method == "automl":
             cons = ", ".join(f"{m} {k} {b:g}" for m, k, b in s.constraints) or "none"
-            print(f"{path}: AutoML over {', '.join(s.methods)}; objectives {objs}; constraints {cons}; fixed {s.fixed}")
+            print(f"{head}: AutoML over {', '.join(s.methods)}; objectives {objs}; constraints {cons}; fixed {s.fixed}")
         else:
-            print(f"{path}: method {s.method}, objective {objs}, fixed {s.fixed}")
+            print(f"{head}: method {s.method}, objective {objs}, fixed {s.fixed}")
         rows = []
         for p in s.params:
             rng = ", ".join(map(str, p.choices)) if p.kind == "categorical" else f"[{p.low}, {p.high}]"

@@ -395,17 +395,17 @@ def _some_value_resolves(space: SearchSpace, params, lows: dict) -> bool:
     return False
 
 
-NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
 def space_name(raw: dict, where: str) -> str:
-    """The optional ``name:`` of a space file: letters, digits, '_', '.', '-' (it becomes part of
+    """The optional ``name:`` of a space file: letters, digits, '_', '.', '+', '-' (it becomes part of
     study names and MLflow run names; '@' separates a compare arm from its sampler or pack)."""
     if "name" not in raw:
         return ""
     name = raw["name"]
     if not isinstance(name, str) or not NAME_CHARS.fullmatch(name) or len(name) > 64:
-        raise ConfigError(f"name must be up to 64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+        raise ConfigError(f"name must be up to 64 letters, digits, '_', '.', '+' or '-', starting with a letter or digit "
                           f"(it names the space's studies and its compare arm), got {name!r}", f"{where}: name")
     return name
 

@@ -168,9 +168,9 @@ def test_a_space_name_labels_its_studies_and_its_compare_arm(tmp_path, path):
     plain = load_space(path)
     assert plain.name == "" and plain.arm == plain.method
     assert SweepArgs(space=plain, sampler="tpe", seed=3).study_name() == f"{plain.method}-tpe-s3"
-    named = load_space(write(tmp_path, yaml.safe_dump({**doc, "name": "v2.small_lr"}, sort_keys=False)))
-    assert named.arm == "v2.small_lr" and named.method == plain.method
-    assert SweepArgs(space=named, sampler="tpe", seed=3).study_name() == "v2.small_lr-tpe-s3"
+    named = load_space(write(tmp_path, yaml.safe_dump({**doc, "name": "v2.small_lr+"}, sort_keys=False)))
+    assert named.arm == "v2.small_lr+" and named.method == plain.method
+    assert SweepArgs(space=named, sampler="tpe", seed=3).study_name() == "v2.small_lr+-tpe-s3"
     for bad in ("", None, "x" * 65, "-x", "a b", "a@b", "a/b", 3):
         with pytest.raises(ConfigError, match="name: name must be up to 64 letters"):
             load_space(write(tmp_path, yaml.safe_dump({**doc, "name": bad}, sort_keys=False)))
