@@ -577,12 +577,12 @@ def compare_report(s: dict, markdown: bool = False) -> str:
         rows.append([m, n_hp, f"{st['repeats']}x{st['budget']}", st["best_value"],
                      "-" if inc is None or (isinstance(inc, float) and math.isnan(inc)) else inc,
                      f"{st['auc_mean']:.4g} [{st['auc_ci'][0]:.3g}, {st['auc_ci'][1]:.3g}]",
-                     ttt_text(st["ttt_median"], st["ttt_q1"], st["ttt_q3"], st["budget"]), f"{st['reached']}/{st['repeats']}",
+                     ttt_text(st["ttt_median"], st["ttt_q1"], st["ttt_q3"], st["budget"], st.get("ttt_bounds")), f"{st['reached']}/{st['repeats']}",
                      "-" if st["cpu_seconds_to_target_median"] is None else f"{st['cpu_seconds_to_target_median']:.3g}",
                      st["cpu_seconds"]])
         if s.get("own_target_test"):
             ot = st.get("own_target") or {}
-            rows[-1].insert(8, f"{ttt_text(ot['median'], ot['q1'], ot['q3'], st['budget'])} ({ot['reached']}/{st['repeats']})"
+            rows[-1].insert(8, f"{ttt_text(ot['median'], ot['q1'], ot['q3'], st['budget'], ot.get('bounds'))} ({ot['reached']}/{st['repeats']})"
                             if ot else "-")
     test_key = next(iter(s["methods"].values()))["incumbent_test"]["metric"] or "held-out"
     cols = ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
@@ -735,7 +735,7 @@ def _plots(stats, per_method, target, summary, out: Path, gates: dict | None = N
             for s in per_method[m]:
                 ax.plot(xs, best_so_far(s, mode), color=c, alpha=0.15, lw=0.8)
             ax.plot(xs, st.mean, color=c, lw=2, ls="--" if dashed else "-",
-                    label=f"{m} (median trials-to-target {ttt_value(st.ttt_median, st.budget)})")
+                    label=f"{m} (median trials-to-target {ttt_value(st.ttt_median, st.budget, st.ttt_bounds[0])})")
             ax.fill_between(xs, st.low, st.high, color=c, alpha=0.2)
             inc = summary["methods"][m]["incumbent_test"]
             if inc["metric"]:  # what the study delivers: the held-out value of its current pick

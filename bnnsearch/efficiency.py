@@ -181,10 +181,10 @@ def own_gap_ttt(per_arm: dict[str, list[list[float | None]]], mode: str, fractio
         for arm in arms:
             ttt = [trials_to_target(best_so_far(s, mode), target, mode) for s in per_arm[arm]]
             budget = max(len(s) for s in per_arm[arm])
-            ranked = [t if t is not None else budget + 1 for t in ttt]  # censored studies rank last
+            (median, q1, q3), bounds = ttt_quartiles(ttt, budget)
             out[arm] = {"target": target, "random_median": base, "plateau": top, "plateau_arm": info["best_arm"],
-                        "ttt": ttt, "median": _quantile(ranked, 0.5), "q1": _quantile(ranked, 0.25),
-                        "q3": _quantile(ranked, 0.75), "reached": sum(t is not None for t in ttt)}
+                        "ttt": ttt, "median": median, "q1": q1, "q3": q3, "bounds": bounds,
+                        "reached": sum(t is not None for t in ttt)}
     return out
 
 
@@ -237,28 +237,40 @@ class MethodStats:
     best_value: float
     auc_ci: tuple[float, float] = (math.nan, math.nan)  # 95 % bootstrap interval of the mean AUC
     ttt_median_ci: tuple[float, float] = (math.nan, math.nan)  # ... of the median trials-to-target
+    ttt_bounds: tuple = (False, False, False)  # whether median, q1, q3 are only lower bounds (ttt_quartiles)
     aucs: list = field(default_factory=list)  # per study, in repeat order (paired across arms by seed)
     boot_low: list = field(default_factory=list)  # 95 % percentile-bootstrap band of the mean curve
     boot_high: list = field(default_factory=list)
 
 
-def ttt_value(x: float, budget: int) -> str:
+def ttt_value(x: float, budget: int, bound: bool = False) -> str:
     """A median or quartile of trials-to-target as printed: studies that never reached the
     target rank as budget + 1, so a value above the budget says "not within it" and is shown as
-    ``>budget`` (an 8-trial study's "9" read as nine trials)."""
-    return f">{budget}" if x > budget else f"{x:g}"
+    ``>budget`` (an 8-trial study's "9" read as nine trials); a value interpolated with such a
+    study (``bound``, see ``ttt_quartiles``) is at least what it says, shown as ``>=x``."""
+    return f">{budget}" if x > budget else f">={x:g}" if bound else f"{x:g}"
 
 
-def ttt_text(median: float, q1: float, q3: float, budget: int) -> str:
+def ttt_text(median: float, q1: float, q3: float, budget: int, bounds=(False, False, False)) -> str:
     """``median [q1, q3]`` of trials-to-target, each as ``ttt_value`` prints it."""
-    return f"{ttt_value(median, budget)} [{ttt_value(q1, budget)}, {ttt_value(q3, budget)}]"
+    bm, b1, b3 = bounds or (False, False, False)
+    return f"{ttt_value(median, budget, bm)} [{ttt_value(q1, budget, b1)}, {ttt_value(q3, budget, b3)}]"
 
 
-def _quantile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    pos = (len(xs) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+def ttt_quartiles(ttt: list[int | None], budget: int) -> tuple[tuple[float, float, float], tuple[bool, bool, bool]]:
+    """(median, q1, q3) of trials-to-target, studies that never reached the target ranked last
+    (as budget + 1, the least their count can be), and for each whether it is only a lower
+    bound: a quantile interpolated with such a study (of reached 3 and never-in-4, the median
+    reads 4, but that study's true count is unknown and at least 5, so the median is at least 4)."""
+    cap = budget + 1
+    xs = sorted(t if t is not None else cap for t in ttt)
+    vals, bounds = [], []
+    for q in (0.5, 0.25, 0.75):
+        pos = (len(xs) - 1) * q
+        lo, hi = math.floor(pos), math.ceil(pos)
+        vals.append(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
+        bounds.append(xs[lo] >= cap or (pos > lo and xs[hi] >= cap))
+    return tuple(vals), tuple(bounds)
 
 
 def method_stats(method: str, studies: list[list[float | None]], target: float, mode: str,
@@ -268,17 +280,17 @@ def method_stats(method: str, studies: list[list[float | None]], target: float, 
     mean, low, high = mean_band(curves)
     ttt = [trials_to_target(c, target, mode) for c in curves]
     ranked = [t if t is not None else budget + 1 for t in ttt]  # censored studies rank last
+    (median, q1, q3), bounds = ttt_quartiles(ttt, budget)
     finals = [c[-1] for c in curves if c and not math.isnan(c[-1])]
     aucs = [auc(c, floor) for c in curves]
     import numpy as np
 
     blo, bhi = bootstrap_band(curves)
-    return MethodStats(method, len(studies), budget, mean, low, high, ttt, _quantile(ranked, 0.5),
-                       _quantile(ranked, 0.25), _quantile(ranked, 0.75), sum(t is not None for t in ttt),
-                       sum(aucs) / len(curves),
+    return MethodStats(method, len(studies), budget, mean, low, high, ttt, median, q1, q3,
+                       sum(t is not None for t in ttt), sum(aucs) / len(curves),
                        (max(finals) if mode == "max" else min(finals)) if finals else math.nan,
                        bootstrap_ci(aucs, np.mean), bootstrap_ci([float(t) for t in ranked], np.median),
-                       aucs, blo, bhi)
+                       bounds, aucs, blo, bhi)
 
 
 def bootstrap_band(curves: list[list[float]], level: float = 0.95, n: int = 2000,

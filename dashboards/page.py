@@ -95,12 +95,12 @@ def _efficiency_section(exp, comp, client=None) -> str:
 
     def own_cell(m):
         o = (own or {}).get(m)
-        return "" if own is None else (f"<td>{html.escape(ttt_text(o['median'], o['q1'], o['q3'], stats[m].budget))} ({o['reached']})</td>"
+        return "" if own is None else (f"<td>{html.escape(ttt_text(o['median'], o['q1'], o['q3'], stats[m].budget, o.get('bounds')))} ({o['reached']})</td>"
                                        if o else "<td>-</td>")
 
     rows = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{st.repeats}x{st.budget}</td><td>{st.best_value:.4g}</td>"
-        f"<td>{st.auc_mean:.4g}</td><td>{html.escape(ttt_text(st.ttt_median, st.ttt_q1, st.ttt_q3, st.budget))}</td>"
+        f"<td>{st.auc_mean:.4g}</td><td>{html.escape(ttt_text(st.ttt_median, st.ttt_q1, st.ttt_q3, st.budget, st.ttt_bounds))}</td>"
         f"<td>{st.reached}/{st.repeats}</td>{own_cell(m)}</tr>" for m, st in stats.items())
     p = test["p_value"]
     own_head = "" if own is None else "<th>to own target median [IQR] (reached)</th>"

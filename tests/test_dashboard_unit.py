@@ -125,6 +125,6 @@ def test_efficiency_rank_test_is_between_methods_as_in_compare():
     assert "to own target median [IQR] (reached)" in page
     for m in values:
         o = own[m]
-        assert f"<td>{html.escape(m)}</td>" in page and f"<td>{html.escape(ttt_text(o['median'], o['q1'], o['q3'], 3))} ({o['reached']})</td>" in page
+        assert f"<td>{html.escape(m)}</td>" in page and f"<td>{html.escape(ttt_text(o['median'], o['q1'], o['q3'], 3, o['bounds']))} ({o['reached']})</td>" in page
     assert (own["a@random"]["median"], own["a@random"]["q3"]) == (4, 4)  # beyond the 3 trials: never "4 trials"
     assert "<td>&gt;3 [&gt;3, &gt;3] (1)</td>" in page

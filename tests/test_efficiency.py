@@ -54,6 +54,13 @@ def test_method_stats_hand_computed():
     assert ttt_text(st.ttt_median, st.ttt_q1, st.ttt_q3, st.budget) == "3 [2.5, >3]"
     late = method_stats("m", [[0.6, 0.7, 0.96], [0.6, 0.7, 0.8], [0.6, 0.7, 0.8]], target=0.95, mode="max")
     assert ttt_text(late.ttt_median, late.ttt_q1, late.ttt_q3, late.budget) == ">3 [>3, >3]"  # ranked [3, 4, 4]
+    # one of two 4-trial studies reached the target at trial 3, the other never: ranked [3, 5],
+    # the median interpolates to 4, but the second study's true count is at least 5 (unknown),
+    # so the median is at least 4, not 4 trials
+    half = method_stats("m", [[0.6, 0.7, 0.96, 0.96], [0.6, 0.7, 0.8, 0.8]], target=0.95, mode="max")
+    assert (half.ttt_median, half.ttt_q1, half.ttt_q3) == (4, 3.5, 4.5) and half.ttt_bounds == (True, True, True)
+    assert ttt_text(half.ttt_median, half.ttt_q1, half.ttt_q3, half.budget, half.ttt_bounds) == ">=4 [>=3.5, >4]"
+    assert st.ttt_bounds == (False, False, True)  # [2, 3, 4]: only q3 leans on the censored study
 
 
 def test_rank_test_verdicts():
