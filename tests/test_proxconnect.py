@@ -7,8 +7,8 @@ from bnnsearch.nn.prox import PAIRS, ProxConnect, signswish, signswish_grad
 W = torch.tensor([-2.0, -1.0, -0.7, -0.2, -0.01, 0.0, 0.05, 0.4, 1.0, 1.3, 3.0], dtype=torch.float64)
 
 
-def fwd_bwd(pair, w, mu=3.0, beta=5.0):
-    q = ProxConnect(pair=pair, mu=mu, beta=beta).double()
+def fwd_bwd(pair, w, mu=3.0, beta=5.0, jump=0.0):
+    q = ProxConnect(pair=pair, mu=mu, beta=beta, jump=jump).double()
     w = w.clone().requires_grad_(True)
     out = q(w)
     out.sum().backward()
@@ -36,6 +36,14 @@ def test_pairs_forward_and_backward_closed_forms():
     assert torch.allclose(out, signswish(W, 3.0)) and torch.allclose(g, signswish_grad(W, 3.0))
     out, g = fwd_bwd("pc", W, mu=3.0)
     assert torch.equal(out, (3.0 * W).clamp(-1, 1)) and torch.equal(g, torch.ones_like(W))
+    # Dockhorn's family with a jump rho at 0: clip(mu w + rho sign(w), -1, 1), multiplier still 1
+    out, g = fwd_bwd("pc", W, mu=3.0, jump=0.5)
+    hand = torch.tensor([-1, -1, -1, -1, -0.53, 0, 0.65, 1, 1, 1, 1], dtype=torch.float64)  # -0.2: -1.1, clipped
+    assert torch.allclose(out, hand) and torch.equal(g, torch.ones_like(W))
+    q = ProxConnect(pair="pc", mu=4.0, jump=0.5).double()
+    w = torch.tensor([-0.2, -0.1, 0.05, 0.12, 0.2], dtype=torch.float64)  # soft where |w| < (1 - 0.5) / 4
+    assert q.soft_fraction(w) == pytest.approx(3 / 5)
+    assert torch.equal(ProxConnect(pair="pc", mu=0.1, jump=1.0).double()(W[W != 0]), torch.sign(W[W != 0]))
 
 
 def test_bnnpp_backward_is_numerical_derivative_of_forward():
@@ -59,13 +67,36 @@ def test_mu_to_infinity_recovers_sign_and_eval_is_hard(pair):
 
 
 def test_mu_schedules_hit_endpoints():
-    for shape in ("linear", "exponential", "cosine"):
+    for shape in ("linear", "exponential", "cosine", "sigmoid"):
         hp = ProxHparams(mu0=2.0, muT=200.0, mu_schedule=shape)
         assert mu_at(hp, 0.0) == pytest.approx(2.0) and mu_at(hp, 1.0) == pytest.approx(200.0)
     assert mu_at(ProxHparams(mu0=1, muT=100, mu_schedule="exponential"), 0.5) == pytest.approx(10.0)
     # cosine on the inverse slope: 1/mu moves along a half cosine from 1/mu0 to 1/muT
     inv_mid = 0.5 * (1 / 2.0 + 1 / 200.0)
     assert mu_at(ProxHparams(mu0=2.0, muT=200.0, mu_schedule="cosine"), 0.5) == pytest.approx(1 / inv_mid)
+    # sigmoid on the inverse slope (PARQ's normalized mirror sigmoid, steepness 10): symmetric
+    # about the midpoint, and at p = 1/4, by hand: (σ(2.5) - σ(-5)) / (σ(5) - σ(-5)) = 0.92990
+    assert mu_at(ProxHparams(mu0=2.0, muT=200.0, mu_schedule="sigmoid"), 0.5) == pytest.approx(1 / inv_mid)
+    frac = (0.9241418199787566 - 0.0066928509242848554) / (0.9933071490757153 - 0.0066928509242848554)
+    assert frac == pytest.approx(0.92990, abs=1e-5)
+    for p, f in ((0.25, frac), (0.75, 1 - frac)):
+        assert mu_at(ProxHparams(mu0=2.0, muT=200.0, mu_schedule="sigmoid"), p) == pytest.approx(
+            1 / (1 / 200.0 + (1 / 2.0 - 1 / 200.0) * f))
+    # a gentle steepness is almost linear in 1/mu; a steep one holds 1/mu near 1/mu0 longer
+    gentle = mu_at(ProxHparams(mu0=2.0, muT=200.0, mu_schedule="sigmoid", mu_steepness=0.1), 0.25)
+    assert gentle == pytest.approx(1 / (1 / 200.0 + (1 / 2.0 - 1 / 200.0) * 0.75), rel=1e-3)
+    assert mu_at(ProxHparams(mu0=2.0, muT=200.0, mu_schedule="sigmoid", mu_steepness=30), 0.25) < 2.01
+
+
+def test_the_pc_jump_and_the_sigmoid_schedule_change_training(tiny_cfg):
+    """Selectable variants must act: training differs from the default for each (pc only)."""
+    from bnnsearch.engine import fit
+
+    base = {"pair": "pc", "mu0": 0.5, "muT": 100.0}
+    runs = [fit(tiny_cfg(method="proxconnect", epochs=2, hparams={**base, **extra})).history[-1]
+            for extra in ({}, {"pc_jump": 0.3}, {"mu_schedule": "sigmoid"})]
+    assert runs[0]["train/loss"] != runs[1]["train/loss"] and runs[0]["train/loss"] != runs[2]["train/loss"]
+    assert 50 < runs[0]["sched/mu"] != runs[2]["sched/mu"] > 50  # both near muT = 100 at the last step
 
 
 def test_soft_fraction_and_training_run(tiny_cfg):

@@ -1,8 +1,12 @@
 """ProxConnect++ (seed 003; methods.md §5): latent weights w, forward F^{mu_t}(w), backward
 multiplier b^{mu_t}(w), for the pairs BC, BNN, BNN+, BNN++ and PC (see ``nn/prox.py``).
 
-mu moves from mu_0 to mu_T by ``mu_schedule``: ``linear``, ``exponential`` (geometric), or
-``cosine`` on the inverse slope 1/mu (PARQ's schedule [RECON]). An optional final hard phase
+mu moves from mu_0 to mu_T by ``mu_schedule``: ``linear``, ``exponential`` (geometric), or, on
+the inverse slope 1/mu, ``cosine`` or ``sigmoid`` (PARQ's two annealings, methods.md §5.1 [RECON]:
+``sigmoid`` is PARQ's normalized mirror sigmoid with steepness ``mu_steepness``, default 10 as in
+PARQ, almost linear below 1). With ``pair: pc``, ``pc_jump`` rho >= 0 selects the PC prox map of
+Dockhorn's family with a jump at 0, clip(mu w + rho sign(w), -1, 1) ([RECON] variant; rho = 0 is
+the binary PARQ/AProx map, the default). An optional final hard phase
 (``hard_phase``: fraction of training) uses F = sign. Evaluation is always hard sign, so
 ``val/acc`` and ``test/acc`` are hard-sign accuracies; ``train/acc`` is measured with the soft
 forward, and ``prox/soft_fraction`` shows how much of the network is still soft.
@@ -11,6 +15,7 @@ Latent weights use Adam (or SGD) at ``lr``; with ``pair: bnn`` and ``clip`` they
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +33,9 @@ class ProxHparams:
     pair: Literal["bc", "bnn", "bnn+", "bnn++", "pc"] = "bnn++"
     mu0: float = 1.0
     muT: float = 100.0
-    mu_schedule: Literal["linear", "exponential", "cosine"] = "exponential"
+    mu_schedule: Literal["linear", "exponential", "cosine", "sigmoid"] = "exponential"
+    mu_steepness: float = 10.0  # ``sigmoid`` only: PARQ's steepness s of the annealing of 1/mu
+    pc_jump: float = 0.0  # ``pair: pc`` only: rho, the jump of the prox map at 0 [RECON]
     hard_phase: float = 0.0
     beta: float = 5.0
     clip: bool = True
@@ -44,11 +51,27 @@ class ProxHparams:
             raise ValueError("mu0, muT, beta, lr and fp_lr must be positive")
         if not 0 <= self.hard_phase < 1:
             raise ValueError("hard_phase must lie in [0, 1)")
+        if self.mu_steepness <= 0:
+            raise ValueError("mu_steepness must be positive")
+        if self.pc_jump < 0:
+            raise ValueError("pc_jump must be >= 0")
+
+
+def mirror_sigmoid(p: float, s: float) -> float:
+    """PARQ's normalized mirror sigmoid: 1 at p = 0 falling to 0 at p = 1, steepness s (almost
+    linear for s < 1): (σ(-s(p - ½)) - σ(-s/2)) / (σ(s/2) - σ(-s/2))."""
+    p = min(max(p, 0.0), 1.0)
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    lo, hi = sig(-0.5 * s), sig(0.5 * s)
+    return (sig(-s * (p - 0.5)) - lo) / (hi - lo)
 
 
 def mu_at(hp: ProxHparams, p: float) -> float:
+    inv0, inv1 = 1.0 / hp.mu0, 1.0 / hp.muT
     if hp.mu_schedule == "cosine":
-        return 1.0 / interpolate("cosine", 1.0 / hp.mu0, 1.0 / hp.muT, p)
+        return 1.0 / interpolate("cosine", inv0, inv1, p)
+    if hp.mu_schedule == "sigmoid":
+        return 1.0 / (inv1 + (inv0 - inv1) * mirror_sigmoid(p, hp.mu_steepness))
     return interpolate(hp.mu_schedule, hp.mu0, hp.muT, p)
 
 
@@ -83,7 +106,7 @@ class ProxConnectMethod(Method):
     Hparams = ProxHparams
 
     def weight_quantizer(self, hp: ProxHparams, sign0: str):
-        return lambda layer: ProxConnect(sign0=sign0, pair=hp.pair, mu=hp.mu0, beta=hp.beta)
+        return lambda layer: ProxConnect(sign0=sign0, pair=hp.pair, mu=hp.mu0, beta=hp.beta, jump=hp.pc_jump)
 
     def setup(self, model, hp: ProxHparams, total_steps: int, info=None) -> Setup:
         binary, fp = split_params(model)

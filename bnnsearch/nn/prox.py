@@ -12,6 +12,9 @@ trick: value F(w), gradient b(w) = S'(w) for a surrogate S.
 | bnn++   | SS_mu(w) = 2s(mu w)[1 + mu w (1 - s(mu w))] - 1 | SS'_mu(w), its exact derivative  |
 | pc      | clip(mu w, -1, 1) (binary PARQ/AProx prox map [RECON]) | 1                         |
 
+``jump`` rho > 0 (pc only) gives the generic piecewise-linear member of Dockhorn's family with a
+jump at 0, clip(mu w + rho sign(w), -1, 1) [RECON]: rho = 0 is the map above, rho >= 1 is sign.
+
 mu is a buffer moved by the method's schedule. In eval mode (and during an optional final hard
 phase, ``hard=True``) the forward is sign(w); the backward multiplier stays the pair's.
 SignSwish is non-monotone (b < 0 beyond its overshoot) and is implemented exactly, unclamped.
@@ -39,11 +42,12 @@ def signswish_grad(x: torch.Tensor, beta) -> torch.Tensor:
 
 @register_quantizer("proxconnect")
 class ProxConnect(Quantizer):
-    def __init__(self, sign0: str = "plus", pair: str = "bnn++", mu: float = 1.0, beta: float = 5.0):
+    def __init__(self, sign0: str = "plus", pair: str = "bnn++", mu: float = 1.0, beta: float = 5.0,
+                 jump: float = 0.0):
         super().__init__(sign0)
         if pair not in PAIRS:
             raise ValueError(f"unknown ProxConnect pair {pair!r}; choose one of {PAIRS}")
-        self.pair, self.beta = pair, beta
+        self.pair, self.beta, self.jump = pair, beta, float(jump)
         self.register_buffer("mu", torch.tensor(float(mu)), persistent=True)
         self.hard_phase = False
 
@@ -62,6 +66,8 @@ class ProxConnect(Quantizer):
         if self.pair == "bnn++":
             return signswish(w, self.mu)
         if self.pair == "pc":
+            if self.jump:
+                return (self.mu * w + self.jump * torch.sign(w)).clamp(-1.0, 1.0)
             return (self.mu * w).clamp(-1.0, 1.0)
         return self.hard(w)
 
@@ -79,8 +85,8 @@ class ProxConnect(Quantizer):
         w = w.detach()
         if self.hard_phase or self.pair not in ("pc", "bnn++"):
             return torch.zeros((), device=w.device)
-        bound = 1.0 / self.mu if self.pair == "pc" else 2.4 / self.mu
+        bound = max(0.0, 1.0 - self.jump) / self.mu if self.pair == "pc" else 2.4 / self.mu
         return (w.abs() < bound).float().mean()
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, pair={self.pair}, beta={self.beta}"
+        return f"{super().extra_repr()}, pair={self.pair}, beta={self.beta}" + (f", jump={self.jump}" if self.jump else "")
