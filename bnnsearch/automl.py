@@ -549,17 +549,27 @@ def register_model(point: dict, name: str, summary: dict, tracker) -> dict:
     """Retrain a front point's configuration with its seed (in this process, the trial's thread
     count), log the network as an MLflow PyTorch model (signature, input example, config, cost
     table, per-epoch metrics) in a run of the study's experiment, and register it as ``name``."""
+    from . import interrupts
+    from .config import resolve
+    from .engine import fit
+
+    cfg = resolve(point["config"], "front point")
+    res = fit(cfg)  # a Ctrl-C here leaves nothing behind (the caller says so)
+    with interrupts.held():  # from the run to the registered version: whole, or not begun
+        return _log_registered(res, cfg, point, name, summary, tracker)
+
+
+def _log_registered(res, cfg, point: dict, name: str, summary: dict, tracker) -> dict:
+    """``register_model``'s record: the model run, its MLflow model and the registry version."""
     import mlflow
     import numpy as np
     import torch
     from mlflow.models import infer_signature
 
-    from .config import dump, resolve
-    from .engine import fit, load_data
+    from .config import dump
+    from .engine import load_data
     from .modelio import BinaryNet, module_scalars
 
-    cfg = resolve(point["config"], "front point")
-    res = fit(cfg)
     data = load_data(cfg, "cpu")
     model = BinaryNet(res.model.cpu(), cfg.to_dict(), data.in_shape, data.num_classes).eval()
     x = data.x_test[:5].cpu()

@@ -293,7 +293,17 @@ def cmd_automl(args) -> int:
         from .automl import register_pick
 
         print(f"\nretraining front point {args.pick or 1} to register it as {register!r} ...", flush=True)
-        reg = register_pick(s, register, args.pick)
+        try:
+            reg = register_pick(s, register, args.pick)
+        except KeyboardInterrupt:  # in the retraining: the study and its front are recorded
+            print(f"\nbnnsearch: interrupted while retraining front point {args.pick or 1}: the study and its front "
+                  f"are recorded, nothing was registered. Register it with:\n  "
+                  f"{resume_command(getattr(args, 'argv', sys.argv[1:]), a.name)}", file=sys.stderr, flush=True)
+            return _exit_interrupted()
+        if interrupts.pending():  # a Ctrl-C while the model was written: it was written whole
+            print(f"\nbnnsearch: interrupted as the model was written; it is registered whole: "
+                  f"{reg['model_uri']}", file=sys.stderr, flush=True)
+            return _exit_interrupted()
         print(f"\nregistered {reg['model_uri']} (MLflow run {reg['run_id']}): retrained test/acc {reg['test/acc']:.4f}"
               f" (the trial recorded {_fmt(reg['trial_test_acc'])}), modelled memory {_fmt(reg['mem_bits'])} bits\n"
               f"  check it with:  bnnsearch evaluate {reg['model_uri']}" +
@@ -681,6 +691,9 @@ def entry() -> None:
     "interrupted" line, past the point where faulthandler still reports; everything had been
     recorded and Ray shut down by then)."""
     code = main()
+    from . import interrupts
+
+    interrupts.finished()
     if code == 130:
         import atexit
         import os

@@ -13,11 +13,18 @@ import signal
 import sys
 import threading
 
-_state = {"count": 0, "in_tune": False, "what": "the command", "defer": False}
+_state = {"count": 0, "in_tune": False, "what": "the command", "defer": False, "done": 0}
 
 
 def handler(sig, frame):
     _state["count"] += 1
+    if _state["done"]:  # the command has returned: only the interpreter's teardown (Ray's shutdown) is left
+        _state["done"] += 1
+        if _state["done"] > 2:
+            os._exit(130)
+        print("\nbnnsearch: the command has finished; shutting down (Ctrl-C again to exit now)",
+              file=sys.stderr, flush=True)
+        return  # a KeyboardInterrupt here printed a traceback from Ray's atexit shutdown
     if _state["defer"] and _state["count"] == 1:
         return  # inside deferred() or held(): remembered, acted on when the block ends
     if _state["count"] > 1 or _state["in_tune"]:
@@ -57,6 +64,12 @@ class held(deferred):
     def __exit__(self, exc_type, *exc):
         _state["defer"] = False
         return False
+
+
+def finished() -> None:
+    """The command has returned: a Ctrl-C from now on (during the atexit teardown, e.g. Ray's
+    shutdown) prints one line instead of raising into it; a second exits at once."""
+    _state["done"] = 1
 
 
 def pending() -> bool:

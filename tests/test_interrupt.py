@@ -436,3 +436,76 @@ def test_ctrl_c_as_an_automl_study_records_its_end_registers_nothing_and_says_ho
     assert "registered models:/reg/1" in out.out and "[1/2]" not in out.out  # no trial trained again
     c, e, (parent,) = studies(tmp_path, "bnnsearch/digits/automl")
     assert parent.info.status == "FINISHED" and "pareto.json" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+
+
+def test_ctrl_c_while_automl_retrains_or_writes_the_model_to_register(tmp_path, monkeypatch, capsys):
+    """`automl --register`: a SIGINT during the retraining of the front point registers nothing,
+    says the study and its front are recorded (it said "before anything was recorded") and prints
+    the command that registers it; a SIGINT while that command writes the model lets the model run
+    and its registry version complete (both or neither), and says so. Exit 130 both times."""
+    import importlib
+
+    import ray
+
+    from bnnsearch import engine, interrupts
+    from bnnsearch.cli import main
+
+    def sigint_first(fn):
+        def patched(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            return fn(*args, **kwargs)
+        return patched
+
+    monkeypatch.chdir(tmp_path)
+    p = automl_space_file(tmp_path, {**FIXED, "epochs": 2}, {"filtered": SPACES["filtered"], "latent": SPACES["latent"]})
+    before = signal.getsignal(signal.SIGINT)
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        monkeypatch.setattr(engine, "fit", sigint_first(engine.fit))  # the driver trains only the retraining
+        rc = main(["automl", p, "--trials", "2", "--sampler", "random", "--register", "reg"])
+        out = capsys.readouterr()
+        assert rc == 130, out.out[-2000:] + out.err[-2000:]
+        assert ("interrupted while retraining front point 1: the study and its front are recorded, nothing was "
+                "registered") in out.err and "before anything was recorded" not in out.err
+        assert not c.search_registered_models()
+        e = c.get_experiment_by_name("bnnsearch/digits/automl")
+        assert not c.search_runs([e.experiment_id], "tags.`bnnsearch.kind` = 'model'")
+        cmd = shlex.split(out.err.split("Register it with:")[1].strip().splitlines()[0])
+        assert cmd[-2:] == ["automl-digits-random-s0", "--resume"]
+        monkeypatch.undo()
+        monkeypatch.chdir(tmp_path)
+        flavor = importlib.import_module("mlflow.pytorch")  # the module (mlflow.pytorch may be a lazy proxy)
+        monkeypatch.setattr(flavor, "log_model", sigint_first(flavor.log_model))
+        interrupts._state.update(count=0, defer=False, in_tune=False)
+        rc = main(cmd[1:])
+        out = capsys.readouterr()
+        assert rc == 130, out.out[-2000:] + out.err[-2000:]
+        assert "interrupted as the model was written; it is registered whole: models:/reg/1" in out.err
+    finally:
+        signal.signal(signal.SIGINT, before)
+        interrupts._state.update(count=0, defer=False, in_tune=False)
+        ray.shutdown()
+    (v,) = c.search_model_versions("name = 'reg'")
+    assert c.get_run(v.run_id).info.status == "FINISHED"
+
+
+def test_a_ctrl_c_after_the_command_returned_is_not_raised_into_the_teardown(monkeypatch, capsys):
+    """After the command returns, the interpreter's atexit teardown (Ray's shutdown) runs: a Ctrl-C
+    there raised KeyboardInterrupt into Ray's code (a traceback under a finished command). Now it
+    prints one line; a second exits at once."""
+    from bnnsearch import interrupts
+
+    exits = []
+    monkeypatch.setattr(interrupts.os, "_exit", exits.append)
+    monkeypatch.setitem(interrupts._state, "count", 0)
+    monkeypatch.setitem(interrupts._state, "done", 0)
+    with pytest.raises(KeyboardInterrupt):  # while the command runs: raised
+        interrupts.handler(signal.SIGINT, None)
+    interrupts._state["count"] = 0
+    interrupts.finished()
+    interrupts.handler(signal.SIGINT, None)  # no exception
+    assert "the command has finished; shutting down (Ctrl-C again to exit now)" in capsys.readouterr().err
+    assert exits == []
+    interrupts.handler(signal.SIGINT, None)
+    assert exits == [130]
