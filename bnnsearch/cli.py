@@ -400,6 +400,11 @@ def cmd_dashboard(args) -> int:
         serve(uri, args.port, args.mlflow_ui, args.refresh)
     except OSError as e:
         raise UserError(f"--port {args.port}: cannot serve the dashboard ({e.strerror})") from None
+    except KeyboardInterrupt:  # how it is stopped (it records nothing): not an interrupted command
+        from . import interrupts
+
+        interrupts.clear()
+        print("\nbnnsearch: dashboard stopped", file=sys.stderr)
     return 0
 
 

@@ -72,6 +72,11 @@ def finished() -> None:
     _state["done"] = 1
 
 
+def clear() -> None:
+    """Forget a Ctrl-C the command took as its own way to stop (the served dashboard)."""
+    _state["count"] = 0
+
+
 def pending() -> bool:
     return _state["count"] > 0
 

@@ -128,3 +128,31 @@ def test_efficiency_rank_test_is_between_methods_as_in_compare():
         assert f"<td>{html.escape(m)}</td>" in page and f"<td>{html.escape(ttt_text(o['median'], o['q1'], o['q3'], 3, o['bounds']))} ({o['reached']})</td>" in page
     assert (own["a@random"]["median"], own["a@random"]["q3"]) == (4, 4)  # beyond the 3 trials: never "4 trials"
     assert "<td>&gt;3 [&gt;3, &gt;3] (1)</td>" in page
+
+
+def test_ctrl_c_stops_the_served_dashboard_cleanly(tmp_path):
+    """Ctrl-C is how the served dashboard is stopped (its banner says so): exit 0 and one line,
+    not "interrupted (before anything was recorded)" with status 130."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from bnnsearch.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path}/mlflow.db", "nothing-yet")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen([sys.executable, "-m", "bnnsearch.cli", "dashboard", "--port", str(port)], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Ctrl-C stops it" in srv.stdout.readline()
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).status == 200
+        srv.send_signal(signal.SIGINT)
+        out, err = srv.communicate(timeout=60)
+    finally:
+        srv.kill()
+    assert srv.returncode == 0, err
+    assert err.strip().splitlines() == ["bnnsearch: dashboard stopped"], err
