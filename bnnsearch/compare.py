@@ -180,7 +180,8 @@ def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list
     n_done = sum(r["finished"] for r in rows)
     return {"name": cmp_name, "experiment": experiment, "tracking_uri": uri, "arms": rows, "trials": trials,
             "studies": len(arms) * repeats, "finished": n_done, "training_s": spent,
-            "left_training_s": None if unknown else left, "left_wall_s": None if unknown else left / max(1, concurrency),
+            "left_training_s": None if unknown else left,
+            "left_wall_s": None if unknown or not concurrency else left / concurrency,
             "no_estimate": unknown, "concurrency": concurrency, "noise_seeds": noise_seeds,
             "noise_floor_s": None if unknown else noise_floor_s(rows, trials, noise_seeds)}
 
@@ -203,22 +204,41 @@ def progress_report(p: dict) -> str:
         return f"repeat {u['repeat']}: {u['trials']}/{p['trials']} trials ({_STATE.get(u['status'], u['status'])})"
 
     rows = [[r["arm"], f"{r['finished']}/{r['repeats']}", ", ".join(map(unfinished, r["unfinished"])) or "-",
-             round(r["training_s"]), "-" if r["mean_s_per_finished_study"] is None else round(r["mean_s_per_finished_study"])]
+             _secs(r["training_s"]), "-" if r["mean_s_per_finished_study"] is None else _secs(r["mean_s_per_finished_study"])]
             for r in p["arms"]]
+    done = p["finished"] == p["studies"]
     lines = [f"comparison {p['name']!r}: {p['finished']} of {p['studies']} studies finished ({len(p['arms'])} arms x "
-             f"{p['arms'][0]['repeats']} repeats, {p['trials']} trials each); its summary is written when all are",
+             f"{p['arms'][0]['repeats']} repeats, {p['trials']} trials each); "
+             + ("all finished: the same command without --status writes its summary" if done else
+                "its summary is written when all are"),
              table(rows, ["arm", "finished", "unfinished study", "training s", "training s per finished study"],
                    align_right={3, 4})]
-    left = ("no estimate of what is left: no finished study yet for " + ", ".join(p["no_estimate"])
-            if p["no_estimate"] else
-            f"about {p['left_training_s']:,.0f} training s left (the finished studies' mean per arm), about "
-            f"{p['left_wall_s'] / 3600:.1f} h at --concurrency {p['concurrency']}")
+    if p["no_estimate"]:
+        left = "no estimate of what is left: no finished study yet for " + ", ".join(p["no_estimate"])
+    else:
+        left = f"about {_secs(p['left_training_s'])} training s left (the finished studies' mean per arm)"
+        if done:
+            left = "no study left"
+        elif p["left_wall_s"] is None:  # a cluster whose size this command does not know
+            left += "; give --concurrency for a wall-time estimate"
+        else:
+            left += f", about {_duration(p['left_wall_s'])} at {p['concurrency']} trials at once"
     if p["noise_seeds"] and p["noise_floor_s"] is not None:
         left += (f"; then the noise floor, {p['noise_seeds']} re-trainings of each arm's best configuration one at a "
-                 f"time: about {p['noise_floor_s'] / 3600:.1f} h (at each arm's mean trial seconds; any already "
+                 f"time: about {_duration(p['noise_floor_s'])} (at each arm's mean trial seconds; any already "
                  "cached in --out are not trained again)")
-    lines.append(f"training seconds so far: {p['training_s']:,.0f}; {left}")
+    lines.append(f"training seconds so far: {_secs(p['training_s'])}; {left}")
     return "\n".join(lines)
+
+
+def _secs(s: float) -> str:
+    """Seconds as the status table prints them: 1,500 / 42 / 0.41 (a short study is not '0')."""
+    return f"{s:,.0f}" if s >= 10 else f"{s:.2g}"
+
+
+def _duration(s: float) -> str:
+    """A wall-time estimate: '40 s', '12 min', '1.2 h'."""
+    return f"{s:.0f} s" if s < 60 else f"{s / 60:.0f} min" if s < 3600 else f"{s / 3600:.1f} h"
 
 
 def noise_warnings(margin: float, best: dict[str, float], floors: dict[str, dict]) -> list[str]:
@@ -355,8 +375,13 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
                             "comparison")
 
     if status:
+        concurrency = base.concurrency
+        if not concurrency and not base.address:  # the local Ray a run would start: as many as its CPUs allow
+            from .sweep import _local_resources
+
+            concurrency = max(1, int(_local_resources(base)["CPU"] // base.cpus_per_trial))
         return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
-                                base.trials, base.concurrency, noise_seeds, check_recorded)
+                                base.trials, concurrency, noise_seeds, check_recorded)
     out = Path(out or f"runs/{cmp_name}")
     check_out_dir(out, f"--out {out}", create=True)
     tracker = Tracker(base.tracking_uri, experiment)

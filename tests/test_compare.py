@@ -303,7 +303,17 @@ def test_status_estimates_the_noise_floor_from_each_arms_mean_trial_seconds():
          "noise_seeds": 5, "noise_floor_s": 3600.0 * 1.25}
     last = progress_report(p).splitlines()[-1]
     assert last == ("training seconds so far: 1,500; about 2,250 training s left (the finished studies' mean per arm), "
-                    "about 0.3 h at --concurrency 2; then the noise floor, 5 re-trainings of each arm's best "
+                    "about 19 min at 2 trials at once; then the noise floor, 5 re-trainings of each arm's best "
                     "configuration one at a time: about 1.2 h (at each arm's mean trial seconds; any already cached "
                     "in --out are not trained again)")
-    assert progress_report({**p, "noise_seeds": 0}).splitlines()[-1].endswith("about 0.3 h at --concurrency 2")
+    assert progress_report({**p, "noise_seeds": 0}).splitlines()[-1].endswith("about 19 min at 2 trials at once")
+    # on a cluster of unknown size (--address, no --concurrency): no wall time is made up
+    assert progress_report({**p, "noise_seeds": 0, "left_wall_s": None, "concurrency": 0}).splitlines()[-1].endswith(
+        "; give --concurrency for a wall-time estimate")
+    # a short comparison's seconds are not rounded to 0; a finished one says what to run
+    tiny = [{**a, "training_s": 0.41, "mean_s_per_finished_study": 0.205, "finished": 3} for a in arms]
+    text = progress_report({**p, "arms": tiny, "finished": 6, "training_s": 0.82, "left_training_s": 0.0,
+                            "left_wall_s": 0.0, "noise_seeds": 0})
+    assert "all finished: the same command without --status writes its summary" in text
+    assert text.splitlines()[-1] == "training seconds so far: 0.82; no study left"
+    assert "0.41" in text and "0.2" in text
