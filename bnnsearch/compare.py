@@ -611,7 +611,7 @@ def compare_report(s: dict, markdown: bool = False) -> str:
                             if ot else "-")
     test_key = next(iter(s["methods"].values()))["incumbent_test"]["metric"] or "held-out"
     cols = ["method", "HPs", "studies", f"best {s['metric']}", f"{test_key} of pick", "AUC [95% bootstrap]",
-            "trials-to-target median [IQR]", "reached", "CPU s to target", "CPU s"]
+            "trials-to-target median [IQR]", "reached", "alloc. CPU s to target", "alloc. CPU s"]
     own = s.get("own_target_test")
     if own:
         cols.insert(8, "to own target median [IQR] (reached)")

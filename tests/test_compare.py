@@ -89,7 +89,7 @@ def test_compare_end_to_end_and_resume(tmp_path):
         for rep, (t, c) in enumerate(zip(st["ttt"], st["cpu_seconds_to_target"])):
             secs = [float(x["trial_seconds"] or 0) for x in rows if x["method"] == m and x["repeat"] == str(rep)]
             assert (c is None) == (t is None) and (t is None or c == pytest.approx(sum(secs[:t])))
-    assert "CPU s to target" in r.stdout
+    assert "alloc. CPU s to target" in r.stdout  # wall x --cpus-per-trial: what the trials held, not used
     # ... and the CPU seconds the trial processes measured (time/total_cpu_s), summed the same way
     for m, st in s["methods"].items():
         for rep, (t, c) in enumerate(zip(st["ttt"], st["process_cpu_seconds_to_target"])):
