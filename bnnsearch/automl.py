@@ -477,11 +477,12 @@ def _outdir(a, out: str | None) -> Path:
 def check_flags(a, out: str | None, pick: int | None) -> None:
     """``automl``'s own flags, checked before anything runs (the CLI: before the header)."""
     from .errors import UserError
-    from .runio import check_out_dir
+    from .runio import check_out_dir, check_out_owner
 
     if pick is not None and pick < 1:
         raise UserError(f"--pick {pick}: a rank on the front, 1 for the best first objective")
     outdir = _outdir(a, out)
+    check_out_owner(outdir, "pareto.json", "study", a.study_name(), "study", f"--out {outdir}")
     check_out_dir(outdir, f"--out {outdir}")  # a folder made at the end, after the study
 
 

@@ -24,7 +24,7 @@ from .efficiency import (RANDOM_SUFFIX, asha_rungs, cost_to_target, gap_target, 
                          target_value, test_metric, ttt_text, ttt_value)
 from . import interrupts
 from .errors import Interrupted, UserError
-from .runio import check_out_dir, write_text_whole
+from .runio import check_out_dir, check_out_owner, write_text_whole
 from .spaces import SearchSpace
 from .sweep import SweepArgs, check_args, recorded_differences, run_sweep
 
@@ -383,6 +383,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
         return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
                                 base.trials, concurrency, noise_seeds, check_recorded)
     out = Path(out or f"runs/{cmp_name}")
+    check_out_owner(out, "summary.json", "name", cmp_name, "comparison", f"--out {out}")
     check_out_dir(out, f"--out {out}", create=True)
     tracker = Tracker(base.tracking_uri, experiment)
     for r in range(repeats):  # before any study runs

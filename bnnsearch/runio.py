@@ -88,6 +88,26 @@ def check_out_dir(path: Path, label: str, create: bool = False) -> None:
             raise UserError(f"{label}: cannot create the directory ({e.strerror})") from None
 
 
+def check_out_owner(path: Path, file: str, key: str, owner: str, what: str, label: str) -> None:
+    """An output folder that already holds ``file`` written for another ``what`` (its JSON
+    ``key`` is not ``owner``) is refused: this command's outputs would overwrite the other's
+    (their copy in MLflow stays; the files a user reads would not). The same one — a rerun or a
+    resume — writes over its own; a file that is not such JSON is not judged."""
+    import json
+
+    from .errors import UserError
+
+    f = path / file
+    if not f.is_file():
+        return
+    try:
+        found = json.loads(f.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return
+    if found is not None and found != owner:
+        raise UserError(f"{label}: holds the outputs of {what} {found!r} ({f.name}); give another --out, or remove them")
+
+
 def check_out_file(path: Path, label: str) -> None:
     """An output file a command will write, checked before any work as ``check_out_dir``
     checks its folder (nothing is created); a folder in its place is an error too."""

@@ -3,6 +3,8 @@ the flag, exit code 2, no traceback, before any work starts (no Ray, no training
 half-written (no study run, no results folder, no run directory, no empty tracking store). Add a
 row for every new case: the count can only go up. (The config-key cases of `train --set` are in
 test_cli.py.)"""
+import json
+
 import pytest
 import yaml
 
@@ -54,6 +56,9 @@ def files(tmp_path, monkeypatch):
                                                  "hparams": {"group_size": 8}},
                                        "params": {"robustness": {"float": [0.0, 1.0]}}}}}
     w("am.yaml", am)
+    for folder, name, doc in (("cmpout", "summary.json", {"name": "another"}), ("amout", "pareto.json", {"study": "another"})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_text(json.dumps(doc))
     w("am_name.yaml", {**am, "name": "am@tpe"})  # '@' separates a compare arm from its sampler
     w("am_metric.yaml", {**am, "objectives": [{"metric": "val/acc"}, {"metric": "cost/bytes", "mode": "min"}]})
     w("am_ref.yaml", {**am, "objectives": [{"metric": "val/acc"}, {"metric": "time/total_s", "mode": "min"}]})
@@ -121,6 +126,9 @@ CASES = [  # (argv, what the one line must say)
                                                             "named.yaml)"),
     (["automl", "am_name.yaml"], "am_name.yaml: name: name must be up to 64 letters"),
     (["sweep", "slash.yaml"], "slash.yaml: name: name must be up to 64 letters, digits"),
+    (["compare", "space.yaml", "--out", "cmpout"], "--out cmpout: holds the outputs of comparison 'another' "
+                                                   "(summary.json); give another --out"),
+    (["automl", "am.yaml", "--out", "amout"], "--out amout: holds the outputs of study 'another' (pareto.json)"),
     ([*SWEEP, "--trials", "0"], "--trials 0: must be >= 1"),
     ([*SWEEP, "--cpus-per-trial", "0"], "--cpus-per-trial 0: must be > 0"),
     ([*SWEEP, "--storage", "afile"], "--storage afile: is a file"),
