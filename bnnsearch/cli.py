@@ -526,8 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp = cmd("compare", "hyperparameter efficiency: repeated equal-budget studies per method",
              "Hyperparameter efficiency across methods (seed 002's Figure 8 for any methods): --repeats studies "
              "of --trials trials per search space, best-so-far curves, trials-to-target, AUC and a rank test.")
-    cp.add_argument("spaces", nargs="+", help="one search-space YAML per method")
-    cp.add_argument("--repeats", type=int, default=5, help="independent studies per method")
+    cp.add_argument("spaces", nargs="+", help="search-space YAMLs, one arm each: its method, or its name: where two "
+                                              "spaces share a method")
+    cp.add_argument("--repeats", type=int, default=5, help="independent studies per arm")
     cp.add_argument("--target-delta", type=float, default=0.5,
                     help="target = best value of all studies minus this (percentage points for accuracies)")
     cp.add_argument("--out", default=None, help="output directory (default: runs/<name>)")
