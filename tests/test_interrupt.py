@@ -232,7 +232,8 @@ def test_ctrl_c_during_compare_stops_it_and_resume_completes_the_interrupted_stu
         assert_complete(c, e, p, trials)
     st = subprocess.run([sys.executable, "-m", "bnnsearch.cli", *args, "--status"], cwd=tmp_path, capture_output=True,
                         text=True, timeout=120)
-    assert "2 of 2 studies finished" in st.stdout and "about 0 training s left" in st.stdout, st.stdout
+    assert "2 of 2 studies finished" in st.stdout and st.stdout.rstrip().endswith("; no study left"), st.stdout
+    assert "all finished: the same command without --status writes its summary" in st.stdout
     rows = {line.split()[0]: line.split() for line in st.stdout.splitlines() if line.startswith(("filtered ", "latent "))}
     for p in parents:  # each arm's training seconds: its study's trials' time/total_s
         kids = c.search_runs([e.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
