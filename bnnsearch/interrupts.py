@@ -13,18 +13,11 @@ import signal
 import sys
 import threading
 
-_state = {"count": 0, "in_tune": False, "what": "the command", "defer": False, "done": 0}
+_state = {"count": 0, "in_tune": False, "what": "the command", "defer": False, "teardown": 0}
 
 
 def handler(sig, frame):
     _state["count"] += 1
-    if _state["done"]:  # the command has returned: only the interpreter's teardown (Ray's shutdown) is left
-        _state["done"] += 1
-        if _state["done"] > 2:
-            os._exit(130)
-        print("\nbnnsearch: the command has finished; shutting down (Ctrl-C again to exit now)",
-              file=sys.stderr, flush=True)
-        return  # a KeyboardInterrupt here printed a traceback from Ray's atexit shutdown
     if _state["defer"] and _state["count"] == 1:
         return  # inside deferred() or held(): remembered, acted on when the block ends
     if _state["count"] > 1 or _state["in_tune"]:
@@ -66,10 +59,23 @@ class held(deferred):
         return False
 
 
+def teardown_handler(sig, frame):
+    """SIGINT once the command has returned (``finished``): only the interpreter's teardown is
+    left (Ray's atexit shutdown), where a KeyboardInterrupt printed a traceback under a finished
+    command. One line; a second Ctrl-C exits at once."""
+    _state["teardown"] += 1
+    if _state["teardown"] > 1:
+        os._exit(130)
+    print("\nbnnsearch: the command has finished; shutting down (Ctrl-C again to exit now)", file=sys.stderr, flush=True)
+
+
 def finished() -> None:
-    """The command has returned: a Ctrl-C from now on (during the atexit teardown, e.g. Ray's
-    shutdown) prints one line instead of raising into it; a second exits at once."""
-    _state["done"] = 1
+    """The command has returned: SIGINT goes to ``teardown_handler`` from now on. A handler, not
+    a flag, so the next ``install()`` (a command run again in the same process, as tests do)
+    restores the usual one."""
+    if threading.current_thread() is threading.main_thread():
+        _state["teardown"] = 0
+        signal.signal(signal.SIGINT, teardown_handler)
 
 
 def clear() -> None:

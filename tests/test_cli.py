@@ -213,7 +213,9 @@ def test_the_command_exits_with_mains_status_and_an_interrupt_skips_the_final_te
     import atexit
     import os
 
-    from bnnsearch import cli
+    import signal
+
+    from bnnsearch import cli, interrupts
 
     calls = []
 
@@ -227,8 +229,13 @@ def test_the_command_exits_with_mains_status_and_an_interrupt_skips_the_final_te
     monkeypatch.setattr(cli, "main", lambda: code)
     monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append(("exit handlers",)))
     monkeypatch.setattr(os, "_exit", hard_exit)
-    with pytest.raises((Exited, SystemExit)) as e:
-        cli.entry()
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises((Exited, SystemExit)) as e:
+            cli.entry()
+        assert signal.getsignal(signal.SIGINT) is interrupts.teardown_handler  # for the atexit teardown
+    finally:
+        signal.signal(signal.SIGINT, before)  # the entry point ends the process; this test's does not
     if code == 130:
         assert calls == [("exit handlers",), ("os._exit", 130)]
     else:

@@ -494,19 +494,27 @@ def test_ctrl_c_while_automl_retrains_or_writes_the_model_to_register(tmp_path, 
 def test_a_ctrl_c_after_the_command_returned_is_not_raised_into_the_teardown(monkeypatch, capsys):
     """After the command returns, the interpreter's atexit teardown (Ray's shutdown) runs: a Ctrl-C
     there raised KeyboardInterrupt into Ray's code (a traceback under a finished command). Now it
-    prints one line; a second exits at once."""
+    prints one line; a second exits at once. The next command in the same process (tests call
+    the CLI again and again) gets the usual handler back: a Ctrl-C interrupts it."""
     from bnnsearch import interrupts
 
     exits = []
     monkeypatch.setattr(interrupts.os, "_exit", exits.append)
-    monkeypatch.setitem(interrupts._state, "count", 0)
-    monkeypatch.setitem(interrupts._state, "done", 0)
-    with pytest.raises(KeyboardInterrupt):  # while the command runs: raised
-        interrupts.handler(signal.SIGINT, None)
-    interrupts._state["count"] = 0
-    interrupts.finished()
-    interrupts.handler(signal.SIGINT, None)  # no exception
-    assert "the command has finished; shutting down (Ctrl-C again to exit now)" in capsys.readouterr().err
-    assert exits == []
-    interrupts.handler(signal.SIGINT, None)
-    assert exits == [130]
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        interrupts.finished()
+        assert signal.getsignal(signal.SIGINT) is interrupts.teardown_handler
+        os.kill(os.getpid(), signal.SIGINT)  # a real one: no exception
+        time.sleep(0.2)
+        assert "the command has finished; shutting down (Ctrl-C again to exit now)" in capsys.readouterr().err
+        assert exits == []
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        assert exits == [130]
+        interrupts.install()  # what the next command does first
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    finally:
+        signal.signal(signal.SIGINT, before)
+        interrupts._state.update(count=0, defer=False, in_tune=False)
