@@ -586,7 +586,10 @@ def _log_registered(res, cfg, point: dict, name: str, summary: dict, tracker) ->
     tracker.log_text(rid, dump(cfg), "config.yaml")
     rows = [r.__dict__ for r in res.cost_rows]
     tracker.log_json(rid, {"rows": rows, "totals": {k: v for k, v in res.final.items() if k.startswith("cost/")}}, "cost.json")
+    # The registry is the study's own store (where evaluate and export look), whatever an earlier
+    # call in this process set (modelio's loader sets both URIs to its store).
     mlflow.set_tracking_uri(tracker.uri)
+    mlflow.set_registry_uri(tracker.uri)
     with mlflow.start_run(run_id=rid):
         # MLflow's default format here is pt2 (torch.export): a traced graph of the eval-mode
         # network that loads without bnnsearch; the config rides along in the metadata.

@@ -531,7 +531,7 @@ def test_automl_study_front_registry_and_evaluate(in_tmp, capsys):
     assert "Pareto front" in out and "registered models:/bnnsearch-digits/1" in out
     doc = json.loads((in_tmp / "out" / "pareto.json").read_text())
     assert all(line in out for line in front_ties(doc["front"]))
-    c = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
+    c = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db", registry_uri=f"sqlite:///{in_tmp}/mlflow.db")
     exp = c.get_experiment_by_name("bnnsearch/digits/automl")
     parent = c.search_runs([exp.experiment_id], "tags.`bnnsearch.kind` = 'study'")[0]
     kids = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")

@@ -419,7 +419,7 @@ def test_ctrl_c_as_an_automl_study_records_its_end_registers_nothing_and_says_ho
         out = capsys.readouterr()
         assert rc == 130, out.out[-2000:] + out.err[-2000:]
         assert "nothing was registered" in out.out and "wrote runs/automl-digits-random-s0/pareto.json" in out.out
-        c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db", registry_uri=f"sqlite:///{tmp_path}/mlflow.db")
         assert not c.search_registered_models()
         cmd = shlex.split(out.out.split("Register it with:")[1].strip().splitlines()[0])
         assert cmd[:2] == ["bnnsearch", "automl"] and cmd[-5:] == ["--register", "reg", "--name",
@@ -446,6 +446,7 @@ def test_ctrl_c_while_automl_retrains_or_writes_the_model_to_register(tmp_path, 
     and its registry version complete (both or neither), and says so. Exit 130 both times."""
     import importlib
 
+    import mlflow
     import ray
 
     from bnnsearch import engine, interrupts
@@ -461,7 +462,11 @@ def test_ctrl_c_while_automl_retrains_or_writes_the_model_to_register(tmp_path, 
     monkeypatch.chdir(tmp_path)
     p = automl_space_file(tmp_path, {**FIXED, "epochs": 2}, {"filtered": SPACES["filtered"], "latent": SPACES["latent"]})
     before = signal.getsignal(signal.SIGINT)
-    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = MlflowClient(uri, registry_uri=uri)  # this store's registry, whatever MLflow's global one is
+    # a registry left set by an earlier call in this process (evaluate's loader sets one): the
+    # model must still go to this study's store
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/elsewhere.db")
     try:
         monkeypatch.setattr(engine, "fit", sigint_first(engine.fit))  # the driver trains only the retraining
         rc = main(["automl", p, "--trials", "2", "--sampler", "random", "--register", "reg"])
@@ -486,6 +491,7 @@ def test_ctrl_c_while_automl_retrains_or_writes_the_model_to_register(tmp_path, 
     finally:
         signal.signal(signal.SIGINT, before)
         interrupts._state.update(count=0, defer=False, in_tune=False)
+        mlflow.set_registry_uri(None)
         ray.shutdown()
     (v,) = c.search_model_versions("name = 'reg'")
     assert c.get_run(v.run_id).info.status == "FINISHED"
