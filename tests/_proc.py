@@ -1,5 +1,6 @@
 """Driving the CLI as a user does: a process group of its own (a terminal's Ctrl-C reaches the
 whole group), output read line by line until a marker."""
+import socket
 import subprocess
 import sys
 import time
@@ -20,3 +21,17 @@ def read_until(proc, marker: str, timeout: float = 300) -> list[str]:
             return seen
         assert time.time() - t0 < timeout, "".join(seen)
     raise AssertionError(f"ended before {marker!r}:\n" + "".join(seen)[-3000:])
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_dashboard(cwd, stderr=subprocess.STDOUT) -> tuple[subprocess.Popen, int]:
+    """`bnnsearch dashboard` served from ``cwd`` on a free port: (process, port)."""
+    port = free_port()
+    return subprocess.Popen([sys.executable, "-m", "bnnsearch.cli", "dashboard", "--port", str(port)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True), port

@@ -2,7 +2,6 @@
 with no console errors and their plots have data. Runs on a small real study."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import urllib.request
 
 import pytest
 import yaml
+from _proc import start_dashboard
 from _svgcheck import charts, check_chart
 
 pytestmark = pytest.mark.slow
@@ -74,11 +74,7 @@ def test_export_loads_in_a_browser(store, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it where apt-get works)")
 def test_served_dashboard_loads_in_a_browser(store, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = subprocess.Popen([sys.executable, "-m", "bnnsearch.cli", "dashboard", "--port", str(port)], cwd=store,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    srv, port = start_dashboard(store)
     try:
         for _ in range(120):
             try:

@@ -1,4 +1,5 @@
 import pytest
+from _proc import free_port, start_dashboard
 from dashboards.page import _pareto, build_html
 
 
@@ -22,7 +23,6 @@ def test_empty_store_says_what_to_do(tmp_path):
 
 def test_served_page_reports_a_store_that_went_away(tmp_path):
     """A request after the store vanished answers 503 with the reason, not a dropped connection."""
-    import socket
     import threading
     import time
     import urllib.error
@@ -33,9 +33,7 @@ def test_served_page_reports_a_store_that_went_away(tmp_path):
 
     db = tmp_path / "s.db"
     Tracker(f"sqlite:///{db}", "nothing-yet")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     threading.Thread(target=serve, args=(f"sqlite:///{db}", port, "http://ui"), daemon=True).start()
     url = f"http://127.0.0.1:{port}/"
     for _ in range(100):
@@ -134,19 +132,13 @@ def test_ctrl_c_stops_the_served_dashboard_cleanly(tmp_path):
     """Ctrl-C is how the served dashboard is stopped (its banner says so): exit 0 and one line,
     not "interrupted (before anything was recorded)" with status 130."""
     import signal
-    import socket
     import subprocess
-    import sys
     import urllib.request
 
     from bnnsearch.tracking import Tracker
 
     Tracker(f"sqlite:///{tmp_path}/mlflow.db", "nothing-yet")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = subprocess.Popen([sys.executable, "-m", "bnnsearch.cli", "dashboard", "--port", str(port)], cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    srv, port = start_dashboard(tmp_path, stderr=subprocess.PIPE)
     try:
         assert "Ctrl-C stops it" in srv.stdout.readline()
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).status == 200

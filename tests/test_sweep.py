@@ -514,12 +514,11 @@ def test_killing_a_trial_worker_retries_or_fails_that_trial(ray_local, tmp_path)
 
 def test_study_against_an_mlflow_server(ray_local, tmp_path):
     """The same code against an `mlflow server` URI (here with a SQLite backend on loopback)."""
-    import socket
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from _proc import free_port
+
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
