@@ -215,11 +215,11 @@ def progress_report(p: dict) -> str:
                    align_right={3, 4})]
     if p["no_estimate"]:
         left = "no estimate of what is left: no finished study yet for " + ", ".join(p["no_estimate"])
+    elif done:
+        left = "no study left"
     else:
         left = f"about {_secs(p['left_training_s'])} training s left (the finished studies' mean per arm)"
-        if done:
-            left = "no study left"
-        elif p["left_wall_s"] is None:  # a cluster whose size this command does not know
+        if p["left_wall_s"] is None:  # a cluster whose size this command does not know
             left += "; give --concurrency for a wall-time estimate"
         else:
             left += f", about {_duration(p['left_wall_s'])} at {p['concurrency']} trials at once"
@@ -377,9 +377,9 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
     if status:
         concurrency = base.concurrency
         if not concurrency and not base.address:  # the local Ray a run would start: as many as its CPUs allow
-            from .sweep import _local_resources
+            from .sweep import _local_resources, trials_at_once
 
-            concurrency = max(1, int(_local_resources(base)["CPU"] // base.cpus_per_trial))
+            concurrency = trials_at_once(base, _local_resources(base)["CPU"])
         return compare_progress(base.tracking_uri, experiment, cmp_name, [arm for arm, *_ in arms], repeats,
                                 base.trials, concurrency, noise_seeds, check_recorded)
     out = Path(out or f"runs/{cmp_name}")

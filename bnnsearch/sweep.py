@@ -1147,6 +1147,11 @@ def _check_resources(a: SweepArgs, res: dict) -> None:
             raise UserError(f"{flag} {want:g}: {where} has {have:g} {key}s in all, so no trial could ever start")
 
 
+def trials_at_once(a: SweepArgs, cpus: float) -> int:
+    """How many trials a study runs at once: ``--concurrency``, else as many as ``cpus`` allow."""
+    return a.concurrency or max(1, int(cpus // a.cpus_per_trial))
+
+
 def _local_resources(a: SweepArgs) -> dict:
     """What the local Ray this study starts will have: Ray's own CPU count (it honours cgroup
     limits), the GPUs torch sees (asked only when a trial wants one); a Ray already started in
@@ -1580,8 +1585,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric="objective", mode=space.mode, max_t=epochs,
                                    grace_period=1, reduction_factor=3)
                      if a.scheduler == "asha" and asha is None else FIFOScheduler())
-        cpus = ray.cluster_resources().get("CPU", 1)
-        concurrency = a.concurrency or max(1, int(cpus // a.cpus_per_trial))
+        concurrency = trials_at_once(a, ray.cluster_resources().get("CPU", 1))
         tuner = tune.Tuner(
             train_fn,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
