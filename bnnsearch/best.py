@@ -75,9 +75,11 @@ def best_trials(target: str, uri: str | None, experiment: str | None, top: int) 
             continue
         rows.append({"study": r.data.tags.get(STUDY_TAG, study), "trial": r.data.tags.get("bnnsearch.trial_id"),
                      "value": r.data.metrics["objective"], "run_id": r.info.run_id, "metric": metric,
-                     "pack_size": int(r.data.tags.get("bnnsearch.pack_size", 1))})
+                     "pack_size": int(r.data.tags.get("bnnsearch.pack_size", 1)),
+                     "finished": int(r.data.tags.get("bnnsearch.trial_index", 2**62))})
     if not rows:
         raise UserError(f"{target!r} has no complete full-budget trial yet"
                         + (f" within its hard limits ({over} over them)" if over else ""))
-    rows.sort(key=lambda x: -x["value"] if mode == "max" else x["value"])
+    # ties: the trial that finished first ([k/N]; the study's own ranking does the same), then by study
+    rows.sort(key=lambda x: (-x["value"] if mode == "max" else x["value"], x["finished"], x["study"]))
     return rows[:top], Tracker.from_client(client).download_text(rows[0]["run_id"], "config.yaml"), sorted(notes)

@@ -1189,6 +1189,14 @@ def _check_address(address: str | None) -> None:
         raise UserError(f"--address {address}: no Ray head answers there ({e.strerror or e})") from None
 
 
+def rank_trials(rows: list[dict], mode: str, finished: dict[str, int]) -> list[dict]:
+    """A study's complete, feasible trials, best first; ties go to the trial that finished first
+    (``finished``: trial id -> its [k/N] index), as ``bnnsearch best`` ranks them."""
+    sign = -1 if mode == "max" else 1
+    return sorted([r for r in rows if r["status"] == "complete" and r["feasible"]],
+                  key=lambda r: (sign * r["objective"], finished.get(r["trial"], math.inf)))
+
+
 def _interrupted(tracker, parent_id: str, a: SweepArgs, name: str) -> Interrupted:
     """Mark an unfinished study interrupted (parent and unfinished trials KILLED, no best config)."""
     done = len(tracker.steps(parent_id, "trial_state"))
@@ -1621,7 +1629,11 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
             for t in ot.trials:
                 sampler_states[t.state.name] = sampler_states.get(t.state.name, 0) + 1
 
-        runs = {c.data.tags.get(TRIAL_TAG): c.info.run_id for c in tracker.child_runs(parent_id)}
+        children = tracker.child_runs(parent_id)
+        runs = {c.data.tags.get(TRIAL_TAG): c.info.run_id for c in children}
+        # ties are ranked by when a trial finished ([k/N]), as `bnnsearch best` ranks them
+        finished = {c.data.tags.get(TRIAL_TAG): int(c.data.tags[MlflowCallback.INDEX]) for c in children
+                    if MlflowCallback.INDEX in c.data.tags}
         rows = []
         for r in grid:
             last = r.metrics or {}
@@ -1633,8 +1645,7 @@ def _run_study(a: SweepArgs, space, name: str, tracker, parent_id: str, exp_dir:
                 rows.append({"trial": mid, "status": status, "objective": m.get("objective"),
                              "objectives": [m.get(k) for k in objective_keys(space)], "feasible": feasible(m),
                              "epochs": m.get("epoch", 0), "config": params, "path": r.path, "run_id": runs.get(mid)})
-        sign = -1 if space.mode == "max" else 1
-        ranked = sorted([r for r in rows if r["status"] == "complete" and r["feasible"]], key=lambda r: sign * r["objective"])
+        ranked = rank_trials(rows, space.mode, finished)
         summary = {"study": name, "experiment": a.experiment_name(), "tracking_uri": tracker.uri, "parent_run_id": parent_id,
                    "storage": str(exp_dir), "metric": space.metric, "mode": space.mode, "trials": rows, "top": ranked,
                    "seconds": time.time() - t0}
