@@ -8,11 +8,15 @@ one stacked tensor). A non-finite loss ends the run after the epoch in which it 
 losses as ``inf``, never NaN.
 
 Report keys per epoch: ``epoch``, ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
-``test/loss``, ``test/acc``, ``bin/flip_ratio`` (seed 002 Eq. 18, per step, averaged over the
+``test/loss``, ``test/acc``, ``val/acc_top5``, ``test/acc_top5``, ``bin/flip_ratio`` (seed 002 Eq. 18, per step, averaged over the
 epoch) and ``bin/flip_from_init`` (global and ``/<layer>``), ``sched/<name>``, ``cost/*`` (the static
 inference cost, and ``cost/train_gates``: modelled training cost so far, cost.py),
 ``time/epoch_s``, ``time/total_s``, ``time/cpu_s``, ``time/total_cpu_s``, ``diverged``, plus
-the method's own entries; with ``compile: true`` also ``time/compile_s`` (see ``fit_pack``).
+the method's own entries (``val/acc_<name>``, ``test/acc_<name>`` for its extra evaluations,
+``Method.eval_variants``); on a CUDA device ``mem/peak_device_mb``, the peak memory PyTorch's
+allocator held since the run started in this process (a pack's members share one, their pack's;
+on the CPU no per-run peak exists — a Ray worker's process peak mixes its trials — so none is
+reported); with ``compile: true`` also ``time/compile_s`` (see ``fit_pack``).
 """
 from __future__ import annotations
 
@@ -66,18 +70,23 @@ class FitResult:
 
 @torch.no_grad()
 def _evaluate(pack: Pack, forward, x, y, batch_size):
-    """Per-member (loss, accuracy) on (x, y): two ``[K]`` device tensors, no host sync."""
+    """Per-member (loss, accuracy, top-5 accuracy) on (x, y): three ``[K]`` device tensors, no
+    host sync. Top-5 counts a sample when its label is among the 5 largest logits (among all
+    of them with 5 classes or fewer: then it is 1)."""
     pack.train(False)
     k = len(pack.members)
     loss = torch.zeros(k, device=x.device, dtype=torch.float64)
     correct = torch.zeros(k, device=x.device, dtype=torch.long)
+    correct5 = torch.zeros(k, device=x.device, dtype=torch.long)
     for i in range(0, len(x), batch_size):
         logits = upcast(pack.forward(forward, x[i : i + batch_size]))
         yb = y[i : i + batch_size]
         loss += member_losses(logits.double(), yb, reduction="sum")  # float64: a sum over the whole split
         correct += (logits.argmax(-1) == yb[:, None]).sum(0)
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # [N, K, 5]
+        correct5 += (top == yb[:, None, None]).any(-1).sum(0)
     pack.train(True)
-    return loss / len(x), correct.float() / len(x)
+    return loss / len(x), correct.float() / len(x), correct5.float() / len(x)
 
 
 def _restore(dst: dict, src: dict) -> None:
@@ -279,6 +288,8 @@ def fit_pack(
                 raise ValueError(f"members of a pack must share every structural key; they differ in {diff}")
     torch.set_num_threads(threads or cfg.threads or available_cpus())
     device = resolve_device(cfg.device)
+    if device.type == "cuda":  # mem/peak_device_mb: this run's peak, its data included
+        torch.cuda.reset_peak_memory_stats(device)
     data = load_data(cfg, device)
     method = get_method(cfg.method)
     run = run_info(cfg, data)  # the members share it but for their seeds (RunInfo.seed)
@@ -322,6 +333,12 @@ def fit_pack(
     def forward(m, x):
         with autocast(cfg, device):
             return net(x) if m is target else m(x)
+
+    def eager_forward(m, x):  # the extra evaluations: not compiled (no graphs for a mode used once an epoch)
+        with autocast(cfg, device):
+            return m(x)
+
+    variants = method.eval_variants()
 
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
@@ -420,8 +437,15 @@ def fit_pack(
                 with pack.ctx(j):
                     for hook in members[j].setup.on_epoch_end:
                         hook()
-            val_loss, val_acc = _evaluate(pack, forward, data.x_val, data.y_val, cfg.eval_batch_size)
-            test_loss, test_acc = _evaluate(pack, forward, data.x_test, data.y_test, cfg.eval_batch_size)
+            val_loss, val_acc, val_acc5 = _evaluate(pack, forward, data.x_val, data.y_val, cfg.eval_batch_size)
+            test_loss, test_acc, test_acc5 = _evaluate(pack, forward, data.x_test, data.y_test, cfg.eval_batch_size)
+            variant_acc = {"val/acc_top5": val_acc5, "test/acc_top5": test_acc5}
+            for name, mode in variants.items():
+                with contextlib.ExitStack() as modes:
+                    for m in members:
+                        modes.enter_context(mode(m.model))
+                    variant_acc[f"val/acc_{name}"] = _evaluate(pack, eager_forward, data.x_val, data.y_val, cfg.eval_batch_size)[1]
+                    variant_acc[f"test/acc_{name}"] = _evaluate(pack, eager_forward, data.x_test, data.y_test, cfg.eval_batch_size)[1]
             n_seen = steps_per_epoch * bs
             blocks, extras_all = [], []
             for j in live:
@@ -433,6 +457,7 @@ def fit_pack(
                 with pack.ctx(j):
                     for fn in m.setup.epoch_metrics:
                         extras.update(fn())
+                extras.update({k: v[j] for k, v in variant_acc.items()})
                 dev_keys = [k for k, v in extras.items() if isinstance(v, torch.Tensor)]
                 dev_vals = [extras[k].detach().double().reshape(1).to(device) for k in dev_keys]
                 blocks += [head, flips[j].double(), from_init.double(), *dev_vals]
@@ -444,6 +469,7 @@ def fit_pack(
             elapsed += epoch_s
             cpu_used = None if cpu_used is None else cpu_used + epoch_cpu
             compiled += comp
+            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
             pos = 0
             for j, (extras, dev_keys) in zip(live, extras_all):
                 m = members[j]
@@ -458,6 +484,8 @@ def fit_pack(
                     metrics["time/total_cpu_s"] = cpu_used / len(live) if k_n > 1 else cpu_used
                 if cfg.compile:
                     metrics["time/compile_s"] = compiled / len(live) if k_n > 1 else compiled
+                if device.type == "cuda":  # the allocator's own count: a host read, no device sync
+                    metrics["mem/peak_device_mb"] = peak_mb
                 if k_n > 1:
                     metrics["pack/size"] = k_n
                     metrics["pack/epoch_s"] = epoch_s
@@ -524,7 +552,7 @@ def _epoch_metrics(m: _Member, epoch: int, vals: list, n_l: int, steps_per_epoch
         for k in list(out):
             if isinstance(out[k], float) and math.isnan(out[k]) and not k.endswith(("/acc", "/loss")):
                 del out[k]  # a method's diagnostic of the NaN weights: no value to record
-            elif k.endswith("/acc"):
+            elif k.endswith("/acc") or "/acc_" in k:
                 out[k] = 0.0
             elif k.endswith("/loss"):
                 out[k] = math.inf

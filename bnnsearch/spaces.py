@@ -42,7 +42,8 @@ from .config import RunConfig, load_yaml, resolve
 from .errors import ConfigError
 from .methods import get_method
 
-OBJECTIVE_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss", "train/acc", "train/loss")
+OBJECTIVE_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss", "train/acc", "train/loss", "val/acc_top5",
+                     "test/acc_top5")
 RUN_KEYS = {f.name for f in fields(RunConfig)}
 
 

@@ -6,7 +6,7 @@ import torch
 from bnnsearch.engine import fit
 from bnnsearch.methods import check_partition, get_method, list_methods, split_params
 
-REQUIRED = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
+REQUIRED = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "val/acc_top5", "test/acc_top5",
             "bin/flip_ratio", "bin/flip_from_init", "time/epoch_s", "diverged", "cost/ops", "cost/mem_bits"}
 
 
@@ -58,13 +58,33 @@ def test_same_seed_same_metrics(tiny_cfg):
     assert _strip(a) != _strip(c)
 
 
+def test_top5_accuracy_hand_computed_and_no_device_peak_on_cpu(tiny_cfg):
+    """val/acc_top5 and test/acc_top5 (methods.md §7.1) against the trained model's logits;
+    a CPU run reports no mem/peak_device_mb (no per-run peak exists there)."""
+    from bnnsearch.data import load_dataset
+
+    cfg = tiny_cfg(epochs=1)
+    res = fit(cfg)
+    data = load_dataset(cfg.data, cfg.data_root, cfg.data_obj())
+    with torch.no_grad():
+        model = res.model.eval()
+        for split in ("val", "test"):
+            x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+            logits = model(x)
+            top5 = sum(int(y[i]) in logits[i].argsort(descending=True)[:5].tolist() for i in range(len(y))) / len(y)
+            top1 = (logits.argmax(1) == y).double().mean().item()
+            assert res.final[f"{split}/acc_top5"] == pytest.approx(top5, abs=1e-6)
+            assert top1 < top5 < 1  # ten classes, one epoch: top-5 is its own number
+    assert not any(k.startswith("mem/") for k in res.final)
+
+
 def test_divergence_is_recorded_and_stops(tiny_cfg):
     cfg = tiny_cfg(epochs=5, hparams={"fp_optimizer": "sgd", "fp_lr": 1e38})
     res = fit(cfg)
     last = res.final
     assert res.diverged and last["diverged"] == 1
     assert len(res.history) < 5
-    assert last["val/acc"] == 0.0 and last["val/loss"] == math.inf
+    assert last["val/acc"] == 0.0 and last["val/loss"] == math.inf and last["val/acc_top5"] == 0.0
     assert not any(isinstance(v, float) and math.isnan(v) for v in last.values())
 
 

@@ -69,3 +69,14 @@ def test_conv_pack_trains_with_bf16_and_channels_last():
     accs = val_accs({"arch": "resnet20", "arch_args": {"width": 0.25}}, epochs=12, lrs=(10.0, 30.0), device="cuda",
                     amp="bf16", channels_last=True)
     assert min(accs) > 0.3, accs
+
+
+def test_peak_device_memory_is_reported_and_grows_with_the_pack():
+    """mem/peak_device_mb: the allocator's peak since the run started (its data included); a
+    pack of 4 holds more than one member alone; CPU runs report none (tests/test_engine.py)."""
+    _, hps = CASES["latent"]
+    # 4 MB of binary weights per member, 12 MB with their gradient and momentum
+    wide = {"arch": "mlp", "arch_args": {"widths": [1024, 1024]}}
+    one = fit_pack(_cfgs("latent", wide, hps[:1], device="cuda", dtype="float32", epochs=1))[0].final
+    four = fit_pack(_cfgs("latent", wide, (hps * 2)[:4], device="cuda", dtype="float32", epochs=1))[0].final
+    assert 8 < one["mem/peak_device_mb"] and one["mem/peak_device_mb"] + 3 * 8 < four["mem/peak_device_mb"]

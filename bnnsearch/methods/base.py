@@ -1,6 +1,7 @@
 """The Method base class, the registry and shared optimizer plumbing."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
@@ -328,6 +329,13 @@ class Method:
 
     def validate_config(self, hp, arch_args, epochs: int | None = None) -> None:
         """Cross-checks between hyperparameters, arch options and the epoch budget; raise ValueError."""
+
+    def eval_variants(self) -> dict[str, Callable[[nn.Module], contextlib.AbstractContextManager]]:
+        """Extra evaluations reported each epoch next to ``val/acc`` and ``test/acc`` as
+        ``val/acc_<name>`` and ``test/acc_<name>``: name -> a function that takes one member
+        model and returns a context manager putting it in that evaluation mode (CycleBNN's
+        pure-sign evaluation, methods.md §3.5). Default: none."""
+        return {}
 
     def inference_cost(self, model: nn.Module, in_shape: tuple[int, ...]):
         """(per-layer rows, totals) of the static inference cost (see cost.py)."""
