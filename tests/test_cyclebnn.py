@@ -78,7 +78,8 @@ def test_gradient_is_quantized_before_alpha():
     with torch.no_grad():
         layer.parametrizations.weight[0].alpha.copy_(torch.tensor([0.3, 1.0, 1.7, 2.9, 4.1]))
     y = torch.randn(64, 5, requires_grad=True)
-    out = scale_output(layer, y, 3)
+    layer.parametrizations.weight[0].g = 3
+    out = scale_output(layer, y)
     assert torch.allclose(out, y * layer.parametrizations.weight[0].alpha)
     out.backward(torch.randn(64, 5))
     assert len(y.grad.unique()) <= 2**3
@@ -146,3 +147,120 @@ def test_two_pass_variance_equals_torch_var(shape, dims):
     assert torch.allclose(got, ref, rtol=1e-12, atol=0) and torch.allclose(ggot, gref, rtol=1e-10, atol=1e-12)
     x32 = x.detach().float()
     assert torch.allclose(_var(x32, dims), x32.var(dim=dims, keepdim=True), rtol=1e-5, atol=0)
+
+
+def test_lr_annealing_follows_torchs_cosine_annealing_past_t_max(tiny_cfg):
+    """lr_annealing is the released code's num_cyclic_annealing n (1 or N_c): CosineAnnealingLR with
+    T_max = T / n, stepped every iteration (past T_max it follows the cosine back up)."""
+    from bnnsearch.methods.cyclebnn import lr_factor
+
+    T = 48
+    for n in (1, 2, 8):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=T // n)
+        for t in range(T):
+            assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor(t / T, n), rel=1e-9, abs=1e-15)
+            opt.step()
+            sched.step()
+    assert lr_factor(1.0, 8) == pytest.approx(1.0) and lr_factor(1 / 8, 8) == pytest.approx(0.0, abs=1e-15)
+    from bnnsearch.engine import build, run_info
+
+    for annealing, n in (("once", 1), ("per_cycle", 4)):
+        cfg = tiny_cfg(method="cyclebnn", hparams={"cycles": 4, "lr": 2e-3, "lr_annealing": annealing})
+        data, method, hp, model = build(cfg, "cpu")
+        info = run_info(cfg, data)
+        (lr,) = [s for s in method.setup(model, hp, info.total_steps, info).scheduled if s.name == "lr"]
+        assert [lr.value(p) for p in (0.25, 0.5, 0.7)] == pytest.approx([2e-3 * lr_factor(p, n) for p in (0.25, 0.5, 0.7)])
+
+
+def test_recu_tau_schedule_and_clamp_hand_computed():
+    from bnnsearch.nn.quantizers import recu_clamp, recu_tau
+
+    assert recu_tau(0, 10, 0.85, 0.99) == pytest.approx(0.85)
+    assert recu_tau(10, 10, 0.85, 0.99) == pytest.approx(0.99)
+    # ReCU cpt_tau: A e^(5/10) + B, A = 0.14 / (e - 1), B = 0.85 - A
+    assert recu_tau(5, 10, 0.85, 0.99) == pytest.approx(0.14 / (math.e - 1) * (math.exp(0.5) - 1) + 0.85)
+    w = torch.tensor([-3.0, -0.5, 0.25, 1.0, 4.0], requires_grad=True)
+    bound = -math.log(2 - 2 * 0.9) * (8.75 / 5)  # -E|w| log(2 - 2 tau)
+    out = recu_clamp(w, 0.9)
+    assert out.tolist() == pytest.approx([-bound, -0.5, 0.25, 1.0, bound])
+    out.sum().backward()
+    assert w.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]  # clamped weights get no gradient
+    assert recu_clamp(w, 1.0) is w
+
+
+def test_tau_clamp_moves_the_prequantization_grid():
+    """With the clamp, the k-bit grid spans ±Q_tau instead of the extreme weights: the effective
+    signs can change (the clamp acts in CycleBNN's forward, not only on its gradient)."""
+    torch.manual_seed(0)
+    q = CyclicWeight(bits=2, out_channels=4)
+    w = torch.randn(4, 50)
+    w[:, 0] = 20.0  # an outlier stretches the unclamped grid
+    free = q.hard_sign(w)
+    q.tau = 0.85
+    assert not torch.equal(q.hard_sign(w), free)
+
+
+def test_cyclic_gradient_bits_follow_the_schedule_and_the_cost(tiny_cfg):
+    """grad_bits_min: g_t cycles between grad_bits_min and grad_bits on the precision schedule
+    (CPT's cyclic_num_grad_bits_schedule); the quantizers and the modelled cost use g_t."""
+    from bnnsearch.engine import build, run_info
+    from bnnsearch.nn import binary_layers, weight_quantizer
+
+    cfg = tiny_cfg(method="cyclebnn", epochs=1, hparams={"b_min": 4, "b_max": 4, "grad_bits": 8, "grad_bits_min": 2,
+                                                          "cycles": 1, "shape": "linear"})
+    data, method, hp, model = build(cfg, "cpu")
+    info = run_info(cfg, data)
+    setup = method.setup(model, hp, info.total_steps, info)
+    wq = [weight_quantizer(layer) for _, layer in binary_layers(model)]
+    T = info.total_steps
+    seen = []
+    for step in range(T):
+        for s in setup.scheduled:
+            s.apply(s.value(step / T))
+        for hook in setup.on_step:
+            hook(step, step / T)
+        g = round(2 + 6 * step / T)
+        assert {q.g for q in wq} == {g}
+        seen.append(g)
+    assert seen[0] == 2 and seen[-1] >= 7
+    (rel,) = [fn()["cost/train_rel"] for fn in setup.epoch_metrics]
+    assert rel == pytest.approx(sum(cr(4, g) for g in seen) / T)
+
+
+@pytest.mark.parametrize("hps,match", [({"grad_bits": 8, "grad_bits_min": 9}, "grad_bits_min"),
+                                       ({"grad_bits": 0, "grad_bits_min": 4}, "grad_bits_min"),
+                                       ({"lr_annealing": "twice"}, "lr_annealing"),
+                                       ({"lr_annealing": "per_cycle", "shape": "static"}, "lr_annealing"),
+                                       ({"grad_bits_min": 4, "shape": "static"}, "grad_bits_min"), ({"tau_min": 0.9, "tau_max": 0.8}, "tau_min")])
+def test_new_hyperparameters_are_validated(tiny_cfg, hps, match):
+    from bnnsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        tiny_cfg(method="cyclebnn", hparams=hps)
+
+
+@pytest.mark.parametrize("mode", ["prequant_then_sign", "true_kbit_forward"])
+def test_pure_sign_evaluation_is_reported_next_to_the_code_faithful_one(tiny_cfg, mode):
+    """methods.md §3.5 pitfall 3: val/acc is the released code's evaluation (current b_t,
+    activation range EMAs); val/acc_sign / test/acc_sign the same network with pure sign (no
+    pre-quantization), checked against the trained model evaluated by hand."""
+    from bnnsearch.data import load_dataset
+    from bnnsearch.engine import fit
+    from bnnsearch.nn import binary_layers, weight_quantizer
+
+    cfg = tiny_cfg(method="cyclebnn", epochs=2, hparams={"b_min": 2, "b_max": 2, "shape": "static",
+                                                          "precision_mode": mode})
+    res = fit(cfg)
+    last = res.final
+    data = load_dataset(cfg.data, cfg.data_root, cfg.data_obj())
+    model = res.model.eval()
+    with torch.no_grad():
+        faithful = (model(data.x_val).argmax(1) == data.y_val).double().mean().item()
+        for _, layer in binary_layers(model):
+            weight_quantizer(layer).pure_sign = layer.input_quantizer.pure_sign = True
+        sign = [(model(x).argmax(1) == y).double().mean().item() for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test))]
+    assert last["val/acc"] == pytest.approx(faithful, abs=1e-6)  # float32 ratio; one sample is 1/144
+    assert [last["val/acc_sign"], last["test/acc_sign"]] == pytest.approx(sign, abs=1e-6)
+    if mode == "true_kbit_forward":  # 2-bit forward vs sign: different networks
+        assert last["val/acc_sign"] != last["val/acc"]

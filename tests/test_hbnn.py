@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from bnnsearch.nn.hyperbolic import (HyperbolicSign, RiemannianSGD, expmap, expmap0, logmap0, mobius_add,
@@ -146,3 +147,45 @@ def test_ste_choices_give_different_gradients_at_radius_005():
             assert not torch.allclose(grads[a], grads[b], rtol=1e-3), (a, b)
     ratio = grads["approx"] / grads["identity"]
     assert not torch.allclose(ratio, torch.full_like(ratio, 2.0), rtol=1e-2)  # not a mere lr factor
+
+
+def test_tau_clamp_zeroes_the_gradient_of_clamped_coordinates_only():
+    """ReCU's τ clamp on the standardized coordinates u = h / rms(h) [RECON]: the forward (the
+    signs) is unchanged; coordinates with |u| > Q_τ = -E|u| log(2 - 2τ) get no gradient, the
+    others the unclamped gradient."""
+    from bnnsearch.nn.hyperbolic import HyperbolicSign
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 32) * 0.1
+    g_out = torch.randn(8, 32)
+    out, grads = {}, {}
+    for tau in (1.0, 0.85):
+        q = HyperbolicSign(out_channels=8, n=32, radius=0.05, cluster_size=1, scale=False,
+                           generator=torch.Generator().manual_seed(0))
+        q.tau = tau
+        wi = w.clone().requires_grad_(True)
+        out[tau] = q(wi)
+        out[tau].backward(g_out)
+        grads[tau] = wi.grad
+        with torch.no_grad():
+            h = q.phi(w)
+    assert torch.equal(out[1.0], out[0.85])
+    u = h / h.pow(2).mean(dim=1, keepdim=True).sqrt()
+    clamped = u.abs() > -math.log(2 - 2 * 0.85) * u.abs().mean()
+    assert 0 < clamped.sum() < clamped.numel()
+    # exp_p is filter-wise (not element-wise): a coordinate's gradient reaches its whole filter,
+    # so compare at the level of h: the surrogate passes dL/dh only where u is not clamped
+    hh = h.clone().requires_grad_(True)
+    q.tau = 0.85
+    q.surrogate(hh).backward(g_out)
+    assert torch.allclose(hh.grad, torch.where(clamped, torch.zeros_like(g_out), g_out), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("method", ["hbnn", "cyclebnn"])
+def test_tau_clamp_follows_recus_schedule_per_epoch(tiny_cfg, method):
+    from bnnsearch.engine import fit
+    from bnnsearch.nn.quantizers import recu_tau
+
+    h = fit(tiny_cfg(method=method, epochs=3, hparams={"tau_clamp": True})).history
+    assert [m["sched/tau"] for m in h] == pytest.approx([recu_tau(e, 3, 0.85, 0.99) for e in range(3)])
+    assert "sched/tau" not in fit(tiny_cfg(method=method, epochs=1)).history[-1]

@@ -26,9 +26,9 @@ CASES = {
                      {"lr": 3.0, "scaling": True, "act": "approx_sign", "momentum": 0.5}]),
     "filtered": (MLP, [{"alpha": 1e-3}, {"alpha": 1e-2, "gamma": 0.5}, {"alpha": 1e-1, "alpha_decay": "none"}]),
     "proxconnect": (MLP, [{"pair": "bnn"}, {"pair": "pc", "lr": 0.01}, {"pair": "bnn++", "optimizer": "sgd"}]),
-    "cyclebnn": (MLP, [{"b_min": 2, "b_max": 6}, {"b_min": 3, "b_max": 8, "cycles": 2, "lr": 3e-3},
-                       {"grad_bits": 4, "precision_mode": "true_kbit_forward"}]),
-    "hbnn": (MLP, [{}, {"radius": 0.5, "lr": 0.3}, {"cluster_size": 4, "cluster_lr": 0.1}]),
+    "cyclebnn": (MLP, [{"b_min": 2, "b_max": 6}, {"b_min": 3, "b_max": 8, "cycles": 2, "lr": 3e-3, "tau_clamp": True},
+                       {"grad_bits": 4, "grad_bits_min": 2, "lr_annealing": "per_cycle", "precision_mode": "true_kbit_forward"}]),
+    "hbnn": (MLP, [{}, {"radius": 0.5, "lr": 0.3, "tau_clamp": True}, {"cluster_size": 4, "cluster_lr": 0.1}]),
     "local_binary": (LOCAL, [{"group_size": 8}, {"robustness": 0.5, "hidden_bits": 6, "group_size": 8},
                              {"group_size": 4, "p_r": 0.1}]),
 }

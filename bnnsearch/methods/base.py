@@ -15,6 +15,7 @@ from ..cost import cost_table, layer_io, training_gates, update_gates
 from ..nn import binarize, binary_layers, is_binary_param, weight_quantizer
 from ..nn import rng
 from ..nn.binarize import stored_weight
+from ..nn.quantizers import recu_tau
 from ..registry import Registry
 
 METHODS: Registry["Method"] = Registry("method")
@@ -305,6 +306,19 @@ def make_fp_optimizer(kind: str, params, lr: float, weight_decay: float = 0.0) -
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise ValueError(f"unknown fp optimizer {kind!r}")
+
+
+def tau_schedule(tau_min: float, tau_max: float, total_steps: int, info: "RunInfo | None", quantizers) -> Scheduled:
+    """ReCU's τ clamp schedule (``nn.quantizers.recu_tau``): set at the start of every epoch, as
+    ReCU does, on each quantizer's ``tau``."""
+    spe = info.steps_per_epoch if info else 1
+    epochs = max(1, total_steps // spe)
+
+    def apply(v: float) -> None:
+        for q in quantizers:
+            q.tau = v
+
+    return Scheduled("tau", lambda p: recu_tau(int(round(p * total_steps)) // spe, epochs, tau_min, tau_max), apply)
 
 
 def set_lr(opt: torch.optim.Optimizer, key: str = "lr") -> Callable[[float], None]:

@@ -5,7 +5,9 @@ selectable: ``manifold`` (ball | sphere), ``assign`` (roundrobin | nearest), ``u
 (alternating | simultaneous) and ``ste`` (identity = ReCU's weight surrogate, the default;
 clip; approx = 2 - 2|x|; rbnn = RBNN's training-aware surrogate with t from 1e-2 to 1e1). The
 surrogates act on each filter's hyperbolic coordinates in units of their RMS (h / rms_j(h)),
-where their bounds mean something; see ``HyperbolicSign.surrogate``.
+where their bounds mean something; see ``HyperbolicSign.surrogate``. ``tau_clamp`` adds ReCU's
+τ clamp on those coordinates (τ from ``tau_min`` 0.85 to ``tau_max`` 0.99 on ReCU's exponential
+schedule, per epoch; off by default: the spec does not know whether HBNN uses it).
 
 Pipeline per binarized layer: latent w_tilde -> phi_F(w_tilde) = exp_{p_a(j)}(v_j) per output
 filter -> sign -> times a learnable per-channel scale. Per step (``alternating``):
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from ..nn import binary_layers, is_binary_param, weight_quantizer
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
 from ..schedules import decay
-from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, grads_only, make_fp_optimizer, opt_params, register_method, set_lr, split_params, member_losses, upcast
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, grads_only, make_fp_optimizer, opt_params, register_method, set_lr, split_params, member_losses, tau_schedule, upcast
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class HbnnHparams:
     fp_optimizer: FpOptimizer = "adam"
     fp_lr: float = 1e-3
     act: ActQuantizer = "approx_sign"
+    tau_clamp: bool = False  # ReCU's τ clamp [RECON]; see HyperbolicSign.surrogate
+    tau_min: float = 0.85
+    tau_max: float = 0.99
 
     def validate(self):
         if self.radius <= 0 or self.cluster_lr <= 0 or self.lr <= 0 or self.fp_lr <= 0:
@@ -58,6 +63,8 @@ class HbnnHparams:
             raise ValueError("cluster_size >= 1, cluster_every >= 1 and 0 <= cluster_init < 1 required")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise ValueError("momentum in [0, 1) and weight_decay >= 0 required")
+        if not 0 < self.tau_min <= self.tau_max < 1:
+            raise ValueError("need 0 < tau_min <= tau_max < 1")
 
 
 def _is_cluster(p) -> bool:
@@ -104,6 +111,8 @@ class HBNN(Method):
         ]
         if hp.ste == "rbnn":  # t = 10^(log10 Tmin + (log10 Tmax - log10 Tmin) * progress), Tmin 1e-2, Tmax 1e1
             sched.append(Scheduled("ste_t", lambda p: 10 ** (-2 + 3 * p), set_ste_t))
+        if hp.tau_clamp:
+            sched.append(tau_schedule(hp.tau_min, hp.tau_max, total_steps, info, qs))
         state = {"step": 0}
 
         def boundary():

@@ -14,6 +14,13 @@ Layer output (``scale_output``, a forward hook): y = conv(A_b, W_b); the gradien
 quantized to g bits (stochastic rounding), *then* y <- alpha * y, as in the spec's step 6, so the
 quantizer sees the gradient before the scale (alpha is not folded into the weight).
 
+ReCU's τ clamp (off in the released CycleBNN configuration, ``--clamping_tau no``; selectable):
+the standardized weights are clamped to ±Q_τ, Q_τ = -E|W_hat| log(2 - 2τ) (the τ-quantile of a
+Laplace distribution with W_hat's mean absolute value; E over the whole weight tensor, as ReCU's
+code computes it), before the k-bit pre-quantization; clamped weights get no gradient. τ = 1
+means no clamp (Q = +inf). ``quantizers.recu_clamp`` / ``recu_tau`` (ReCU's exponential
+schedule of τ over the epochs).
+
 ``precision_mode``: ``prequant_then_sign`` (default, code-faithful: the forward is always
 binary, k only moves which side of zero values fall) or ``true_kbit_forward`` (the variant: the
 k-bit values themselves are used, no sign). ``bits`` is a buffer set every step by the
@@ -27,7 +34,7 @@ import torch
 from torch import nn
 
 from . import rng
-from .quantizers import Quantizer, _straight, register_quantizer
+from .quantizers import Quantizer, _straight, recu_clamp, register_quantizer
 
 
 def minmax_quant(x: torch.Tensor, k: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -46,6 +53,9 @@ class _CyclicBase(Quantizer):
             raise ValueError(f"unknown precision_mode {precision_mode!r}")
         self.precision_mode = precision_mode
         self.k = int(bits)  # a host int set by the schedule every step (no device sync to read it)
+        # The pure-sign evaluation (methods.md §3.5 pitfall 3; ``CycleBNN.eval_variants``): no
+        # k-bit pre-quantization, sign in either precision mode. Set only around an evaluation.
+        self.pure_sign = False
 
     @property
     def bits(self) -> int:  # inference precision (cost model)
@@ -64,12 +74,16 @@ def _var(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 @register_quantizer("cyclebnn_weight")
 class CyclicWeight(_CyclicBase):
-    def __init__(self, sign0="plus", precision_mode="prequant_then_sign", bits=8, weight_std="std", out_channels=None):
+    def __init__(self, sign0="plus", precision_mode="prequant_then_sign", bits=8, weight_std="std", out_channels=None,
+                 grad_bits: int = 0):
         super().__init__(sign0, precision_mode, bits)
         if weight_std not in ("std", "meanstd", "none"):
             raise ValueError(f"unknown weight_std {weight_std!r}")
         self.weight_std = weight_std
         self.alpha = nn.Parameter(torch.rand(out_channels or 1))
+        # host values set by the method's schedules every step (read by ``scale_output``, ``_binary``)
+        self.g = int(grad_bits)  # the layer output's gradient precision (0 = not quantized)
+        self.tau = 1.0  # ReCU's clamp (1 = off)
 
     def standardize(self, w):
         dims = tuple(range(1, w.ndim))
@@ -81,7 +95,9 @@ class CyclicWeight(_CyclicBase):
 
     def _binary(self, w, hard: bool):
         dims = tuple(range(1, w.ndim))
-        wh = self.standardize(w)
+        wh = recu_clamp(self.standardize(w), self.tau)
+        if self.pure_sign:
+            return self.hard(wh)
         if self.k > 0:
             wh = minmax_quant(wh, self.k, wh.amin(dim=dims, keepdim=True).detach(), wh.amax(dim=dims, keepdim=True).detach())
         if self.precision_mode == "true_kbit_forward":
@@ -122,6 +138,8 @@ class CyclicAct(_CyclicBase):
                 self.seen.fill_(True)
         else:
             lo, hi = self.run_lo, self.run_hi
+            if self.pure_sign:
+                return self.hard(a)
         if self.k > 0:
             a = minmax_quant(a, self.k, lo, hi)
         if self.precision_mode == "true_kbit_forward":
@@ -159,10 +177,13 @@ def quantize_grad(x: torch.Tensor, g_bits: int) -> torch.Tensor:
     return _GradQuant.apply(x, g_bits) if g_bits > 0 else x
 
 
-def scale_output(layer: nn.Module, out: torch.Tensor, g_bits: int) -> torch.Tensor:
+def scale_output(layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """y = alpha * Q_g(conv(A_b, W_b)) (+ bias, unscaled): the gradient reaching Q_g is the one of
-    the unscaled binary product. Applied as a forward hook of every binarized layer."""
-    alpha = layer.parametrizations.weight[0].alpha.view(1, -1, *([1] * (out.ndim - 2)))
+    the unscaled binary product, at the layer's current gradient precision g (the weight
+    quantizer's ``g``, set by the schedule). Applied as a forward hook of every binarized layer."""
+    q = layer.parametrizations.weight[0]
+    g_bits = q.g
+    alpha = q.alpha.view(1, -1, *([1] * (out.ndim - 2)))
     bias = layer.bias
     if bias is None:
         return quantize_grad(out, g_bits) * alpha

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .quantizers import Quantizer, _clip_surrogate, _straight, register_quantizer
+from .quantizers import Quantizer, _clip_surrogate, _straight, recu_clamp, register_quantizer
 
 MIN_NORM = 1e-15
 BALL_EPS = 1e-5
@@ -113,6 +113,7 @@ class HyperbolicSign(Quantizer):
             raise ValueError("bad HBNN option")
         self.manifold, self.r, self.c = manifold, radius, 1.0 / radius**2
         self.assign, self.ste, self.ste_t = assign, ste, 1e-2
+        self.tau = 1.0  # ReCU's τ clamp of u (1 = off); a host value set by the method's schedule
         d = torch.randn(cluster_size, n, generator=generator)
         d = d / d.norm(dim=1, keepdim=True)
         # Base points: on the sphere, on S_r; in the ball, at cluster_init * r in random directions.
@@ -142,12 +143,19 @@ class HyperbolicSign(Quantizer):
         (detached) [RECON]: the hyperbolic coordinates are tiny (|h_j| < r, r = 0.05), so the
         surrogates' unit-scale bounds (clip at |u| <= 1, 2 - 2|u|, RBNN's sqrt2/t) are measured
         in units of the filter's own spread, like ReCU's standardized weights — applied to h
-        itself, clip would equal identity and approx 2 x identity. S(h) = s * f(h / s)."""
-        if self.ste == "identity":
+        itself, clip would equal identity and approx 2 x identity. S(h) = s * f(h / s).
+
+        With ReCU's τ clamp on (``tau`` < 1) u is first clamped to ±Q_τ, Q_τ = -E|u| log(2 - 2τ)
+        (``recu_clamp``; [RECON]: whether HBNN uses the clamp, and on which coordinates, is not
+        known — this puts it on the standardized coordinates, where ReCU puts it, so clamped
+        weights get no gradient; the sign is unchanged)."""
+        if self.ste == "identity" and self.tau >= 1.0:
             return h
         s = h.detach().pow(2).mean(dim=tuple(range(1, h.ndim)), keepdim=True).sqrt().clamp_min(MIN_NORM)
-        u = h / s
-        if self.ste == "clip":
+        u = recu_clamp(h / s, self.tau)
+        if self.ste == "identity":
+            f = u
+        elif self.ste == "clip":
             f = _clip_surrogate(u)
         elif self.ste == "approx":
             uc = u.clamp(-1.0, 1.0)

@@ -15,6 +15,8 @@ coins come from the training stream (``nn/rng.py``), which checkpoints restore.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -69,6 +71,22 @@ def _straight(surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Exactly the value of ``value``, the gradient of ``surrogate``. (The usual
     ``s + (v - s).detach()`` is off by rounding: 'binary' values like 0.99999994.)"""
     return (surrogate - surrogate.detach()) + value.detach()
+
+
+def recu_tau(epoch: int, epochs: int, tau_min: float, tau_max: float) -> float:
+    """ReCU's τ at the start of ``epoch`` (0-based) of ``epochs``: A e^(epoch/epochs) + B with
+    τ(0) = tau_min and τ(epochs) = tau_max (ReCU ``cpt_tau``)."""
+    a = (tau_max - tau_min) / (math.e - 1)
+    return a * math.exp(epoch / max(epochs, 1)) + tau_min - a
+
+
+def recu_clamp(w: torch.Tensor, tau: float) -> torch.Tensor:
+    """ReCU's clamp of standardized weights to ±Q_τ, Q_τ = -E|w| log(2 - 2τ) (detached; no host
+    sync: the bound stays a tensor). τ >= 1 is no clamp."""
+    if tau >= 1.0:
+        return w
+    q = (-math.log(2.0 - 2.0 * tau)) * w.detach().abs().mean()
+    return torch.minimum(torch.maximum(w, -q), q)
 
 
 class Quantizer(nn.Module):
