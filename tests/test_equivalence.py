@@ -82,3 +82,24 @@ def test_latent_differs_without_zero_init(tiny_cfg):
     a = fit(tiny_cfg(method="latent", epochs=1, hparams=dict(lr=lr, weight_decay=lam, init_scale=1.0))).final
     b = fit(tiny_cfg(method="filtered", epochs=1, hparams=dict(alpha=lr * lam, gamma=0.1))).final
     assert a["bin/flip_from_init"] != b["bin/flip_from_init"] or a["train/loss"] != b["train/loss"]
+
+
+def test_filter_state_percentiles_against_torch_quantile(tiny_cfg):
+    """filtered/g_abs_q{10,50,90} (methods.md §4.4) are the lower-interpolated percentiles of |g|
+    over every binary weight's filter state."""
+    from bnnsearch.engine import build, run_info
+
+    cfg = tiny_cfg(method="filtered")
+    data, method, hp, model = build(cfg, "cpu")
+    info = run_info(cfg, data)
+    setup = method.setup(model, hp, info.total_steps, info)
+    opt_b = setup.optimizers[0]
+    for _ in range(3):
+        for p in (p for g in opt_b.param_groups for p in g["params"]):
+            p.grad = torch.randn_like(p)
+        opt_b.step()
+    (stats,) = [fn() for fn in setup.epoch_metrics]
+    g = torch.cat([st["g"].reshape(-1) for st in opt_b.state.values()]).abs()
+    want = torch.quantile(g.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), interpolation="lower")
+    assert [float(stats[f"filtered/g_abs_q{q}"]) for q in (10, 50, 90)] == want.tolist()
+    assert len(g) == sum(p.numel() for g_ in opt_b.param_groups for p in g_["params"]) > 1000

@@ -8,7 +8,8 @@ weight a momentum EMA m and a second EMA g filter the gradient w.r.t. the binary
     g <- (1 - alpha_t) g + alpha_t * m           alpha_t = alpha * decay(alpha_decay, progress)
     flip theta where g * theta > 0  (theta = -sign(g) wherever g != 0; kept where g == 0)
 
-Three hyperparameters: alpha, gamma, alpha-decay (per iteration, methods.md §4.5.3).
+Three hyperparameters: alpha, gamma, alpha-decay (per iteration, methods.md §4.5.3). Reported:
+``sched/alpha`` and the percentiles of |g| (``filtered/g_abs_q10``, ``_q50``, ``_q90``).
 Full-precision parameters use their own optimizer (Adam by default, its lr decayed with the
 same shape).
 """
@@ -85,4 +86,16 @@ class Filtered(Method):
         sched = [Scheduled("alpha", lambda p: hp.alpha * decay(hp.alpha_decay, p), set_lr(opt_b, "alpha"))]
         if fp:
             sched.append(Scheduled("fp_lr", lambda p: hp.fp_lr * decay(hp.alpha_decay, p), set_lr(opts[1])))
-        return Setup(opts, sched)
+
+        def filter_state():
+            """methods.md §4.4: the distribution of |g| (its distance from the flip threshold 0),
+            as the 10th, 50th and 90th percentiles over every binary weight (lower: the nearest
+            order statistic), on the device (the epoch's one host read takes them)."""
+            gs = [st["g"].reshape(-1) for st in opt_b.state.values() if "g" in st]
+            if not gs:
+                return {}
+            a = torch.cat(gs).abs().sort().values
+            n = a.numel()
+            return {f"filtered/g_abs_q{q}": a[(q * (n - 1)) // 100] for q in (10, 50, 90)}
+
+        return Setup(opts, sched, epoch_metrics=[filter_state])
