@@ -189,3 +189,24 @@ def test_tau_clamp_follows_recus_schedule_per_epoch(tiny_cfg, method):
     h = fit(tiny_cfg(method=method, epochs=3, hparams={"tau_clamp": True})).history
     assert [m["sched/tau"] for m in h] == pytest.approx([recu_tau(e, 3, 0.85, 0.99) for e in range(3)])
     assert "sched/tau" not in fit(tiny_cfg(method=method, epochs=1)).history[-1]
+
+
+def test_saturation_and_cluster_use_are_reported(tiny_cfg):
+    """methods.md §2.4: the percentiles of |w_tilde_j| / r over all filters, and the largest share
+    of one layer's filters on one cluster point — checked against the trained model; with
+    round-robin assignment the share is fixed by hand (32 filters over 2 points: 1/2)."""
+    from bnnsearch.engine import fit
+    from bnnsearch.nn import binary_layers, weight_quantizer
+    from bnnsearch.nn.binarize import stored_weight
+
+    rr = fit(tiny_cfg(method="hbnn", epochs=1, hparams={"cluster_size": 2})).final
+    assert rr["hbnn/cluster_share_max"] == 0.5
+    res = fit(tiny_cfg(method="hbnn", epochs=1, hparams={"cluster_size": 4, "assign": "nearest", "radius": 0.5}))
+    layers = binary_layers(res.model)
+    v = [stored_weight(layer).detach().flatten(1) for _, layer in layers]
+    norms = torch.cat([x.norm(dim=1) for x in v]).double() / 0.5
+    want = torch.quantile(norms, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), interpolation="lower")
+    assert [res.final[f"hbnn/norm_over_r_q{q}"] for q in (10, 50, 90)] == pytest.approx(want.tolist(), rel=1e-6)
+    share = max(torch.bincount(weight_quantizer(layer).assignment(x), minlength=4).max().item() / x.shape[0]
+                for (_, layer), x in zip(layers, v))
+    assert res.final["hbnn/cluster_share_max"] == pytest.approx(share) and 0.25 <= share <= 1

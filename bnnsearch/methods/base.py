@@ -308,6 +308,15 @@ def make_fp_optimizer(kind: str, params, lr: float, weight_decay: float = 0.0) -
     raise ValueError(f"unknown fp optimizer {kind!r}")
 
 
+def percentiles(values: torch.Tensor, prefix: str, qs: tuple[int, ...] = (10, 50, 90)) -> dict[str, torch.Tensor]:
+    """``{prefix}_q{q}``: the q-th percentiles of ``values`` (lower interpolation: the nearest
+    order statistic below, as ``torch.quantile(..., interpolation="lower")``, which refuses over
+    16M elements), left on the device for the epoch's one host read."""
+    v = values.reshape(-1).sort().values
+    n = v.numel()
+    return {f"{prefix}_q{q}": v[(q * (n - 1)) // 100] for q in qs}
+
+
 def tau_schedule(tau_min: float, tau_max: float, total_steps: int, info: "RunInfo | None", quantizers) -> Scheduled:
     """ReCU's τ clamp schedule (``nn.quantizers.recu_tau``): set at the start of every epoch, as
     ReCU does, on each quantizer's ``tau``."""

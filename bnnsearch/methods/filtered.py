@@ -22,7 +22,7 @@ import torch
 from ..nn import binary_layers, weight_quantizer
 from ..nn.quantizers import StoredSign
 from ..schedules import decay
-from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, percentiles, register_method, set_lr, split_params
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,6 @@ class Filtered(Method):
             as the 10th, 50th and 90th percentiles over every binary weight (lower: the nearest
             order statistic), on the device (the epoch's one host read takes them)."""
             gs = [st["g"].reshape(-1) for st in opt_b.state.values() if "g" in st]
-            if not gs:
-                return {}
-            a = torch.cat(gs).abs().sort().values
-            n = a.numel()
-            return {f"filtered/g_abs_q{q}": a[(q * (n - 1)) // 100] for q in (10, 50, 90)}
+            return percentiles(torch.cat(gs).abs(), "filtered/g_abs") if gs else {}
 
         return Setup(opts, sched, epoch_metrics=[filter_state])

@@ -15,8 +15,9 @@ filter -> sign -> times a learnable per-channel scale. Per step (``alternating``
 ``cluster_every`` steps); (ii) recompute; (iii) with F frozen, one SGD step (``lr``,
 ``momentum``, ``weight_decay``, cosine) on w_tilde and one step of the full-precision optimizer.
 That costs two forward/backward passes per step; ``simultaneous`` updates all from one pass.
-Reported: ``hbnn/max_boundary`` (largest sqrt(c)|p|; alarm above 0.99) and the per-layer
-``bin/flip_from_init`` (the paper's ~50 % claim).
+Reported: ``hbnn/max_boundary`` (largest sqrt(c)|p|; alarm above 0.99), the per-layer
+``bin/flip_from_init`` (the paper's ~50 % claim), the percentiles of |w_tilde_j| / r
+(``hbnn/norm_over_r_q10`` … ``_q90``) and ``hbnn/cluster_share_max``.
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import binary_layers, is_binary_param, weight_quantizer
+from ..nn.binarize import stored_weight
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
 from ..schedules import decay
-from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, grads_only, make_fp_optimizer, opt_params, register_method, set_lr, split_params, member_losses, tau_schedule, upcast
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, grads_only, make_fp_optimizer, opt_params, percentiles, register_method, set_lr, split_params, member_losses, tau_schedule, upcast
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,20 @@ class HBNN(Method):
             sched.append(tau_schedule(hp.tau_min, hp.tau_max, total_steps, info, qs))
         state = {"step": 0}
 
+        stored = [stored_weight(l) for _, l in binary_layers(model)]
+
         def boundary():
-            return {"hbnn/max_boundary": torch.stack([q.boundary() for q in qs]).max()}
+            """methods.md §2.4: the boundary alarm; the distribution of |w_tilde_j| / r (the
+            saturation regime of the exponential map) as its 10th/50th/90th percentiles over every
+            filter; and the largest share of one layer's filters on one cluster point (1/t:
+            balanced, 1: collapsed)."""
+            with torch.no_grad():
+                v = [w.detach().flatten(1) for w in stored]
+                norms = torch.cat([x.norm(dim=1) for x in v]) / hp.radius
+                share = torch.stack([torch.bincount(q.assignment(x), minlength=q.cluster.shape[0]).max() / x.shape[0]
+                                     for q, x in zip(qs, v)]).max()
+            return {"hbnn/max_boundary": torch.stack([q.boundary() for q in qs]).max(), "hbnn/cluster_share_max": share,
+                    **percentiles(norms, "hbnn/norm_over_r")}
 
         def count(step, p):
             state["step"] = step

@@ -123,13 +123,16 @@ class HyperbolicSign(Quantizer):
         self.register_buffer("rr_index", torch.arange(out_channels) % cluster_size)
         self.alpha = nn.Parameter(torch.ones(out_channels)) if scale else None
 
-    def points(self, v: torch.Tensor) -> torch.Tensor:
+    def assignment(self, v: torch.Tensor) -> torch.Tensor:
+        """Each filter's cluster point index (v: the latent filters, ``[C_out, n]``)."""
         if self.assign == "roundrobin" or self.cluster.shape[0] == 1:
-            return self.cluster[self.rr_index]
+            return self.rr_index
         with torch.no_grad():
             anchor = expmap0(v, self.c) if self.manifold == "ball" else v / _norm(v) * self.r
-            idx = torch.cdist(anchor, self.cluster.detach()).argmin(dim=1)
-        return self.cluster[idx]
+            return torch.cdist(anchor, self.cluster.detach()).argmin(dim=1)
+
+    def points(self, v: torch.Tensor) -> torch.Tensor:
+        return self.cluster[self.assignment(v)]
 
     def phi(self, w: torch.Tensor) -> torch.Tensor:
         """The hyperbolic weight phi_F(w_tilde), shaped like w."""
