@@ -119,3 +119,34 @@ def test_hard_phase_switches_forward_to_sign(tiny_cfg):
     h = fit(tiny_cfg(method="proxconnect", epochs=4, hparams={"pair": "bnn++", "hard_phase": 0.5})).history
     assert h[0]["prox/hard_phase"] == 0.0 and h[-1]["prox/hard_phase"] == 1.0
     assert h[-1]["prox/soft_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("pair", ["pc", "bnn"])
+def test_the_soft_network_and_the_quantization_gap_are_reported(tiny_cfg, pair):
+    """methods.md §5.4: val/acc_soft (the network with its training forward F) next to the
+    hard-sign val/acc, and ||F(w) - sign(w)|| / sqrt(n), both checked against the trained model;
+    for a hard-forward pair (bnn) F is sign: the two accuracies agree and the gap is 0."""
+    from bnnsearch.data import load_dataset
+    from bnnsearch.engine import fit
+    from bnnsearch.nn import binary_layers, weight_quantizer
+    from bnnsearch.nn.binarize import stored_weight
+
+    cfg = tiny_cfg(method="proxconnect", epochs=2, hparams={"pair": pair, "mu0": 0.5, "muT": 2.0})
+    res = fit(cfg)
+    last = res.final
+    data = load_dataset(cfg.data, cfg.data_root, cfg.data_obj())
+    model = res.model.eval()
+    layers = [(weight_quantizer(layer), stored_weight(layer).detach()) for _, layer in binary_layers(model)]
+    with torch.no_grad():
+        mu = float(layers[0][0].mu)
+        soft = [(q.hard(w) if pair == "bnn" else (mu * w).clamp(-1, 1)) for q, w in layers]
+        gap = (sum((f - q.hard(w)).pow(2).sum() for f, (q, w) in zip(soft, layers)) / sum(w.numel() for _, w in layers)).sqrt()
+        for q, _ in layers:
+            q.eval_soft = True
+        acc_soft = [(model(x).argmax(1) == y).double().mean().item() for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test))]
+    assert [last["val/acc_soft"], last["test/acc_soft"]] == pytest.approx(acc_soft, abs=1e-6)
+    assert last["prox/quant_gap"] == pytest.approx(gap.item(), rel=1e-5)
+    if pair == "bnn":
+        assert last["prox/quant_gap"] == 0 and last["val/acc_soft"] == last["val/acc"]
+    else:
+        assert last["prox/quant_gap"] > 0.05 and last["val/acc_soft"] != last["val/acc"]

@@ -308,6 +308,21 @@ def make_fp_optimizer(kind: str, params, lr: float, weight_decay: float = 0.0) -
     raise ValueError(f"unknown fp optimizer {kind!r}")
 
 
+@contextlib.contextmanager
+def quantizer_flag(model: nn.Module, attr: str, inputs: bool = False):
+    """Set ``attr`` to True on every binary layer's weight quantizer (and, with ``inputs``, its
+    input quantizer) while the block runs; False after. For ``Method.eval_variants``."""
+    layers = binary_layers(model)
+    qs = [weight_quantizer(l) for _, l in layers] + ([l.input_quantizer for _, l in layers] if inputs else [])
+    for q in qs:
+        setattr(q, attr, True)
+    try:
+        yield
+    finally:
+        for q in qs:
+            setattr(q, attr, False)
+
+
 def percentiles(values: torch.Tensor, prefix: str, qs: tuple[int, ...] = (10, 50, 90)) -> dict[str, torch.Tensor]:
     """``{prefix}_q{q}``: the q-th percentiles of ``values`` (lower interpolation: the nearest
     order statistic below, as ``torch.quantile(..., interpolation="lower")``, which refuses over

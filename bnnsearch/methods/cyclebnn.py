@@ -35,7 +35,6 @@ AdamW on all parameters (lr 1e-3, weight decay 1e-5), cosine over the iterations
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -45,7 +44,7 @@ import torch
 from ..cost import layer_io, training_gates, update_gates
 from ..nn import binary_layers, weight_quantizer
 from ..nn.cyclic import CyclicAct, CyclicWeight, scale_output
-from .base import Method, RunInfo, Scheduled, Setup, check_partition, register_method, set_lr, tau_schedule
+from .base import Method, RunInfo, Scheduled, Setup, check_partition, quantizer_flag, register_method, set_lr, tau_schedule
 
 
 @dataclass(frozen=True)
@@ -108,19 +107,6 @@ def cr(b: int, g: int) -> float:
     return (b * b + 2 * b * g) / (3 * 32 * 32)
 
 
-@contextlib.contextmanager
-def _pure_sign(model):
-    layers = binary_layers(model)
-    qs = [weight_quantizer(l) for _, l in layers] + [l.input_quantizer for _, l in layers]
-    for q in qs:
-        q.pure_sign = True
-    try:
-        yield
-    finally:
-        for q in qs:
-            q.pure_sign = False
-
-
 @register_method("cyclebnn")
 class CycleBNN(Method):
     Hparams = CycleHparams
@@ -143,7 +129,7 @@ class CycleBNN(Method):
         pre-quantization of weights or activations (methods.md §3.4/§3.5: the released code
         evaluates at the current b_t with the activation range EMAs — ``val/acc`` here — and
         the spec asks for both)."""
-        return {"sign": _pure_sign}
+        return {"sign": lambda model: quantizer_flag(model, "pure_sign", inputs=True)}
 
     def init_binary(self, model, hp: CycleHparams):
         for _, layer in binary_layers(model):

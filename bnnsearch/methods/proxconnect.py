@@ -9,7 +9,9 @@ Dockhorn's family with a jump at 0, clip(mu w + rho sign(w), -1, 1) ([RECON] var
 the binary PARQ/AProx map, the default). An optional final hard phase
 (``hard_phase``: fraction of training) uses F = sign. Evaluation is always hard sign, so
 ``val/acc`` and ``test/acc`` are hard-sign accuracies; ``train/acc`` is measured with the soft
-forward, and ``prox/soft_fraction`` shows how much of the network is still soft.
+forward, and ``prox/soft_fraction`` shows how much of the network is still soft; ``val/acc_soft``
+(``test/acc_soft``) evaluates the soft network itself, and ``prox/quant_gap`` is
+||F(w) - sign(w)|| / sqrt(n) over every binary weight (methods.md §5.4).
 Latent weights use Adam (or SGD) at ``lr``; with ``pair: bnn`` and ``clip`` they are clipped to
 [-1, 1] after each step (original BNN).
 """
@@ -25,7 +27,7 @@ from ..nn import binary_layers, weight_quantizer
 from ..nn.binarize import stored_weight
 from ..nn.prox import ProxConnect
 from ..schedules import decay, interpolate
-from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, register_method, set_lr, split_params
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Scheduled, Setup, check_partition, make_fp_optimizer, quantizer_flag, register_method, set_lr, split_params
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,12 @@ class _ClipLatent(torch.optim.Optimizer):
 class ProxConnectMethod(Method):
     Hparams = ProxHparams
 
+    def eval_variants(self):
+        """``val/acc_soft``, ``test/acc_soft``: the network evaluated with the training forward F
+        (methods.md §5.4's train/eval gap; ``val/acc`` is the hard-sign network, pitfall 5.5.2).
+        The same as ``val/acc`` for the hard-forward pairs (bc, bnn, bnn+) and in the hard phase."""
+        return {"soft": lambda model: quantizer_flag(model, "eval_soft")}
+
     def weight_quantizer(self, hp: ProxHparams, sign0: str):
         return lambda layer: ProxConnect(sign0=sign0, pair=hp.pair, mu=hp.mu0, beta=hp.beta, jump=hp.pc_jump)
 
@@ -138,7 +146,9 @@ class ProxConnectMethod(Method):
 
         def soft_fraction():
             n = sum(w.numel() for _, w in qs)
+            with torch.no_grad():  # methods.md §5.4: ||F(w) - sign(w)|| / sqrt(n) over every binary weight
+                gap = torch.sqrt(sum((q.train_forward(w) - q.hard(w)).pow(2).sum() for q, w in qs) / n)
             return {"prox/soft_fraction": sum(q.soft_fraction(w) * w.numel() for q, w in qs) / n,
-                    "prox/hard_phase": float(qs[0][0].hard_phase)}
+                    "prox/quant_gap": gap, "prox/hard_phase": float(qs[0][0].hard_phase)}
 
         return Setup(opts, sched, epoch_metrics=[soft_fraction])

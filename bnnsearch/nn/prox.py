@@ -17,6 +17,8 @@ jump at 0, clip(mu w + rho sign(w), -1, 1) [RECON]: rho = 0 is the map above, rh
 
 mu is a buffer moved by the method's schedule. In eval mode (and during an optional final hard
 phase, ``hard=True``) the forward is sign(w); the backward multiplier stays the pair's.
+``eval_soft`` (set only around an evaluation, ``ProxConnectMethod.eval_variants``) evaluates
+with the training forward F instead: the soft network that was trained, next to the binary one.
 SignSwish is non-monotone (b < 0 beyond its overshoot) and is implemented exactly, unclamped.
 """
 from __future__ import annotations
@@ -50,6 +52,7 @@ class ProxConnect(Quantizer):
         self.pair, self.beta, self.jump = pair, beta, float(jump)
         self.register_buffer("mu", torch.tensor(float(mu)), persistent=True)
         self.hard_phase = False
+        self.eval_soft = False
 
     def surrogate(self, w: torch.Tensor) -> torch.Tensor:
         """S with S' = b (the backward multiplier)."""
@@ -71,9 +74,13 @@ class ProxConnect(Quantizer):
             return (self.mu * w).clamp(-1.0, 1.0)
         return self.hard(w)
 
+    def train_forward(self, w: torch.Tensor) -> torch.Tensor:
+        """The value of the training forward (no gradient): F(w), or sign(w) in the hard phase."""
+        return self.hard(w) if self.hard_phase else self.soft(w)
+
     def forward(self, w):
         if not self.training:
-            return self.hard(w)
+            return self.train_forward(w) if self.eval_soft else self.hard(w)
         if self.hard_phase:
             return _straight(self.surrogate(w), self.hard(w))
         if self.pair == "bnn++":
