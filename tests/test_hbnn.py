@@ -181,6 +181,13 @@ def test_tau_clamp_zeroes_the_gradient_of_clamped_coordinates_only():
     assert torch.allclose(hh.grad, torch.where(clamped, torch.zeros_like(g_out), g_out), rtol=1e-6, atol=0)
 
 
+def test_rbnn_surrogate_t_is_set_per_epoch_as_rbnns_code_sets_it(tiny_cfg):
+    from bnnsearch.engine import fit
+
+    h = fit(tiny_cfg(method="hbnn", epochs=3, hparams={"ste": "rbnn"})).history
+    assert [m["sched/ste_t"] for m in h] == pytest.approx([10 ** (-2 + 3 * e / 3) for e in range(3)])
+
+
 @pytest.mark.parametrize("method", ["hbnn", "cyclebnn"])
 def test_tau_clamp_follows_recus_schedule_per_epoch(tiny_cfg, method):
     from bnnsearch.engine import fit

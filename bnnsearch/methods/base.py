@@ -332,17 +332,23 @@ def percentiles(values: torch.Tensor, prefix: str, qs: tuple[int, ...] = (10, 50
     return {f"{prefix}_q{q}": v[(q * (n - 1)) // 100] for q in qs}
 
 
+def epoch_of(total_steps: int, info: "RunInfo | None") -> tuple[Callable[[float], int], int]:
+    """(the epoch a training progress p falls in, the number of epochs): for schedules that the
+    reference code sets once per epoch (ReCU's τ, RBNN's t)."""
+    spe = info.steps_per_epoch if info else 1
+    return (lambda p: int(round(p * total_steps)) // spe), max(1, total_steps // spe)
+
+
 def tau_schedule(tau_min: float, tau_max: float, total_steps: int, info: "RunInfo | None", quantizers) -> Scheduled:
     """ReCU's τ clamp schedule (``nn.quantizers.recu_tau``): set at the start of every epoch, as
     ReCU does, on each quantizer's ``tau``."""
-    spe = info.steps_per_epoch if info else 1
-    epochs = max(1, total_steps // spe)
+    epoch, epochs = epoch_of(total_steps, info)
 
     def apply(v: float) -> None:
         for q in quantizers:
             q.tau = v
 
-    return Scheduled("tau", lambda p: recu_tau(int(round(p * total_steps)) // spe, epochs, tau_min, tau_max), apply)
+    return Scheduled("tau", lambda p: recu_tau(epoch(p), epochs, tau_min, tau_max), apply)
 
 
 def set_lr(opt: torch.optim.Optimizer, key: str = "lr") -> Callable[[float], None]:

@@ -3,9 +3,10 @@
 were not available; this follows methods.md's recommended implementation, with the variants
 selectable: ``manifold`` (ball | sphere), ``assign`` (roundrobin | nearest), ``update_mode``
 (alternating | simultaneous) and ``ste`` (identity = ReCU's weight surrogate, the default;
-clip; approx = 2 - 2|x|; rbnn = RBNN's training-aware surrogate with t from 1e-2 to 1e1). The
-surrogates act on each filter's hyperbolic coordinates in units of their RMS (h / rms_j(h)),
-where their bounds mean something; see ``HyperbolicSign.surrogate``. ``tau_clamp`` adds ReCU's
+clip; approx = 2 - 2|x|; rbnn = RBNN's training-aware surrogate with t from 1e-2 to 1e1, set per
+epoch as RBNN's code sets it). The surrogates act on each filter's hyperbolic coordinates in
+units of their RMS (h / rms_j(h)), where their bounds mean something; see
+``HyperbolicSign.surrogate``. ``tau_clamp`` adds ReCU's
 τ clamp on those coordinates (τ from ``tau_min`` 0.85 to ``tau_max`` 0.99 on ReCU's exponential
 schedule, per epoch; off by default: the spec does not know whether HBNN uses it).
 
@@ -31,7 +32,7 @@ from ..nn import binary_layers, is_binary_param, weight_quantizer
 from ..nn.binarize import stored_weight
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
 from ..schedules import decay
-from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, grads_only, make_fp_optimizer, opt_params, percentiles, register_method, set_lr, split_params, member_losses, tau_schedule, upcast
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, epoch_of, grads_only, make_fp_optimizer, opt_params, percentiles, register_method, set_lr, split_params, member_losses, tau_schedule, upcast
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ class HBNN(Method):
             Scheduled("lr", lambda p: hp.lr * decay(hp.lr_decay, p), set_lr(opt_w)),
             Scheduled("fp_lr", lambda p: hp.fp_lr * decay(hp.lr_decay, p), set_lr(opt_fp)),
         ]
-        if hp.ste == "rbnn":  # t = 10^(log10 Tmin + (log10 Tmax - log10 Tmin) * progress), Tmin 1e-2, Tmax 1e1
-            sched.append(Scheduled("ste_t", lambda p: 10 ** (-2 + 3 * p), set_ste_t))
+        if hp.ste == "rbnn":  # RBNN's cpt_tk, per epoch e of E: t = 10^(log10 Tmin + (log10 Tmax - log10 Tmin) e / E)
+            epoch, epochs = epoch_of(total_steps, info)
+            sched.append(Scheduled("ste_t", lambda p: 10 ** (-2 + 3 * epoch(p) / epochs), set_ste_t))
         if hp.tau_clamp:
             sched.append(tau_schedule(hp.tau_min, hp.tau_max, total_steps, info, qs))
         state = {"step": 0}
