@@ -187,6 +187,14 @@ def test_training_clips_and_learns(tiny_cfg):
     assert last["val/acc"] > 0.3 and 0 <= last["local/saturation/0"] <= 1
     assert last["cost/train_gates"] > 0 and last["cost/train_mem_bits"] > 0
     assert {"local/err/0", "local/updates/1", "local/reinforced/0"} <= set(last)
+    # methods.md §6.4: the output layer's local classifier is the network's, so its miss rate
+    # (no margin) is the training error; the margin only adds samples (err >= miss)
+    assert last["local/miss/1"] == pytest.approx(1 - last["train/acc"], abs=1e-6)
+    assert all(last[f"local/err/{l}"] >= last[f"local/miss/{l}"] > 0 for l in (0, 1))
+    for l, H in enumerate((net.H0, net.H1)):  # |H| percentiles of the trained hidden weights
+        want = torch.quantile(H.abs().double().flatten(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64),
+                              interpolation="lower")
+        assert [last[f"local/h_abs_q{q}/{l}"] for q in (10, 50, 90)] == want.tolist()
 
 
 def test_config_errors(tiny_cfg):

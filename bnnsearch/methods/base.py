@@ -323,13 +323,13 @@ def quantizer_flag(model: nn.Module, attr: str, inputs: bool = False):
             setattr(q, attr, False)
 
 
-def percentiles(values: torch.Tensor, prefix: str, qs: tuple[int, ...] = (10, 50, 90)) -> dict[str, torch.Tensor]:
-    """``{prefix}_q{q}``: the q-th percentiles of ``values`` (lower interpolation: the nearest
-    order statistic below, as ``torch.quantile(..., interpolation="lower")``, which refuses over
-    16M elements), left on the device for the epoch's one host read."""
+def percentiles(values: torch.Tensor, prefix: str, qs: tuple[int, ...] = (10, 50, 90), suffix: str = "") -> dict[str, torch.Tensor]:
+    """``{prefix}_q{q}{suffix}``: the q-th percentiles of ``values`` (lower interpolation: the
+    nearest order statistic below, as ``torch.quantile(..., interpolation="lower")``, which
+    refuses over 16M elements), left on the device for the epoch's one host read."""
     v = values.reshape(-1).sort().values
     n = v.numel()
-    return {f"{prefix}_q{q}": v[(q * (n - 1)) // 100] for q in qs}
+    return {f"{prefix}_q{q}{suffix}": v[(q * (n - 1)) // 100] for q in qs}
 
 
 def epoch_of(total_steps: int, info: "RunInfo | None") -> tuple[Callable[[float], int], int]:

@@ -32,8 +32,11 @@ Reinforcement events are drawn as Geometric gaps between hits (``reinforcement_m
 sign(0) = +1 everywhere (methods.md pitfall 6.5.1), so the network is strictly binary.
 ``train/loss`` is the local 0-1 error of the last layer; ``val/loss`` is the cross-entropy of
 the raw integer scores (not comparable with the gradient methods). Reported per layer:
-``local/err/<l>`` (local error rate), ``local/updates/<l>`` (weight increments per step),
-``local/reinforced/<l>`` (reinforcement events per step), ``local/saturation/<l>``; cost:
+``local/err/<l>`` (the local error rate with the robustness margin: the samples that update),
+``local/miss/<l>`` (without it: the share the layer's local classifier misclassifies),
+``local/updates/<l>`` (weight increments per step), ``local/reinforced/<l>`` (reinforcement
+events per step), ``local/saturation/<l>``, the |H| percentiles ``local/h_abs_q10/<l>``,
+``_q50``, ``_q90`` (methods.md §6.4's histogram, in three numbers); cost:
 ``cost/train_gates`` (Boolean gates so far, §6.4 model) and ``cost/train_mem_bits``.
 
 Packed trials: on a GPU a pack's members train as one stacked network (``LocalBinaryPack``,
@@ -52,7 +55,7 @@ from ..archs import register_arch
 from ..cost import LayerCost, totals
 from ..nn.pack import NotPackable, stack_members
 from ..nn.quantizers import _pm1 as _mask_pm1
-from .base import Method, Pack, RunInfo, Setup, register_method
+from .base import Method, Pack, RunInfo, Setup, percentiles, register_method
 
 
 @dataclass(frozen=True)
@@ -510,6 +513,7 @@ class LocalBinary(Method):
                 H.clamp_(-clip, clip)
             stats["reinforced"][:, l] += mask.flatten(1).sum(1, dtype=torch.int32)
             stats["err"][:, l] += wrong.float().mean(1)
+            stats["miss"][:, l] += (scores.argmax(2) != y).float().mean(1)
             stats["updates"][:, l] += sel.flatten(1).sum(1, dtype=torch.int32)
             a = act
         pred = scores.argmax(2)  # [K, B]
@@ -547,7 +551,7 @@ class LocalBinary(Method):
     def setup(self, model: LocalBinaryNet, hp: LocalHparams, total_steps: int, info: RunInfo | None = None) -> Setup:
         dev = model.H(0).device
         L = model.n_layers
-        stats = {k: torch.zeros(L, device=dev) for k in ("err", "updates", "reinforced")}
+        stats = {k: torch.zeros(L, device=dev) for k in ("err", "miss", "updates", "reinforced")}
         acc = {"correct": torch.zeros((), device=dev), "seen": torch.zeros((), device=dev),
                "prev": torch.zeros((), device=dev)}
         gen = torch.Generator(device=dev)
@@ -579,6 +583,8 @@ class LocalBinary(Method):
                    "sched/reinforce_scale": acc["prev"].clone()}
             for l in range(L):
                 out[f"local/err/{l}"] = stats["err"][l] / n
+                out[f"local/miss/{l}"] = stats["miss"][l] / n
+                out.update(percentiles(model.H(l).abs(), "local/h_abs", suffix=f"/{l}"))
                 out[f"local/updates/{l}"] = stats["updates"][l] / n
                 out[f"local/reinforced/{l}"] = stats["reinforced"][l] / n
                 if hp.hidden_bits:
@@ -620,6 +626,7 @@ class LocalBinary(Method):
                     H.clamp_(-bound, bound)
                 stats["reinforced"][l] += mask.sum()
             stats["err"][l] += wrong.float().mean()
+            stats["miss"][l] += (scores.argmax(1) != y).float().mean()
             stats["updates"][l] += sel.sum()
             a = act
         pred = scores.argmax(1)
