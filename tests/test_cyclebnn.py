@@ -264,3 +264,10 @@ def test_pure_sign_evaluation_is_reported_next_to_the_code_faithful_one(tiny_cfg
     assert [last["val/acc_sign"], last["test/acc_sign"]] == pytest.approx(sign, abs=1e-6)
     if mode == "true_kbit_forward":  # 2-bit forward vs sign: different networks
         assert last["val/acc_sign"] != last["val/acc"]
+
+
+def test_extra_evaluations_run_after_the_last_epoch_only(tiny_cfg):
+    from bnnsearch.engine import fit
+
+    h = fit(tiny_cfg(method="cyclebnn", epochs=2)).history
+    assert "val/acc_sign" not in h[0] and {"val/acc_sign", "test/acc_sign"} <= set(h[1])

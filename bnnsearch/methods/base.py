@@ -375,8 +375,9 @@ class Method:
         """Cross-checks between hyperparameters, arch options and the epoch budget; raise ValueError."""
 
     def eval_variants(self) -> dict[str, Callable[[nn.Module], contextlib.AbstractContextManager]]:
-        """Extra evaluations reported each epoch next to ``val/acc`` and ``test/acc`` as
-        ``val/acc_<name>`` and ``test/acc_<name>``: name -> a function that takes one member
+        """Extra evaluations reported after the last epoch next to ``val/acc`` and ``test/acc`` as
+        ``val/acc_<name>`` and ``test/acc_<name>`` (not every epoch: two more evaluation passes
+        per epoch cost a few per cent of a run; a trial stopped early has none): name -> a function that takes one member
         model and returns a context manager putting it in that evaluation mode (CycleBNN's
         pure-sign evaluation, methods.md §3.5). Default: none."""
         return {}

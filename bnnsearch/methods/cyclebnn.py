@@ -125,7 +125,7 @@ class CycleBNN(Method):
                              f"{max(1, epochs // 2)} cycles, more epochs, or schedule_unit: iteration")
 
     def eval_variants(self):
-        """``val/acc_sign`` and ``test/acc_sign``: the network evaluated with pure sign, no k-bit
+        """``val/acc_sign`` and ``test/acc_sign`` (after the last epoch): the network evaluated with pure sign, no k-bit
         pre-quantization of weights or activations (methods.md §3.4/§3.5: the released code
         evaluates at the current b_t with the activation range EMAs — ``val/acc`` here — and
         the spec asks for both)."""

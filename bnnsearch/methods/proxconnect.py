@@ -108,7 +108,7 @@ class ProxConnectMethod(Method):
     Hparams = ProxHparams
 
     def eval_variants(self):
-        """``val/acc_soft``, ``test/acc_soft``: the network evaluated with the training forward F
+        """``val/acc_soft``, ``test/acc_soft`` (after the last epoch): the network evaluated with the training forward F
         (methods.md §5.4's train/eval gap; ``val/acc`` is the hard-sign network, pitfall 5.5.2).
         The same as ``val/acc`` for the hard-forward pairs (bc, bnn, bnn+) and in the hard phase."""
         return {"soft": lambda model: quantizer_flag(model, "eval_soft")}
