@@ -217,3 +217,45 @@ def test_saturation_and_cluster_use_are_reported(tiny_cfg):
     share = max(torch.bincount(weight_quantizer(layer).assignment(x), minlength=4).max().item() / x.shape[0]
                 for (_, layer), x in zip(layers, v))
     assert res.final["hbnn/cluster_share_max"] == pytest.approx(share) and 0.25 <= share <= 1
+
+
+@pytest.mark.parametrize("manifold,radius", [("ball", 0.05), ("sphere", 1.0)])
+def test_without_a_cluster_the_map_never_changes_a_sign(tiny_cfg, manifold, radius):
+    """cluster_size 0 is HBNN without EPC (methods.md §2.1): exp at the origin is a positive
+    rescaling of each filter, so the binary weights are the latent weights' signs at every step
+    (the control that shows what the cluster adds), and the network still learns."""
+    from bnnsearch.engine import fit
+    from bnnsearch.nn import binary_layers, weight_quantizer
+    from bnnsearch.nn.binarize import stored_weight
+
+    res = fit(tiny_cfg(method="hbnn", epochs=2, hparams={"cluster_size": 0, "manifold": manifold, "radius": radius}))
+    for _, layer in binary_layers(res.model):
+        q, w = weight_quantizer(layer), stored_weight(layer).detach()
+        assert q.cluster.numel() == 0 and torch.equal(q.hard_sign(w), w >= 0)
+    assert res.final["val/acc"] > 0.2 and res.final["hbnn/max_boundary"] == 0  # ten classes: chance is 0.1
+    assert "hbnn/cluster_share_max" not in res.final and res.final["bin/flip_from_init"] > 0  # the latent signs move
+
+
+def test_granularity_maps_the_layer_or_each_element_as_one_vector():
+    """granularity (methods.md §2.5 pitfall 3): ``layer`` maps the flattened weight with one base
+    point, ``element`` each weight alone (without a cluster: the scalar tanh(sqrt(c)|w|) sign(w) /
+    sqrt(c))."""
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 2, 2) * 0.1
+    gen = torch.Generator().manual_seed(0)
+    q = HyperbolicSign(out_channels=4, n=12, radius=0.5, cluster_size=2, granularity="layer", generator=gen)
+    assert q.cluster.shape == (2, 48)
+    assert torch.allclose(q.phi(w), expmap(q.cluster[:1], w.reshape(1, -1), 4.0).view_as(w), atol=1e-7)
+    q = HyperbolicSign(out_channels=4, n=12, radius=0.5, cluster_size=3, granularity="element", generator=gen)
+    assert q.cluster.shape == (3, 1)
+    idx = torch.arange(48) % 3
+    assert torch.allclose(q.phi(w), expmap(q.cluster[idx], w.reshape(-1, 1), 4.0).view_as(w), atol=1e-7)
+    q = HyperbolicSign(out_channels=4, n=12, radius=0.5, cluster_size=0, granularity="element")
+    assert torch.allclose(q.phi(w), torch.tanh(2 * w.abs()) * w.sign() / 2, atol=1e-7)
+
+
+def test_element_granularity_on_the_sphere_is_refused(tiny_cfg):
+    from bnnsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no gradient would reach the weights"):
+        tiny_cfg(method="hbnn", hparams={"manifold": "sphere", "radius": 1.0, "granularity": "element"})

@@ -28,7 +28,8 @@ CASES = {
     "proxconnect": (MLP, [{"pair": "bnn"}, {"pair": "pc", "lr": 0.01}, {"pair": "bnn++", "optimizer": "sgd"}]),
     "cyclebnn": (MLP, [{"b_min": 2, "b_max": 6}, {"b_min": 3, "b_max": 8, "cycles": 2, "lr": 3e-3, "tau_clamp": True},
                        {"grad_bits": 4, "grad_bits_min": 2, "lr_annealing": "per_cycle", "precision_mode": "true_kbit_forward"}]),
-    "hbnn": (MLP, [{}, {"radius": 0.5, "lr": 0.3, "tau_clamp": True}, {"cluster_size": 4, "cluster_lr": 0.1}]),
+    "hbnn": (MLP, [{}, {"radius": 0.5, "lr": 0.3, "tau_clamp": True, "granularity": "layer", "cluster_size": 3},
+                   {"cluster_size": 4, "cluster_lr": 0.1, "assign": "nearest"}, {"cluster_size": 0, "granularity": "element"}]),
     "local_binary": (LOCAL, [{"group_size": 8}, {"robustness": 0.5, "hidden_bits": 6, "group_size": 8},
                              {"group_size": 4, "p_r": 0.1}]),
 }
@@ -394,3 +395,13 @@ def test_local_binary_members_share_the_reinforcement_draw():
     a, b = _local_cfgs("gaps")[0], _local_cfgs("dense")[1]
     with pytest.raises(ValueError, match="hparams"):
         fit_pack([a, b])
+
+
+def test_a_pack_of_hbnn_members_without_clusters_equals_them_alone():
+    """HBNN's control (cluster_size 0) in a pack of its own: no member has points to step, so the
+    pack makes the alternating mode's first pass without gradients, as each member alone does."""
+    cfgs = _cfgs("hbnn", MLP, [{"cluster_size": 0}, {"cluster_size": 0, "radius": 0.5}], epochs=2)
+    alone = [fit(c).history for c in cfgs]
+    for a, p in zip(alone, fit_pack(cfgs)):
+        _same_history(a, p.history)
+    assert alone[0][-1]["val/loss"] != alone[1][-1]["val/loss"]

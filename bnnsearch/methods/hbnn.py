@@ -1,7 +1,8 @@
 """HBNN: hyperbolic binary neural network with the exponential parametrization cluster
 (seed 000; methods.md §2). [RECON] throughout: no official code exists and the EPC equations
 were not available; this follows methods.md's recommended implementation, with the variants
-selectable: ``manifold`` (ball | sphere), ``assign`` (roundrobin | nearest), ``update_mode``
+selectable: ``manifold`` (ball | sphere), ``assign`` (roundrobin | nearest), ``cluster_size``
+(0: no EPC, exp at the origin — the control), ``granularity`` (filter | layer | element), ``update_mode``
 (alternating | simultaneous) and ``ste`` (identity = ReCU's weight surrogate, the default;
 clip; approx = 2 - 2|x|; rbnn = RBNN's training-aware surrogate with t from 1e-2 to 1e1, set per
 epoch as RBNN's code sets it). The surrogates act on each filter's hyperbolic coordinates in
@@ -39,7 +40,8 @@ from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Set
 class HbnnHparams:
     manifold: Literal["ball", "sphere"] = "ball"
     radius: float = 0.05  # the paper's best ball radius; its best sphere radius is 1.0
-    cluster_size: int = 2
+    cluster_size: int = 2  # 0: no EPC, exp at the origin (the control: it never changes a sign)
+    granularity: Literal["filter", "layer", "element"] = "filter"
     cluster_lr: float = 1e-2
     cluster_init: float = 0.5  # ball: initial |p| as a fraction of the radius
     # Shared by a pack's members: they decide how many forward passes a step makes.
@@ -62,8 +64,12 @@ class HbnnHparams:
     def validate(self):
         if self.radius <= 0 or self.cluster_lr <= 0 or self.lr <= 0 or self.fp_lr <= 0:
             raise ValueError("radius, cluster_lr, lr and fp_lr must be positive")
-        if self.cluster_size < 1 or self.cluster_every < 1 or not 0 <= self.cluster_init < 1:
-            raise ValueError("cluster_size >= 1, cluster_every >= 1 and 0 <= cluster_init < 1 required")
+        if self.cluster_size < 0 or self.cluster_every < 1 or not 0 <= self.cluster_init < 1:
+            raise ValueError("cluster_size >= 0, cluster_every >= 1 and 0 <= cluster_init < 1 required")
+        if self.manifold == "sphere" and self.granularity == "element":
+            raise ValueError("granularity: element on the sphere maps every weight to ±radius (the sphere of a "
+                             "1-D vector is two points): no gradient would reach the weights; use the ball or "
+                             "granularity filter/layer")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise ValueError("momentum in [0, 1) and weight_decay >= 0 required")
         if not 0 < self.tau_min <= self.tau_max < 1:
@@ -84,7 +90,7 @@ class HBNN(Method):
         def make(layer):
             w = layer.weight
             return HyperbolicSign(sign0, w.shape[0], w[0].numel(), hp.manifold, hp.radius, hp.cluster_size,
-                                  hp.cluster_init, hp.assign, hp.ste, hp.scale, gen)
+                                  hp.cluster_init, hp.assign, hp.ste, hp.scale, gen, hp.granularity)
 
         return make
 
@@ -127,12 +133,14 @@ class HBNN(Method):
             filter; and the largest share of one layer's filters on one cluster point (1/t:
             balanced, 1: collapsed)."""
             with torch.no_grad():
-                v = [w.detach().flatten(1) for w in stored]
+                v = [q.rows(w.detach()) for q, w in zip(qs, stored)]
                 norms = torch.cat([x.norm(dim=1) for x in v]) / hp.radius
-                share = torch.stack([torch.bincount(q.assignment(x), minlength=q.cluster.shape[0]).max() / x.shape[0]
-                                     for q, x in zip(qs, v)]).max()
-            return {"hbnn/max_boundary": torch.stack([q.boundary() for q in qs]).max(), "hbnn/cluster_share_max": share,
-                    **percentiles(norms, "hbnn/norm_over_r")}
+                out = {"hbnn/max_boundary": torch.stack([q.boundary() for q in qs]).max(), **percentiles(norms, "hbnn/norm_over_r")}
+                if hp.cluster_size:
+                    out["hbnn/cluster_share_max"] = torch.stack([
+                        torch.bincount(q.assignment(x), minlength=q.cluster.shape[0]).max() / x.shape[0]
+                        for q, x in zip(qs, v)]).max()
+            return out
 
         def count(step, p):
             state["step"] = step
@@ -142,7 +150,12 @@ class HBNN(Method):
     def train_step(self, model, x, y, setup: Setup, forward):
         opt_w, opt_f, opt_fp, hp = setup.ctx
         cluster_step = setup.state["step"] % hp.cluster_every == 0
-        if hp.update_mode == "alternating" and cluster_step:
+        if hp.update_mode == "alternating" and cluster_step and not hp.cluster_size:
+            # no points to step: the pass an EPC run makes all the same (it moves BatchNorm's
+            # running statistics), so that the control differs from HBNN by its cluster alone
+            with torch.no_grad():
+                forward(model, x)
+        elif hp.update_mode == "alternating" and cluster_step:
             # (i) w_tilde frozen: a Riemannian step on the cluster points only. Their gradients
             # alone are asked for: no other weight gradient is computed (the full-precision first
             # layer's is the largest matmul of the backward pass), the same values as backward().
@@ -167,8 +180,12 @@ class HBNN(Method):
         hp = ctxs[0][3]
         cluster_step = pack.setups[live[0]].state["step"] % hp.cluster_every == 0
         if hp.update_mode == "alternating" and cluster_step:
-            pack.backward_for(member_losses(forward(pack.module, x), y), [1])
-            pack.step([1])
+            if any(c[3].cluster_size for c in ctxs):
+                pack.backward_for(member_losses(forward(pack.module, x), y), [1])
+                pack.step([1])
+            else:  # no member has points: the pass alone (see train_step)
+                with torch.no_grad():
+                    forward(pack.module, x)
         pack.zero_grad([0, 1, 2])
         logits = forward(pack.module, x)
         losses = member_losses(logits, y)

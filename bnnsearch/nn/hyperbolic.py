@@ -11,6 +11,11 @@ per binarized layer a cluster F = {p_1..p_t} of learnable base points; output fi
 origin is a positive rescaling (it can never change a sign); a moved base point can.
 Assignment a(j): ``roundrobin`` (j mod t, fixed) or ``nearest`` (the point closest to
 exp_0(v_j)). The paper's loss-based choice of the best map per step is not implemented.
+A cluster of no points (``cluster_size`` 0) is HBNN without EPC: exp at the origin (on the
+sphere, the cheap parametrization r v / |v|), which changes the gradient geometry and never a
+sign — the control that shows what the cluster adds. ``granularity`` chooses the vectors the
+map acts on (methods.md §2.5 pitfall 3): each output ``filter`` (the default), the whole
+``layer`` as one vector, or each ``element`` (where exp_0 is a scalar tanh).
 """
 from __future__ import annotations
 
@@ -106,26 +111,37 @@ def rbnn_surrogate(x: torch.Tensor, t: float) -> torch.Tensor:
 @register_quantizer("hbnn")
 class HyperbolicSign(Quantizer):
     def __init__(self, sign0="plus", out_channels=1, n=1, manifold="ball", radius=0.05, cluster_size=1,
-                 cluster_init=0.5, assign="roundrobin", ste="identity", scale=True, generator=None):
+                 cluster_init=0.5, assign="roundrobin", ste="identity", scale=True, generator=None,
+                 granularity="filter"):
         super().__init__(sign0)
         if manifold not in ("ball", "sphere") or assign not in ("roundrobin", "nearest") or \
-                ste not in ("identity", "clip", "approx", "rbnn"):
+                ste not in ("identity", "clip", "approx", "rbnn") or granularity not in ("filter", "layer", "element"):
             raise ValueError("bad HBNN option")
         self.manifold, self.r, self.c = manifold, radius, 1.0 / radius**2
         self.assign, self.ste, self.ste_t = assign, ste, 1e-2
+        self.granularity = granularity
         self.tau = 1.0  # ReCU's τ clamp of u (1 = off); a host value set by the method's schedule
-        d = torch.randn(cluster_size, n, generator=generator)
+        # the vectors phi acts on: [rows, dim] (n: one filter's size)
+        rows, dim = {"filter": (out_channels, n), "layer": (1, out_channels * n), "element": (out_channels * n, 1)}[granularity]
+        d = torch.randn(cluster_size, dim, generator=generator)
         d = d / d.norm(dim=1, keepdim=True)
         # Base points: on the sphere, on S_r; in the ball, at cluster_init * r in random directions.
         pts = d * radius * (1.0 if manifold == "sphere" else cluster_init)
-        self.cluster = nn.Parameter(pts)
+        self.cluster = nn.Parameter(pts)  # [0, dim] without EPC: exp at the origin
         self.cluster._bnn_cluster = True
-        self.register_buffer("rr_index", torch.arange(out_channels) % cluster_size)
+        self.register_buffer("rr_index", torch.arange(rows) % max(cluster_size, 1))
         self.alpha = nn.Parameter(torch.ones(out_channels)) if scale else None
 
+    def rows(self, w: torch.Tensor) -> torch.Tensor:
+        """The vectors the exponential map acts on, ``[rows, dim]`` (``granularity``)."""
+        if self.granularity == "filter":
+            return w.flatten(1)
+        return w.reshape(1, -1) if self.granularity == "layer" else w.reshape(-1, 1)
+
     def assignment(self, v: torch.Tensor) -> torch.Tensor:
-        """Each filter's cluster point index (v: the latent filters, ``[C_out, n]``)."""
-        if self.assign == "roundrobin" or self.cluster.shape[0] == 1:
+        """Each vector's cluster point index (v: the latent vectors, ``rows(w)``); all 0 with no
+        cluster (no point to index: the origin)."""
+        if self.assign == "roundrobin" or self.cluster.shape[0] <= 1:
             return self.rr_index
         with torch.no_grad():
             anchor = expmap0(v, self.c) if self.manifold == "ball" else v / _norm(v) * self.r
@@ -136,9 +152,12 @@ class HyperbolicSign(Quantizer):
 
     def phi(self, w: torch.Tensor) -> torch.Tensor:
         """The hyperbolic weight phi_F(w_tilde), shaped like w."""
-        v = w.flatten(1)
-        p = self.points(v)
-        out = expmap(p, v, self.c) if self.manifold == "ball" else sphere_exp(p, v, self.r)
+        v = self.rows(w)
+        if self.cluster.shape[0] == 0:  # no EPC: exp at the origin
+            out = expmap0(v, self.c) if self.manifold == "ball" else v / _norm(v) * self.r
+        else:
+            p = self.points(v)
+            out = expmap(p, v, self.c) if self.manifold == "ball" else sphere_exp(p, v, self.r)
         return out.view_as(w)
 
     def surrogate(self, h):
@@ -179,7 +198,9 @@ class HyperbolicSign(Quantizer):
             return self.phi(w.detach()) > 0
 
     def boundary(self) -> torch.Tensor:
-        """Largest sqrt(c) * |p_i| (1 = the ball's boundary; always 1 on the sphere)."""
+        """Largest sqrt(c) * |p_i| (1 = the ball's boundary; always 1 on the sphere; 0 without points)."""
+        if self.cluster.shape[0] == 0:
+            return self.cluster.new_zeros(())
         return self.cluster.detach().norm(dim=1).max() * math.sqrt(self.c)
 
     def inference_params(self) -> int:
