@@ -8,15 +8,17 @@ one stacked tensor). A non-finite loss ends the run after the epoch in which it 
 losses as ``inf``, never NaN.
 
 Report keys per epoch: ``epoch``, ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
-``test/loss``, ``test/acc``, ``val/acc_top5``, ``test/acc_top5``, ``bin/flip_ratio`` (seed 002 Eq. 18, per step, averaged over the
-epoch) and ``bin/flip_from_init`` (global and ``/<layer>``), ``sched/<name>``, ``cost/*`` (the static
-inference cost, and ``cost/train_gates``: modelled training cost so far, cost.py),
-``time/epoch_s``, ``time/total_s``, ``time/cpu_s``, ``time/total_cpu_s``, ``diverged``, plus
-the method's own entries (``val/acc_<name>``, ``test/acc_<name>`` for its extra evaluations,
-``Method.eval_variants``, after the last epoch only); on a CUDA device ``mem/peak_device_mb``, the peak memory PyTorch's
-allocator held since the run started in this process (a pack's members share one, their pack's;
-on the CPU no per-run peak exists — a Ray worker's process peak mixes its trials — so none is
-reported); with ``compile: true`` also ``time/compile_s`` (see ``fit_pack``).
+``test/loss``, ``test/acc``, ``val/acc_top5``, ``test/acc_top5``, ``bin/flip_ratio`` (seed 002
+Eq. 18, per step, averaged over the epoch) and ``bin/flip_from_init`` (global and
+``/<layer>``), ``sched/<name>``, ``cost/*`` (the static inference cost, and
+``cost/train_gates``: modelled training cost so far, cost.py), ``time/epoch_s``,
+``time/total_s``, ``time/cpu_s``, ``time/total_cpu_s``, ``diverged``, plus the method's own
+entries (``val/acc_<name>``, ``test/acc_<name>`` for its extra evaluations,
+``Method.eval_variants``, after the last epoch only); on a CUDA device ``mem/peak_device_mb``,
+the peak memory PyTorch's allocator held since the run started in this process (a pack's
+members share one, their pack's; on the CPU no per-run peak exists — a Ray worker's process
+peak mixes its trials — so none is reported); with ``compile: true`` also ``time/compile_s``
+(see ``fit_pack``).
 """
 from __future__ import annotations
 
@@ -334,7 +336,7 @@ def fit_pack(
         with autocast(cfg, device):
             return net(x) if m is target else m(x)
 
-    def eager_forward(m, x):  # the extra evaluations: not compiled (no graphs for a mode used once an epoch)
+    def eager_forward(m, x):  # the extra evaluations: not compiled (no graphs for a mode used once a run)
         with autocast(cfg, device):
             return m(x)
 
@@ -439,14 +441,14 @@ def fit_pack(
                         hook()
             val_loss, val_acc, val_acc5 = _evaluate(pack, forward, data.x_val, data.y_val, cfg.eval_batch_size)
             test_loss, test_acc, test_acc5 = _evaluate(pack, forward, data.x_test, data.y_test, cfg.eval_batch_size)
-            variant_acc = {"val/acc_top5": val_acc5, "test/acc_top5": test_acc5}
+            extra_acc = {"val/acc_top5": val_acc5, "test/acc_top5": test_acc5}
             # after the last epoch only: every epoch they cost ~6 % of a CycleBNN run on mnist5k
             for name, mode in variants.items() if epoch == cfg.epochs - 1 else ():
                 with contextlib.ExitStack() as modes:
                     for m in members:
                         modes.enter_context(mode(m.model))
-                    variant_acc[f"val/acc_{name}"] = _evaluate(pack, eager_forward, data.x_val, data.y_val, cfg.eval_batch_size)[1]
-                    variant_acc[f"test/acc_{name}"] = _evaluate(pack, eager_forward, data.x_test, data.y_test, cfg.eval_batch_size)[1]
+                    extra_acc[f"val/acc_{name}"] = _evaluate(pack, eager_forward, data.x_val, data.y_val, cfg.eval_batch_size)[1]
+                    extra_acc[f"test/acc_{name}"] = _evaluate(pack, eager_forward, data.x_test, data.y_test, cfg.eval_batch_size)[1]
             n_seen = steps_per_epoch * bs
             blocks, extras_all = [], []
             for j in live:
@@ -458,7 +460,7 @@ def fit_pack(
                 with pack.ctx(j):
                     for fn in m.setup.epoch_metrics:
                         extras.update(fn())
-                extras.update({k: v[j] for k, v in variant_acc.items()})
+                extras.update({k: v[j] for k, v in extra_acc.items()})
                 dev_keys = [k for k, v in extras.items() if isinstance(v, torch.Tensor)]
                 dev_vals = [extras[k].detach().double().reshape(1).to(device) for k in dev_keys]
                 blocks += [head, flips[j].double(), from_init.double(), *dev_vals]
