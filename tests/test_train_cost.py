@@ -68,6 +68,41 @@ def test_cyclebnn_gates_scale_binary_layers_by_bits(tiny_cfg):
     assert res.final["cost/train_gates"] == pytest.approx(_steps(cfg) * per_step, rel=1e-12)
 
 
+@pytest.mark.parametrize("hps,first_pass", [({}, "cluster"), ({"update_mode": "simultaneous"}, None),
+                                             ({"cluster_size": 0}, "forward"), ({"cluster_every": 2}, "cluster")])
+def test_hbnn_prices_the_alternating_modes_first_pass(tiny_cfg, hps, first_pass):
+    """HBNN's alternating step makes two passes (methods.md §2.5 pitfall 6): the first is a
+    forward, the input gradients and the binary layers' weight gradients (the cluster points'
+    gradients pass through them) — a forward alone without points — on every ``cluster_every``-th
+    step; the second is the fp32 step every method pays."""
+    import math
+
+    from bnnsearch.engine import fit
+    from bnnsearch.methods.hbnn import _is_cluster
+    from bnnsearch.nn import is_binary_param
+
+    cfg = tiny_cfg(method="hbnn", epochs=1, hparams=hps)
+    res = fit(cfg, threads=1)
+
+    def fwd(n_in, n_out):
+        return B * (n_in * n_out + (n_in - 1) * n_out) * E4
+
+    def igrad(n_in, n_out, first):
+        return 0 if first else B * (n_in * n_out + (n_out - 1) * n_in) * E4
+
+    params = list(res.model.parameters())
+    n_bin = sum(p.numel() for p in params if is_binary_param(p))
+    n_cluster = sum(p.numel() for p in params if _is_cluster(p))
+    n_fp = sum(p.numel() for p in params) - n_bin - n_cluster
+    update = (2 * n_bin + 2 * n_cluster + 14 * n_fp) * E4  # SGD, Riemannian SGD, Adam
+    per_step = sum(_fc_gates(*l) for l in LAYERS) + update
+    first = {None: 0, "forward": sum(fwd(i, o) for i, o, _ in LAYERS),
+             "cluster": sum(fwd(i, o) + igrad(i, o, f) for i, o, f in LAYERS) + 2 * fwd(32, 32)}[first_pass]
+    steps = _steps(cfg)
+    with_first = math.ceil(steps / hps.get("cluster_every", 1))
+    assert res.final["cost/train_gates"] == steps * per_step + with_first * first
+
+
 def test_local_learner_is_orders_of_magnitude_cheaper(tiny_cfg):
     """Colombo et al.: ~10^8-10^10 gates against 10^11-10^12 for FP SGD/Adam, "2-3 orders of
     magnitude". The same hidden widths, trained each way on the same data."""
@@ -96,7 +131,7 @@ def test_gates_survive_a_resume_and_a_pack(tiny_cfg, tmp_path, method):
         assert [h["cost/train_gates"] for h in member.history] == [h["cost/train_gates"] for h in full]
 
 
-@pytest.mark.parametrize("method", ["latent", "cyclebnn", "local_binary"])
+@pytest.mark.parametrize("method", ["latent", "hbnn", "cyclebnn", "local_binary"])
 def test_the_cost_of_a_run_is_known_before_it_trains(tiny_cfg, capsys, tmp_path, method):
     """``bnnsearch cost`` prints a config's modelled training cost without training: the same
     number the run reports at its end (CycleBNN's follows its precision schedule step by step)."""

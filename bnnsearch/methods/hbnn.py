@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..cost import layer_io, training_gates, update_gates
 from ..nn import binary_layers, is_binary_param, weight_quantizer
 from ..nn.binarize import stored_weight
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
@@ -94,6 +95,9 @@ class HBNN(Method):
 
         return make
 
+    def train_gates_per_step(self, model, setup, info):
+        return None  # an alternating step makes a second pass: counted in on_step (setup)
+
     def binary_storage(self, model):
         """Latent weights and the cluster's base points: both move the signs."""
         return [p for p in model.parameters() if is_binary_param(p) or _is_cluster(p)]
@@ -123,7 +127,15 @@ class HBNN(Method):
             sched.append(Scheduled("ste_t", lambda p: 10 ** (-2 + 3 * epoch(p) / epochs), set_ste_t))
         if hp.tau_clamp:
             sched.append(tau_schedule(hp.tau_min, hp.tau_max, total_steps, info, qs))
-        state = {"step": 0}
+        # Modelled training cost (cost.py): an fp32 step, plus, on an alternating cluster step, the
+        # first pass — a forward, the input gradients and the binary layers' weight gradients
+        # (the points' gradients pass through them); without points, its forward alone.
+        rows = training_gates(layer_io(model, info.in_shape), info.batch_size) if info else []
+        names = {n for n, _ in binary_layers(model)}
+        base = sum(r.forward + r.weight_grad + r.input_grad for r in rows) + update_gates(opts)
+        first = sum(r.forward + ((r.input_grad + (r.weight_grad if r.name in names else 0)) if hp.cluster_size else 0)
+                    for r in rows)
+        state = {"step": 0, "gates": 0.0}  # checkpointed (Setup.state)
 
         stored = [stored_weight(l) for _, l in binary_layers(model)]
 
@@ -140,10 +152,12 @@ class HBNN(Method):
                     out["hbnn/cluster_share_max"] = torch.stack([
                         torch.bincount(q.assignment(x), minlength=q.cluster.shape[0]).max() / x.shape[0]
                         for q, x in zip(qs, v)]).max()
-            return out
+            return {**out, "cost/train_gates": state["gates"]}
 
         def count(step, p):
             state["step"] = step
+            alternating = hp.update_mode == "alternating" and step % hp.cluster_every == 0
+            state["gates"] += base + (first if alternating else 0.0)
 
         return Setup(opts, sched, epoch_metrics=[boundary], on_step=[count], state=state, ctx=(opt_w, opt_f, opt_fp, hp))
 
