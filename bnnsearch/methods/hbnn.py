@@ -148,9 +148,9 @@ class HBNN(Method):
                 v = [q.rows(w.detach()) for q, w in zip(qs, stored)]
                 norms = torch.cat([x.norm(dim=1) for x in v]) / hp.radius
                 out = {"hbnn/max_boundary": torch.stack([q.boundary() for q in qs]).max(), **percentiles(norms, "hbnn/norm_over_r")}
-                if hp.cluster_size:
+                if hp.cluster_size:  # counts by index_add (bincount sizes its output from the data: a device sync)
                     out["hbnn/cluster_share_max"] = torch.stack([
-                        torch.bincount(q.assignment(x), minlength=q.cluster.shape[0]).max() / x.shape[0]
+                        x.new_zeros(q.cluster.shape[0]).index_add_(0, q.assignment(x), x.new_ones(x.shape[0])).max() / x.shape[0]
                         for q, x in zip(qs, v)]).max()
             return {**out, "cost/train_gates": state["gates"]}
 
