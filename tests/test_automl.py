@@ -374,7 +374,7 @@ def test_the_bandit_does_not_judge_a_method_by_an_infeasible_start(monkeypatch):
 # --- the registered network --------------------------------------------------------------
 
 CASES = {"latent": {}, "filtered": {}, "proxconnect": {"pair": "pc", "hard_phase": 0.3},
-         "cyclebnn": {"b_min": 2, "b_max": 6}, "hbnn": {}, "local_binary": {"group_size": 8}}
+         "cyclebnn": {"b_min": 2, "b_max": 6}, "hbnn": {"granularity": "layer"}, "local_binary": {"group_size": 8}}
 
 
 def _trained(method, hp, tmp_path):
@@ -449,6 +449,21 @@ def test_a_pickled_network_reloads_exactly(method, tmp_path):
         from bnnsearch.modelio import module_scalars
 
         assert any("k" in v for v in module_scalars(net.net).values())
+
+
+def test_cyclebnns_tau_clamp_travels_with_the_network(tmp_path):
+    """ReCU's tau (a plain attribute set by the schedule, not in the state dict) moves CycleBNN's
+    evaluation grid: a .bnn file and its reload evaluate exactly as the trained network."""
+    from bnnsearch.modelio import export_bnn, load_bnn, module_scalars, test_accuracy
+
+    cfg, res, data, net = _trained("cyclebnn", {"b_min": 2, "b_max": 6, "tau_clamp": True}, tmp_path)
+    taus = [v["tau"] for v in module_scalars(net.net).values() if "tau" in v]
+    assert taus and taus == pytest.approx([res.final["sched/tau"]] * len(taus)) and res.final["sched/tau"] < 1
+    export_bnn(net, tmp_path / "net.bnn", data.x_test)
+    back = load_bnn(tmp_path / "net.bnn")
+    with torch.no_grad():
+        assert torch.equal(net(data.x_test), back(data.x_test))
+    assert test_accuracy(back, threads=1)[0] == res.final["test/acc"]
 
 
 # Where the eval forward depends on the signs of the stored binary weights alone, they are packed;
