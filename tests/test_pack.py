@@ -28,7 +28,7 @@ CASES = {
     "proxconnect": (MLP, [{"pair": "bnn"}, {"pair": "pc", "lr": 0.01}, {"pair": "bnn++", "optimizer": "sgd"}]),
     "cyclebnn": (MLP, [{"b_min": 2, "b_max": 6}, {"b_min": 3, "b_max": 8, "cycles": 2, "lr": 3e-3, "tau_clamp": True},
                        {"grad_bits": 4, "grad_bits_min": 2, "lr_annealing": "per_cycle", "precision_mode": "true_kbit_forward"}]),
-    "hbnn": (MLP, [{}, {"radius": 0.5, "lr": 0.3, "tau_clamp": True, "granularity": "layer", "cluster_size": 3},
+    "hbnn": (MLP, [{}, {"radius": 0.5, "lr": 0.3, "tau_clamp": True, "granularity": "layer", "cluster_size": 3, "assign": "loss"},
                    {"cluster_size": 4, "cluster_lr": 0.1, "assign": "nearest"}, {"cluster_size": 0, "granularity": "element"}]),
     "local_binary": (LOCAL, [{"group_size": 8}, {"robustness": 0.5, "hidden_bits": 6, "group_size": 8},
                              {"group_size": 4, "p_r": 0.1}]),

@@ -69,12 +69,14 @@ def test_cyclebnn_gates_scale_binary_layers_by_bits(tiny_cfg):
 
 
 @pytest.mark.parametrize("hps,first_pass", [({}, "cluster"), ({"update_mode": "simultaneous"}, None),
-                                             ({"cluster_size": 0}, "forward"), ({"cluster_every": 2}, "cluster")])
+                                             ({"cluster_size": 0}, "forward"), ({"cluster_every": 2}, "cluster"),
+                                             ({"assign": "loss", "cluster_size": 3, "cluster_every": 2}, "cluster")])
 def test_hbnn_prices_the_alternating_modes_first_pass(tiny_cfg, hps, first_pass):
     """HBNN's alternating step makes two passes (methods.md §2.5 pitfall 6): the first is a
     forward, the input gradients and the binary layers' weight gradients (the cluster points'
     gradients pass through them) — a forward alone without points — on every ``cluster_every``-th
-    step; the second is the fp32 step every method pays."""
+    step; the second is the fp32 step every method pays. ``assign: loss`` adds, on those steps, a
+    forward per point and binary layer (2 layers x 3 points here)."""
     import math
 
     from bnnsearch.engine import fit
@@ -98,6 +100,8 @@ def test_hbnn_prices_the_alternating_modes_first_pass(tiny_cfg, hps, first_pass)
     per_step = sum(_fc_gates(*l) for l in LAYERS) + update
     first = {None: 0, "forward": sum(fwd(i, o) for i, o, _ in LAYERS),
              "cluster": sum(fwd(i, o) + igrad(i, o, f) for i, o, f in LAYERS) + 2 * fwd(32, 32)}[first_pass]
+    if hps.get("assign") == "loss":
+        first += 2 * 3 * sum(fwd(i, o) for i, o, _ in LAYERS)
     steps = _steps(cfg)
     with_first = math.ceil(steps / hps.get("cluster_every", 1))
     assert res.final["cost/train_gates"] == steps * per_step + with_first * first

@@ -1,7 +1,7 @@
 """HBNN: hyperbolic binary neural network with the exponential parametrization cluster
 (seed 000; methods.md §2). [RECON] throughout: no official code exists and the EPC equations
 were not available; this follows methods.md's recommended implementation, with the variants
-selectable: ``manifold`` (ball | sphere), ``assign`` (roundrobin | nearest), ``cluster_size``
+selectable: ``manifold`` (ball | sphere), ``assign`` (roundrobin | nearest | loss), ``cluster_size``
 (0: no EPC, exp at the origin — the control), ``granularity`` (filter | layer | element), ``update_mode``
 (alternating | simultaneous) and ``ste`` (identity = ReCU's weight surrogate, the default;
 clip; approx = 2 - 2|x|; rbnn = RBNN's training-aware surrogate with t from 1e-2 to 1e1, set per
@@ -28,11 +28,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..cost import layer_io, training_gates, update_gates
 from ..nn import binary_layers, is_binary_param, weight_quantizer
 from ..nn.binarize import stored_weight
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
+from ..nn.pack import PackedBatchNorm
 from ..schedules import decay
 from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, epoch_of, grads_only, make_fp_optimizer, opt_params, percentiles, register_method, set_lr, split_params, member_losses, tau_schedule, upcast
 
@@ -48,7 +50,7 @@ class HbnnHparams:
     # Shared by a pack's members: they decide how many forward passes a step makes.
     cluster_every: int = field(default=1, metadata={"packable": False})
     update_mode: Literal["alternating", "simultaneous"] = field(default="alternating", metadata={"packable": False})
-    assign: Literal["roundrobin", "nearest"] = "roundrobin"
+    assign: Literal["roundrobin", "nearest", "loss"] = "roundrobin"
     ste: Literal["identity", "clip", "approx", "rbnn"] = "identity"
     scale: bool = True
     lr: float = 0.1
@@ -75,6 +77,11 @@ class HbnnHparams:
             raise ValueError("momentum in [0, 1) and weight_decay >= 0 required")
         if not 0 < self.tau_min <= self.tau_max < 1:
             raise ValueError("need 0 < tau_min <= tau_max < 1")
+
+
+def _chooses(hp: HbnnHparams) -> bool:
+    """Whether this member picks its points by loss (more than one point to choose from)."""
+    return hp.assign == "loss" and hp.cluster_size > 1
 
 
 def _is_cluster(p) -> bool:
@@ -135,6 +142,8 @@ class HBNN(Method):
         base = sum(r.forward + r.weight_grad + r.input_grad for r in rows) + update_gates(opts)
         first = sum(r.forward + ((r.input_grad + (r.weight_grad if r.name in names else 0)) if hp.cluster_size else 0)
                     for r in rows)
+        # assign: loss tries every point in every binary layer: forward passes without gradients
+        choose = len(qs) * hp.cluster_size * sum(r.forward for r in rows) if _chooses(hp) else 0.0
         state = {"step": 0, "gates": 0.0}  # checkpointed (Setup.state)
 
         stored = [stored_weight(l) for _, l in binary_layers(model)]
@@ -156,14 +165,46 @@ class HBNN(Method):
 
         def count(step, p):
             state["step"] = step
-            alternating = hp.update_mode == "alternating" and step % hp.cluster_every == 0
-            state["gates"] += base + (first if alternating else 0.0)
+            cluster_step = step % hp.cluster_every == 0
+            state["gates"] += base + (first if hp.update_mode == "alternating" and cluster_step else 0.0)
+            state["gates"] += choose if cluster_step else 0.0
 
         return Setup(opts, sched, epoch_metrics=[boundary], on_step=[count], state=state, ctx=(opt_w, opt_f, opt_fp, hp))
+
+    @staticmethod
+    @torch.no_grad()
+    def choose_points(module, members: list[tuple[int, list]], x, y, forward) -> None:
+        """``assign: loss`` [RECON]: the paper's "find the optimal phi_F_i", read per layer. For
+        each binary layer in turn, every member tries each of its cluster points for all the
+        layer's vectors (the other layers as chosen so far) and keeps the one with the lowest
+        minibatch loss; ``members``: (its index in the module's losses, its layers' quantizers).
+        Forward passes without gradients; BatchNorm's running statistics are put back after them
+        (they are probes, not training passes)."""
+        bns = [b for m in module.modules() if isinstance(m, (_BatchNorm, PackedBatchNorm)) for b in m.buffers()]
+        saved = [b.clone() for b in bns]
+
+        def losses():
+            out = upcast(forward(module, x))
+            return member_losses(out, y) if out.ndim == 3 else F.cross_entropy(out, y).reshape(1)
+
+        for layer in range(len(members[0][1])):
+            t_max = max(qs[layer].cluster.shape[0] for _, qs in members)
+            tried = []
+            for i in range(t_max):
+                for _, qs in members:
+                    qs[layer].choice.fill_(min(i, qs[layer].cluster.shape[0] - 1))
+                tried.append(losses())
+            table = torch.stack(tried)  # [points, members]
+            for k, qs in members:
+                qs[layer].choice.copy_(table[: qs[layer].cluster.shape[0], k].argmin())
+        for b, v in zip(bns, saved):
+            b.copy_(v)
 
     def train_step(self, model, x, y, setup: Setup, forward):
         opt_w, opt_f, opt_fp, hp = setup.ctx
         cluster_step = setup.state["step"] % hp.cluster_every == 0
+        if cluster_step and _chooses(hp):
+            self.choose_points(model, [(0, [weight_quantizer(l) for _, l in binary_layers(model)])], x, y, forward)
         if hp.update_mode == "alternating" and cluster_step and not hp.cluster_size:
             # no points to step: the pass an EPC run makes all the same (it moves BatchNorm's
             # running statistics), so that the control differs from HBNN by its cluster alone
@@ -193,6 +234,10 @@ class HBNN(Method):
         ctxs = [pack.setups[k].ctx for k in live]
         hp = ctxs[0][3]
         cluster_step = pack.setups[live[0]].state["step"] % hp.cluster_every == 0
+        choosing = [(k, [weight_quantizer(l) for _, l in binary_layers(pack.members[k])]) for k, c in zip(live, ctxs)
+                    if _chooses(c[3])]
+        if cluster_step and choosing:
+            self.choose_points(pack.module, choosing, x, y, forward)
         if hp.update_mode == "alternating" and cluster_step:
             if any(c[3].cluster_size for c in ctxs):
                 pack.backward_for(member_losses(forward(pack.module, x), y), [1])

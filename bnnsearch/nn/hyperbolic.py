@@ -9,8 +9,11 @@ available; this is methods.md's recommended reading, with the alternatives selec
 per binarized layer a cluster F = {p_1..p_t} of learnable base points; output filter j
 (v_j = w_tilde[j].flatten()) is mapped by exp_{p_a(j)}(v_j) and binarized by sign. exp at the
 origin is a positive rescaling (it can never change a sign); a moved base point can.
-Assignment a(j): ``roundrobin`` (j mod t, fixed) or ``nearest`` (the point closest to
-exp_0(v_j)). The paper's loss-based choice of the best map per step is not implemented.
+Assignment a(j): ``roundrobin`` (j mod t, fixed), ``nearest`` (the point closest to
+exp_0(v_j)) or ``loss``: the paper's "find the optimal phi_F_i" read per layer [RECON] — every
+cluster step, each layer in turn takes the one point (for all its vectors) whose map gives the
+lowest minibatch loss, the other layers as they are (``HBNN.choose_points``; the choice is the
+buffer ``choice``, checkpointed).
 A cluster of no points (``cluster_size`` 0) is HBNN without EPC: exp at the origin (on the
 sphere, the cheap parametrization r v / |v|), which changes the gradient geometry and never a
 sign — the control that shows what the cluster adds. ``granularity`` chooses the vectors the
@@ -114,7 +117,7 @@ class HyperbolicSign(Quantizer):
                  cluster_init=0.5, assign="roundrobin", ste="identity", scale=True, generator=None,
                  granularity="filter"):
         super().__init__(sign0)
-        if manifold not in ("ball", "sphere") or assign not in ("roundrobin", "nearest") or \
+        if manifold not in ("ball", "sphere") or assign not in ("roundrobin", "nearest", "loss") or \
                 ste not in ("identity", "clip", "approx", "rbnn") or granularity not in ("filter", "layer", "element"):
             raise ValueError("bad HBNN option")
         self.manifold, self.r, self.c = manifold, radius, 1.0 / radius**2
@@ -130,6 +133,8 @@ class HyperbolicSign(Quantizer):
         self.cluster = nn.Parameter(pts)  # [0, dim] without EPC: exp at the origin
         self.cluster._bnn_cluster = True
         self.register_buffer("rr_index", torch.arange(rows) % max(cluster_size, 1))
+        # assign: loss, this layer's point (in the state dict only then: older files load as they are)
+        self.register_buffer("choice", torch.zeros((), dtype=torch.long), persistent=assign == "loss")
         self.alpha = nn.Parameter(torch.ones(out_channels)) if scale else None
 
     def rows(self, w: torch.Tensor) -> torch.Tensor:
@@ -143,6 +148,8 @@ class HyperbolicSign(Quantizer):
         cluster (no point to index: the origin)."""
         if self.assign == "roundrobin" or self.cluster.shape[0] <= 1:
             return self.rr_index
+        if self.assign == "loss":
+            return self.choice.expand(v.shape[0])
         with torch.no_grad():
             anchor = expmap0(v, self.c) if self.manifold == "ball" else v / _norm(v) * self.r
             return torch.cdist(anchor, self.cluster.detach()).argmin(dim=1)
