@@ -323,6 +323,12 @@ def quantizer_flag(model: nn.Module, attr: str, inputs: bool = False):
             setattr(q, attr, False)
 
 
+def fp32_step_gates(rows, optimizers) -> float:
+    """Gates of one fp32 training step: every layer's forward, weight and input gradients
+    (``cost.training_gates`` rows) and the optimizers' update."""
+    return sum(r.forward + r.weight_grad + r.input_grad for r in rows) + update_gates(optimizers)
+
+
 def percentiles(values: torch.Tensor, prefix: str, qs: tuple[int, ...] = (10, 50, 90), suffix: str = "") -> dict[str, torch.Tensor]:
     """``{prefix}_q{q}{suffix}``: the q-th percentiles of ``values`` (lower interpolation: the
     nearest order statistic below, as ``torch.quantile(..., interpolation="lower")``, which
@@ -391,8 +397,7 @@ class Method:
         conv/linear layer plus the optimizers' update); the engine reports ``cost/train_gates``,
         the steps so far times this. None for a method whose step cost varies or is not fp32
         training: it reports ``cost/train_gates`` itself (CycleBNN, the local learner)."""
-        rows = training_gates(layer_io(model, info.in_shape), info.batch_size)
-        return sum(r.forward + r.weight_grad + r.input_grad for r in rows) + update_gates(setup.optimizers)
+        return fp32_step_gates(training_gates(layer_io(model, info.in_shape), info.batch_size), setup.optimizers)
 
     def prepare(self, model: nn.Module, data) -> None:
         """Called once by the engine with the dataset (e.g. input binarization thresholds)."""

@@ -44,7 +44,7 @@ import torch
 from ..cost import layer_io, training_gates, update_gates
 from ..nn import binary_layers, weight_quantizer
 from ..nn.cyclic import CyclicAct, CyclicWeight, scale_output
-from .base import Method, RunInfo, Scheduled, Setup, check_partition, quantizer_flag, register_method, set_lr, tau_schedule
+from .base import Method, RunInfo, Scheduled, Setup, check_partition, epoch_of, quantizer_flag, register_method, set_lr, tau_schedule
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,10 @@ class CycleBNN(Method):
         layers = binary_layers(model)
         wqs = [weight_quantizer(l) for _, l in layers]
         qs = wqs + [l.input_quantizer for _, l in layers]
-        spe = info.steps_per_epoch if info else 1
-        unit_T = total_steps // spe if hp.schedule_unit == "epoch" else total_steps
+        if hp.schedule_unit == "epoch":
+            unit, unit_T = epoch_of(total_steps, info)
+        else:
+            unit, unit_T = (lambda p: int(round(p * total_steps))), total_steps
         n_lr = hp.cycles if hp.lr_annealing == "per_cycle" else 1
         io = layer_io(model, info.in_shape) if info else {}  # one hooked pass for the MACs and the gates
         binary_names = {n for n, _ in layers}
@@ -159,10 +161,6 @@ class CycleBNN(Method):
         g_full += update_gates([opt])
         # checkpointed (Setup.state)
         acc = {"cr_sum": 0.0, "bitops": 0.0, "gates": 0.0, "steps": 0, "bits": hp.b_max, "g": hp.grad_bits}
-
-        def unit(p: float) -> int:
-            t = int(round(p * total_steps))
-            return t // spe if hp.schedule_unit == "epoch" else t
 
         def bits_at(p: float) -> float:
             return float(cyclic_bits(unit(p), unit_T, hp))

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..cost import layer_io, training_gates, update_gates
+from ..cost import layer_io, training_gates
 from ..nn import binary_layers, is_binary_param, weight_quantizer
 from ..nn.binarize import stored_weight
 from ..nn.hyperbolic import HyperbolicSign, RiemannianSGD
 from ..nn.pack import PackedBatchNorm
 from ..schedules import decay
-from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, epoch_of, grads_only, make_fp_optimizer, opt_params, percentiles, register_method, set_lr, split_params, member_losses, tau_schedule, upcast
+from .base import ActQuantizer, Decay, FpOptimizer, Method, Pack, Scheduled, Setup, check_partition, epoch_of, fp32_step_gates, grads_only, make_fp_optimizer, opt_params, percentiles, register_method, set_lr, split_params, member_losses, tau_schedule, upcast
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ class HBNN(Method):
         opt_fp = make_fp_optimizer(hp.fp_optimizer, fp, hp.fp_lr)
         opts = [opt_w, opt_f, opt_fp]
         check_partition(model, opts)
-        qs = [weight_quantizer(l) for _, l in binary_layers(model)]
+        layers = binary_layers(model)
+        qs = [weight_quantizer(l) for _, l in layers]
 
         def set_ste_t(t: float):
             for q in qs:
@@ -138,15 +139,15 @@ class HBNN(Method):
         # first pass — a forward, the input gradients and the binary layers' weight gradients
         # (the points' gradients pass through them); without points, its forward alone.
         rows = training_gates(layer_io(model, info.in_shape), info.batch_size) if info else []
-        names = {n for n, _ in binary_layers(model)}
-        base = sum(r.forward + r.weight_grad + r.input_grad for r in rows) + update_gates(opts)
+        names = {n for n, _ in layers}
+        base = fp32_step_gates(rows, opts)
         first = sum(r.forward + ((r.input_grad + (r.weight_grad if r.name in names else 0)) if hp.cluster_size else 0)
                     for r in rows)
         # assign: loss tries every point in every binary layer: forward passes without gradients
         choose = len(qs) * hp.cluster_size * sum(r.forward for r in rows) if _chooses(hp) else 0.0
         state = {"step": 0, "gates": 0.0}  # checkpointed (Setup.state)
 
-        stored = [stored_weight(l) for _, l in binary_layers(model)]
+        stored = [stored_weight(l) for _, l in layers]
 
         def boundary():
             """methods.md §2.4: the boundary alarm; the distribution of |w_tilde_j| / r (the
@@ -169,7 +170,7 @@ class HBNN(Method):
             state["gates"] += base + (first if hp.update_mode == "alternating" and cluster_step else 0.0)
             state["gates"] += choose if cluster_step else 0.0
 
-        return Setup(opts, sched, epoch_metrics=[boundary], on_step=[count], state=state, ctx=(opt_w, opt_f, opt_fp, hp))
+        return Setup(opts, sched, epoch_metrics=[boundary], on_step=[count], state=state, ctx=(opt_w, opt_f, opt_fp, hp, qs))
 
     @staticmethod
     @torch.no_grad()
@@ -201,10 +202,10 @@ class HBNN(Method):
             b.copy_(v)
 
     def train_step(self, model, x, y, setup: Setup, forward):
-        opt_w, opt_f, opt_fp, hp = setup.ctx
+        opt_w, opt_f, opt_fp, hp, qs = setup.ctx
         cluster_step = setup.state["step"] % hp.cluster_every == 0
         if cluster_step and _chooses(hp):
-            self.choose_points(model, [(0, [weight_quantizer(l) for _, l in binary_layers(model)])], x, y, forward)
+            self.choose_points(model, [(0, qs)], x, y, forward)
         if hp.update_mode == "alternating" and cluster_step and not hp.cluster_size:
             # no points to step: the pass an EPC run makes all the same (it moves BatchNorm's
             # running statistics), so that the control differs from HBNN by its cluster alone
@@ -234,8 +235,7 @@ class HBNN(Method):
         ctxs = [pack.setups[k].ctx for k in live]
         hp = ctxs[0][3]
         cluster_step = pack.setups[live[0]].state["step"] % hp.cluster_every == 0
-        choosing = [(k, [weight_quantizer(l) for _, l in binary_layers(pack.members[k])]) for k, c in zip(live, ctxs)
-                    if _chooses(c[3])]
+        choosing = [(k, c[4]) for k, c in zip(live, ctxs) if _chooses(c[3])]
         if cluster_step and choosing:
             self.choose_points(pack.module, choosing, x, y, forward)
         if hp.update_mode == "alternating" and cluster_step:
