@@ -532,8 +532,9 @@ def run_automl(a, out: str | None = None, pick: int | None = None, warm_start: s
     return summary
 
 
-def register_pick(summary: dict, name: str, pick: int | None = None) -> dict:
-    """``--register``: the chosen front point (rank ``pick``, default 1) retrained and registered."""
+def register_pick(summary: dict, name: str, pick: int | None = None, registry_uri: str | None = None) -> dict:
+    """``--register``: the chosen front point (rank ``pick``, default 1) retrained and registered
+    (in ``registry_uri``, default the study's tracking store: ``tracking.registry_store``)."""
     from .errors import UserError
     from .tracking import Tracker
 
@@ -543,10 +544,10 @@ def register_pick(summary: dict, name: str, pick: int | None = None) -> dict:
     if pick is not None and pick > len(front):
         raise UserError(f"--pick {pick}: the front has {len(front)} point(s)")
     tracker = Tracker(summary["tracking_uri"], summary["experiment"])
-    return register_model(front[(pick or 1) - 1], name, summary, tracker)
+    return register_model(front[(pick or 1) - 1], name, summary, tracker, registry_uri)
 
 
-def register_model(point: dict, name: str, summary: dict, tracker) -> dict:
+def register_model(point: dict, name: str, summary: dict, tracker, registry_uri: str | None = None) -> dict:
     """Retrain a front point's configuration with its seed (in this process, the trial's thread
     count), log the network as an MLflow PyTorch model (signature, input example, config, cost
     table, per-epoch metrics) in a run of the study's experiment, and register it as ``name``."""
@@ -557,10 +558,10 @@ def register_model(point: dict, name: str, summary: dict, tracker) -> dict:
     cfg = resolve(point["config"], "front point")
     res = fit(cfg)  # a Ctrl-C here leaves nothing behind (the caller says so)
     with interrupts.held():  # from the run to the registered version: whole, or not begun
-        return _log_registered(res, cfg, point, name, summary, tracker)
+        return _log_registered(res, cfg, point, name, summary, tracker, registry_uri)
 
 
-def _log_registered(res, cfg, point: dict, name: str, summary: dict, tracker) -> dict:
+def _log_registered(res, cfg, point: dict, name: str, summary: dict, tracker, registry_uri: str | None) -> dict:
     """``register_model``'s record: the model run, its MLflow model and the registry version."""
     import mlflow
     import numpy as np
@@ -586,11 +587,12 @@ def _log_registered(res, cfg, point: dict, name: str, summary: dict, tracker) ->
     tracker.log_text(rid, dump(cfg), "config.yaml")
     rows = [r.__dict__ for r in res.cost_rows]
     tracker.log_json(rid, {"rows": rows, "totals": {k: v for k, v in res.final.items() if k.startswith("cost/")}}, "cost.json")
-    # The registry is the study's own store (where evaluate and export look), whatever an earlier
-    # call in this process set (modelio's loader sets both URIs to its store).
-    mlflow.set_tracking_uri(tracker.uri)
-    mlflow.set_registry_uri(tracker.uri)
-    with mlflow.start_run(run_id=rid):
+    # The registry: --registry-uri, else MLFLOW_REGISTRY_URI, else the study's own store (where
+    # evaluate and export look too).
+    from .tracking import mlflow_uris, registry_store
+
+    registry = registry_store(tracker.uri, registry_uri)
+    with mlflow_uris(tracker.uri, registry), mlflow.start_run(run_id=rid):
         # MLflow's default format here is pt2 (torch.export): a traced graph of the eval-mode
         # network that loads without bnnsearch; the config rides along in the metadata.
         info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(x_np, y), input_example=x_np,
@@ -602,6 +604,7 @@ def _log_registered(res, cfg, point: dict, name: str, summary: dict, tracker) ->
     tracker.finish(rid)
     version = info.registered_model_version
     return {"name": name, "version": version, "model_uri": f"models:/{name}/{version}", "run_id": rid,
+            "registry_uri": registry,
             "test/acc": res.final["test/acc"], "trial_test_acc": _recorded(tracker, point["run_id"], "test/acc"),
             "mem_bits": res.final.get("cost/mem_bits")}
 

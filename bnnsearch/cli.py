@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import Interrupted, UserError, named
 
 DEMO_DIR = Path(__file__).parent / "defaults"
+REGISTRY_HELP = "MLflow Model Registry URI (default: $MLFLOW_REGISTRY_URI, else the tracking URI)"
 
 
 def _progress(total_epochs: int):
@@ -263,6 +264,13 @@ def cmd_automl(args) -> int:
     from .automl import check_flags
 
     check_flags(a, args.out, args.pick)
+    if args.registry_uri and register is None:
+        raise UserError(f"--registry-uri {args.registry_uri}: it says where --register registers the network; "
+                        "give --register too")
+    if register is not None:  # checked before the study, not after it
+        from .tracking import check_store, registry_store
+
+        registry_store(check_store(a.tracking_uri), args.registry_uri)
     objs = space.objectives_text()
     cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
     header = (f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
@@ -294,7 +302,7 @@ def cmd_automl(args) -> int:
 
         print(f"\nretraining front point {args.pick or 1} to register it as {register!r} ...", flush=True)
         try:
-            reg = register_pick(s, register, args.pick)
+            reg = register_pick(s, register, args.pick, args.registry_uri)
         except KeyboardInterrupt:  # in the retraining: the study and its front are recorded
             print(f"\nbnnsearch: interrupted while retraining front point {args.pick or 1}: the study and its front "
                   f"are recorded, nothing was registered. Register it with:\n  "
@@ -306,8 +314,10 @@ def cmd_automl(args) -> int:
             return _exit_interrupted()
         print(f"\nregistered {reg['model_uri']} (MLflow run {reg['run_id']}): retrained test/acc {reg['test/acc']:.4f}"
               f" (the trial recorded {_fmt(reg['trial_test_acc'])}), modelled memory {_fmt(reg['mem_bits'])} bits\n"
-              f"  check it with:  bnnsearch evaluate {reg['model_uri']}" +
-              (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
+              + (f"  in the Model Registry at {reg['registry_uri']}\n" if reg["registry_uri"] != s["tracking_uri"] else "")
+              + f"  check it with:  bnnsearch evaluate {reg['model_uri']}"
+              + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
+              + (f" --registry-uri {reg['registry_uri']}" if reg["registry_uri"] != s["tracking_uri"] else ""))
     return 0
 
 
@@ -323,7 +333,7 @@ def _arch_text(cfg: dict) -> str:
 def cmd_evaluate(args) -> int:
     from .modelio import evaluate_uri
 
-    r = evaluate_uri(args.model, args.tracking_uri)
+    r = evaluate_uri(args.model, args.tracking_uri, args.registry_uri)
     rec = r["recorded"]
     print(f"{r['model']}: {r['method']} / {r['arch']} on {r['data']}: test/acc {r['test_acc']:.6f} on "
           f"{r['samples']} test samples")
@@ -342,7 +352,7 @@ def cmd_export(args) -> int:
 
     out = Path(args.out)
     check_out_file(out, f"--out {out}")
-    r = export_uri(args.model, out, args.tracking_uri, label=f"--out {out}")
+    r = export_uri(args.model, out, args.tracking_uri, label=f"--out {out}", registry_uri=args.registry_uri)
     modelled = r["modelled_mem_bits"] / 8
     print(f"wrote {out}: {fmt(r['bytes'])} bytes ({r['binary_tensors']} tensors as packed bits, "
           f"{fmt(r['binary_weights'])} binary values; modelled memory {fmt(modelled)} bytes — the file adds the "
@@ -590,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     am.add_argument("--warm-start", default=None, metavar="EXPERIMENT",
                     help="first evaluate the best configurations (the front under this study's objectives, at most 5) "
                          "of the finished trials of this MLflow experiment of the same store that fit this space")
+    am.add_argument("--registry-uri", default=None, help=REGISTRY_HELP)
     am.add_argument("--pick", type=int, default=None,
                     help="the front point to register, by rank (default 1: the best first objective)")
     add_sweep_flags(am, "automl")
@@ -600,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
              "accuracy on its own data split; exit 1 if it differs from the accuracy its MLflow run recorded.")
     ev.add_argument("model", help="MLflow model URI (models:/NAME/VERSION), model folder, or .bnn file")
     ev.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    ev.add_argument("--registry-uri", default=None, help=REGISTRY_HELP)
     ev.set_defaults(func=cmd_evaluate)
 
     ex = cmd("export", "write a registered model as a .bnn file (binary weights one bit each)",
@@ -609,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", help="MLflow model URI (models:/NAME/VERSION)")
     ex.add_argument("--out", default="net.bnn", help="the .bnn file to write")
     ex.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    ex.add_argument("--registry-uri", default=None, help=REGISTRY_HELP)
     ex.set_defaults(func=cmd_export)
 
     d = cmd("demo", "run the main job on the embedded defaults: a small latent-vs-filtered comparison",

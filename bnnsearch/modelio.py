@@ -90,10 +90,11 @@ def test_accuracy(model, config: dict | None = None, threads: int | None = None)
     return float((correct.float() / len(x)).item()), len(x)
 
 
-def load_model(uri: str, tracking_uri: str | None = None):
+def load_model(uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
     """(model, config, provenance) of a .bnn file or an MLflow model URI. MLflow models are what
     ``automl --register`` logs: a torch.export graph with the bnnsearch config in its metadata
-    (or a pickled BinaryNet). Provenance: the MLflow run and the test/acc it recorded."""
+    (or a pickled BinaryNet). Provenance: the MLflow run and the test/acc it recorded.
+    ``models:/`` URIs are looked up in the registry of ``tracking.registry_store``."""
     if Path(uri).suffix == ".bnn" or (Path(uri).is_file() and not uri.startswith(("models:/", "runs:/"))):
         net = load_bnn(uri)
         meta = net.provenance
@@ -101,15 +102,15 @@ def load_model(uri: str, tracking_uri: str | None = None):
     import mlflow
 
     from .errors import UserError
-    from .tracking import check_store
+    from .tracking import check_store, mlflow_uris, registry_store
 
     local = not uri.startswith(("models:/", "runs:/"))
     store = check_store(tracking_uri, must_exist=not local)
-    mlflow.set_tracking_uri(store)
-    mlflow.set_registry_uri(store)
+    registry = registry_store(store, registry_uri, must_exist=uri.startswith("models:/"))
     try:
-        info = mlflow.models.get_model_info(uri)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        with mlflow_uris(store, registry):
+            info = mlflow.models.get_model_info(uri)
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for "no such model"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{uri}: cannot load an MLflow PyTorch model ({first[:300]})") from None
@@ -154,10 +155,10 @@ def _test_inputs(config: dict) -> torch.Tensor:
     return load_data(resolve(dict(config), "model config"), "cpu").x_test
 
 
-def evaluate_uri(uri: str, tracking_uri: str | None = None) -> dict:
+def evaluate_uri(uri: str, tracking_uri: str | None = None, registry_uri: str | None = None) -> dict:
     """Load a .bnn file or an MLflow model and score it on its own test split; with the
     accuracy its MLflow run recorded, for comparison."""
-    model, c, prov = load_model(uri, tracking_uri)
+    model, c, prov = load_model(uri, tracking_uri, registry_uri)
     acc, n = test_accuracy(model, c)
     return {"model": uri, "method": c["method"], "arch": c["arch"], "data": c["data"], "test_acc": acc, "samples": n,
             "run_id": prov.get("run_id"), "recorded": prov.get("recorded")}
@@ -263,10 +264,11 @@ def load_bnn(path) -> BinaryNet:
     return net
 
 
-def export_uri(uri: str, out, tracking_uri: str | None = None, label: str | None = None) -> dict:
+def export_uri(uri: str, out, tracking_uri: str | None = None, label: str | None = None,
+               registry_uri: str | None = None) -> dict:
     """``bnnsearch export``: a registered model (or a .bnn file) written as a .bnn file; the
     file is read back and must score exactly as the model does."""
-    model, config, prov = load_model(uri, tracking_uri)
+    model, config, prov = load_model(uri, tracking_uri, registry_uri)
     x = _test_inputs(config)  # loaded once: the rebuild check, the export's checks, the read-back
     net = as_binary_net(model, config, prov, x)
     rep = export_bnn(net, out, x, {"run_id": prov.get("run_id"), "recorded_test_acc": prov.get("recorded"),

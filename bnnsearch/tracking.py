@@ -65,6 +65,41 @@ def check_store(uri: str | None, must_exist: bool = False, flag: str = "--tracki
     return uri
 
 
+def registry_store(tracking: str, uri: str | None = None, must_exist: bool = False) -> str:
+    """The Model Registry's URI: ``--registry-uri``, else MLflow's own ``MLFLOW_REGISTRY_URI``,
+    else the tracking store (MLflow's default). Checked as a tracking store is (``must_exist``:
+    for reading a ``models:/`` URI, an SQLite registry that is not there is a mistake, not an
+    empty registry). Errors name the flag or the variable the URI came from."""
+    if uri:
+        flag = "--registry-uri"
+    elif os.environ.get("MLFLOW_REGISTRY_URI"):
+        uri, flag = os.environ["MLFLOW_REGISTRY_URI"], "MLFLOW_REGISTRY_URI"
+    else:
+        return tracking
+    return check_store(uri, must_exist=must_exist, flag=flag)
+
+
+@contextlib.contextmanager
+def mlflow_uris(tracking: str, registry: str):
+    """MLflow's process-wide tracking and registry URIs set for the block (``mlflow.pytorch``'s
+    model logging and loading read them), and the environment put back after it: MLflow's
+    setters also write ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into ``os.environ``, where
+    ``registry_store`` would later read this block's registry as if the user had chosen it."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @contextlib.contextmanager
 def store_lock(uri: str):
     """Held while a process first opens an SQLite store: MLflow creates (or migrates) the tables

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -755,3 +756,45 @@ def test_a_one_method_file_is_refused_by_automl(tmp_path, capsys):
 
     assert main(["automl", str(ROOT / "search_spaces" / "latent.yaml")]) == 2
     assert "a one-method space" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_register_honours_a_registry_of_its_own(in_tmp, capsys, monkeypatch):
+    """`--registry-uri` (else MLflow's MLFLOW_REGISTRY_URI) is where `--register` registers the
+    network and where `evaluate`/`export` look it up; the tracking store's registry stays empty.
+    A registry that cannot work is refused before the study runs, naming the flag or variable."""
+    from mlflow.tracking import MlflowClient
+
+    from bnnsearch.cli import main
+
+    space = automl_file(in_tmp)
+    db, reg = f"sqlite:///{in_tmp}/mlflow.db", f"sqlite:///{in_tmp}/registry.db"
+    base = ["automl", str(space), "--trials", "2", "--sampler", "random"]
+    # bad registries: one line, exit 2, nothing run or recorded
+    assert main([*base, "--register", "--registry-uri", f"sqlite:///{in_tmp}/no/such/registry.db"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"bnnsearch: error: --registry-uri sqlite:///{in_tmp}/no/such/registry.db: folder {in_tmp}/no/such does not exist"]
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", str(in_tmp / "plain"))
+    assert main([*base, "--register"]) == 2
+    assert capsys.readouterr().err.startswith(f"bnnsearch: error: MLFLOW_REGISTRY_URI {in_tmp / 'plain'}: a plain path")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI")
+    assert main([*base, "--registry-uri", reg]) == 2
+    assert "give --register too" in capsys.readouterr().err
+    assert not (in_tmp / "mlflow.db").exists() and not (in_tmp / "registry.db").exists()
+
+    assert main([*base, "--register", "--registry-uri", reg]) == 0
+    out = capsys.readouterr().out
+    assert f"in the Model Registry at {reg}" in out and f"--registry-uri {reg}" in out
+    assert "MLFLOW_REGISTRY_URI" not in os.environ  # MLflow's setter writes it; read later as the user's choice
+    assert [m.name for m in MlflowClient(db, registry_uri=reg).search_registered_models()] == ["bnnsearch-digits"]
+    assert not MlflowClient(db, registry_uri=db).search_registered_models()
+    # evaluate looks in the tracking store's registry by default: not there, one line
+    assert main(["evaluate", "models:/bnnsearch-digits/1"]) == 2
+    assert "models:/bnnsearch-digits/1: cannot load an MLflow PyTorch model" in capsys.readouterr().err
+    assert main(["evaluate", "models:/bnnsearch-digits/1", "--registry-uri", f"sqlite:///{in_tmp}/none.db"]) == 2
+    assert "--registry-uri" in capsys.readouterr().err and not (in_tmp / "none.db").exists()
+    assert main(["evaluate", "models:/bnnsearch-digits/1", "--registry-uri", reg]) == 0
+    assert "-> equal" in capsys.readouterr().out
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", reg)  # MLflow's own variable does the same
+    assert main(["export", "models:/bnnsearch-digits/1", "--out", "net.bnn"]) == 0
+    assert "logits identical" in capsys.readouterr().out

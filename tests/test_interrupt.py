@@ -464,9 +464,11 @@ def test_ctrl_c_while_automl_retrains_or_writes_the_model_to_register(tmp_path, 
     before = signal.getsignal(signal.SIGINT)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     c = MlflowClient(uri, registry_uri=uri)  # this store's registry, whatever MLflow's global one is
-    # a registry left set by an earlier call in this process (evaluate's loader sets one): the
-    # model must still go to this study's store
+    # MLflow's registry left set by an earlier call in this process (what bnnsearch's mlflow_uris
+    # leaves: the module global, with the environment put back): the model must still go to this
+    # study's store, not the stale one (only --registry-uri or the user's MLFLOW_REGISTRY_URI move it)
     mlflow.set_registry_uri(f"sqlite:///{tmp_path}/elsewhere.db")
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)  # which MLflow's setter also wrote
     try:
         monkeypatch.setattr(engine, "fit", sigint_first(engine.fit))  # the driver trains only the retraining
         rc = main(["automl", p, "--trials", "2", "--sampler", "random", "--register", "reg"])
