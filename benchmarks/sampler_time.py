@@ -23,7 +23,7 @@ def main():
     import optuna
 
     from bnnsearch.spaces import load_space
-    from bnnsearch.sweep import make_sampler
+    from bnnsearch.searcher import make_sampler
 
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -449,7 +449,7 @@ def warm_points(space: SearchSpace, uri: str, experiment: str, limit: int = WARM
 def front_records(summary: dict, space: SearchSpace, cpus: float) -> list[dict]:
     """The Pareto front of a finished study: each point's objectives, method, resolved
     config and MLflow run id, best first by the first objective."""
-    from .sweep import trial_config
+    from .trial import trial_config
 
     out = []
     for i, r in enumerate(pareto_front(summary["trials"], space.objectives)):

@@ -16,7 +16,7 @@ def method_color(name: str) -> str:
     return PALETTE[len(METHOD_ORDER) + zlib.crc32(name.encode()) % (len(PALETTE) - len(METHOD_ORDER))]
 
 
-# Every sampler of ``sweep.SAMPLERS`` (a test checks), one palette colour each: kept here, not
+# Every sampler of ``searcher.SAMPLERS`` (a test checks), one palette colour each: kept here, not
 # imported, because the dashboard reads colours without importing the training side (Ray).
 SAMPLER_ORDER = ("tpe", "tpe-flat", "gp", "botorch", "nsga2", "random", "bandit", "tpe-cover")
 

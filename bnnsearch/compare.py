@@ -48,7 +48,7 @@ def _by_index(children: list, key: str | None, trials: int) -> list[float | None
     index, from a study's child runs."""
     if key is None:
         return [None] * trials
-    from .sweep import MlflowCallback
+    from .record import MlflowCallback
 
     by_index = {}
     for r in children:
@@ -65,7 +65,7 @@ def _train_gates(tracker, children: list, trials: int) -> tuple[list[float | Non
     (``engine.planned_train_gates``: the number the run reports, tested equal)."""
     from .config import resolve, safe_load
     from .engine import planned_train_gates
-    from .sweep import MlflowCallback
+    from .record import MlflowCallback
 
     by_index, computed = {}, 0
     for r in children:
@@ -142,7 +142,7 @@ def compare_progress(uri: str | None, experiment: str, cmp_name: str, arms: list
     after them (``noise_seeds`` per arm, one at a time: ``noise_floor_s``). No values: an
     unfinished comparison is not summarised. ``check(parent, r, arm)`` raises for a recorded
     study that is not the one this command would run (other flags or space)."""
-    from .sweep import MlflowCallback
+    from .record import MlflowCallback
     from .tracking import Tracker, read_store
 
     uri, client = read_store(uri)
@@ -290,7 +290,7 @@ def run_compare(spaces: list[SearchSpace], base: SweepArgs, repeats: int, delta:
 
     ``status``: train nothing; return how far the comparison has got (``compare_progress``).
     """
-    from .sweep import SAMPLERS
+    from .searcher import SAMPLERS
     from .tracking import Tracker
 
     metrics = {(s.objectives, s.refs, s.constraints, s.log_axes) for s in spaces}

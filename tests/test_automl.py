@@ -194,7 +194,8 @@ def test_log_axes_reach_the_space_and_the_sampler(tmp_path):
 
     import optuna
 
-    from bnnsearch.sweep import _searcher_cls, objective_keys
+    from bnnsearch.results import objective_keys
+    from bnnsearch.searcher import searcher_cls
 
     s = load_space(automl_file(tmp_path, objectives=[{"metric": "val/acc", "mode": "max"},
                                                      {"metric": "cost/train_gates", "mode": "min", "ref": 1e15,
@@ -207,7 +208,7 @@ def test_log_axes_reach_the_space_and_the_sampler(tmp_path):
     with pytest.raises(ConfigError, match="needs two or more objectives"):
         load_space(automl_file(tmp_path, objectives=[{"metric": "cost/bops", "mode": "min", "log": True}]))
     keys = objective_keys(s)
-    searcher = _searcher_cls()(space=s.sampler_space(), metric=keys, mode=["max", "min"],
+    searcher = searcher_cls()(space=s.sampler_space(), metric=keys, mode=["max", "min"],
                                sampler=optuna.samplers.RandomSampler(seed=0), full_epochs=2,
                                journal=str(tmp_path / "journal.jsonl"), log_keys=(keys[1],))
     assert searcher.suggest("t1") is not None
@@ -245,7 +246,7 @@ def test_multi_objective_samplers_respect_constraints(sampler):
     only feasible trials."""
     import optuna
 
-    from bnnsearch.sweep import make_sampler
+    from bnnsearch.searcher import make_sampler
 
     s = load_space(ROOT / "search_spaces" / "automl.yaml")
     smp = make_sampler(sampler, 0, 4, conditional=True, objectives=2)
@@ -295,7 +296,7 @@ def test_tpe_cover_tries_every_method_first_then_models():
     concentrates on the best method (latent, on the synthetic objective)."""
     import pickle
 
-    from bnnsearch.sweep import make_sampler
+    from bnnsearch.searcher import make_sampler
 
     s = load_space(ROOT / "search_spaces" / "automl.yaml")
     pickle.loads(pickle.dumps(make_sampler("tpe-cover", 0, 5, True, methods=s.methods)))  # Ray snapshots it
@@ -315,7 +316,7 @@ def test_the_bandit_models_each_methods_own_parameters():
     import math
 
     from bnnsearch.hierarchy import MethodBandit
-    from bnnsearch.sweep import make_sampler
+    from bnnsearch.searcher import make_sampler
 
     s = load_space(ROOT / "search_spaces" / "automl.yaml")
     bandit = _synthetic_study(make_sampler("bandit", 0, 6, True, objectives=2, methods=s.methods), s)
@@ -340,7 +341,7 @@ def _shut_out(seed: int, n: int = 20) -> tuple[dict, dict]:
     front. Per method, its trials and its feasible trials in an n-trial bandit study."""
     import optuna
 
-    from bnnsearch.sweep import make_sampler
+    from bnnsearch.searcher import make_sampler
 
     s = load_space(ROOT / "search_spaces" / "automl.yaml")
     study = optuna.create_study(directions=["maximize", "minimize"],
@@ -400,7 +401,7 @@ def test_the_gp_search_is_quiet_about_a_flat_acquisition(sampler):
     import logging
     import warnings
 
-    from bnnsearch.sweep import make_sampler
+    from bnnsearch.searcher import make_sampler
 
     flat = "import numpy as np\np = np.zeros(3)\np /= p.sum()\n"
     with warnings.catch_warnings(record=True) as seen:
@@ -423,7 +424,7 @@ def test_the_botorch_sampler_does_not_warn_that_it_is_experimental():
 
     import optuna
 
-    from bnnsearch.sweep import make_sampler
+    from bnnsearch.searcher import make_sampler
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -709,7 +710,7 @@ def test_the_method_samplers_run_an_automl_study(in_tmp, capsys, sampler):
     samplers' first three suggestions are the three methods (read from the study's journal of
     suggestions, in the order they were asked; trials finish in another order)."""
     from bnnsearch.cli import main
-    from bnnsearch.sweep import read_journal
+    from bnnsearch.searcher import read_journal
 
     assert main(["automl", str(automl_file(in_tmp)), "--trials", "4", "--sampler", sampler, "--startup-trials", "2"]) == 0
     out = capsys.readouterr().out

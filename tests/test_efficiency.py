@@ -243,7 +243,7 @@ def test_arm_styles_tell_arms_apart():
     assert s["latent"] == (method_color("latent"), False) and s["latent@random"] == (method_color("latent"), True)
     one = arm_styles(["automl@tpe", "automl@tpe-flat"])  # one method, two samplers: two colours, solid
     assert one["automl@tpe"][0] != one["automl@tpe-flat"][0] and not any(d for _, d in one.values())
-    from bnnsearch.sweep import SAMPLERS
+    from bnnsearch.searcher import SAMPLERS
 
     every = arm_styles([f"automl@{s}" for s in SAMPLERS if s != "random"])  # bandit and tpe-cover shared one
     assert len({c for c, _ in every.values()}) == len(SAMPLERS) - 1, every

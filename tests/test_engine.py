@@ -166,7 +166,7 @@ def test_compile_trains_as_eager_and_compiles_in_every_run(tiny_cfg, tmp_path, m
 def test_checkpoint_saved_only_when_due(tiny_cfg, tmp_path):
     """A Ray trial saves only the epochs it hands over (save_due): a run stopped after epoch 3
     whose last due save was epoch 2 resumes from epoch 2 and still ends as the full run."""
-    from bnnsearch.sweep import checkpoint_epoch
+    from bnnsearch.trial import checkpoint_epoch
 
     cfg = tiny_cfg(epochs=4, data_args={"augment": False})
     full = fit(cfg).history

@@ -1,5 +1,6 @@
 """End-to-end studies with the real components: Ray Tune (local, 2 CPUs), Optuna and BoTorch
 samplers, MLflow (SQLite). Small trainables: a tiny MLP on sklearn digits."""
+import io
 import json
 import os
 import signal
@@ -88,7 +89,7 @@ def test_two_trials_at_a_time_random_search_draws_the_same_configurations(ray_lo
 @pytest.mark.parametrize("sampler", ["random", "tpe", "gp", "botorch"])
 def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler, monkeypatch):
     from bnnsearch import sweep as sw
-    from bnnsearch.sweep import earlier_results
+    from bnnsearch.results import earlier_results
 
     # Reports at most every 60 s (the driver passes REPORT_S to its trials): a trial holds epoch 1
     # back whatever the machine's speed (at the default 2 s a cold worker's first epoch, with its
@@ -121,7 +122,7 @@ def test_every_sampler_runs_a_recorded_study(ray_local, tmp_path, sampler, monke
         meta = json.loads(meta)
         assert "objective" in meta["metric_analysis"] and "train/loss" not in meta["metric_analysis"]
         assert "train/loss" in json.loads(meta["last_result"]["metrics"])
-        # a trial reports once (sweep._Sender holds epoch 1 back), and MLflow still has both epochs
+        # a trial reports once (trial._Sender holds epoch 1 back), and MLflow still has both epochs
         last = meta["last_result"]
         assert last["training_iteration"] == 1 and last["epoch"] == 2
         assert [e["epoch"] for e in earlier_results(last)] == [1]
@@ -322,7 +323,8 @@ def test_a_counted_run_left_running_by_a_kill_is_ended_on_resume_and_kept_by_an_
     resumed callback ends it with its own status and writes the missing step; an interrupt ends
     it likewise and labels only the uncounted running run interrupted."""
     from bnnsearch.spaces import load_space
-    from bnnsearch.sweep import MlflowCallback, SweepArgs, _interrupted
+    from bnnsearch.record import MlflowCallback
+    from bnnsearch.sweep import SweepArgs, _interrupted
     from bnnsearch.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -348,7 +350,7 @@ def test_a_snapshot_set_that_does_not_read_back_or_disagrees_is_replaced_by_the_
     by the whole copy (or removed when there is none)."""
     import pickle
 
-    from bnnsearch.sweep import _repair_snapshot
+    from bnnsearch.raystate import repair_snapshot
 
     def write_set(folder, session, n_trials, counter, iters=None):
         folder.mkdir(parents=True, exist_ok=True)
@@ -360,9 +362,9 @@ def test_a_snapshot_set_that_does_not_read_back_or_disagrees_is_replaced_by_the_
     exp = tmp_path / "exp"
     write_set(exp, "2026-01-01_00-00-02", 3, 3)
     write_set(exp / "bnnsearch_state", "2026-01-01_00-00-01", 2, 2)
-    assert not _repair_snapshot(exp)  # whole and consistent: left alone
+    assert not repair_snapshot(exp)  # whole and consistent: left alone
     write_set(exp, "2026-01-01_00-00-02", 3, 5)  # a searcher newer than the trial list
-    assert _repair_snapshot(exp)
+    assert repair_snapshot(exp)
     assert sorted(p.name for p in exp.glob("*-*")) == ["experiment_state-2026-01-01_00-00-01.json",
                                                        "search_gen_state-2026-01-01_00-00-01.json",
                                                        "searcher-state-2026-01-01_00-00-01.pkl"]
@@ -371,21 +373,21 @@ def test_a_snapshot_set_that_does_not_read_back_or_disagrees_is_replaced_by_the_
     # is replaced; one as far as the copy, or further, is kept
     write_set(exp, "2026-01-01_00-00-01", 2, 2, iters=[6, 2])
     write_set(exp / "bnnsearch_state", "2026-01-01_00-00-01", 2, 2, iters=[6, 3])
-    assert _repair_snapshot(exp)
+    assert repair_snapshot(exp)
     assert json.loads(json.loads((exp / "experiment_state-2026-01-01_00-00-01.json").read_text())["trial_data"][1][1]) \
         == {"last_result": {"training_iteration": 3}}
-    assert not _repair_snapshot(exp)
+    assert not repair_snapshot(exp)
     write_set(exp, "2026-01-01_00-00-01", 3, 3, iters=[6, 3, 0])
-    assert not _repair_snapshot(exp)
+    assert not repair_snapshot(exp)
     # a copy from an earlier session is older than any whole set of this one, whatever it holds
     write_set(exp, "2026-01-01_00-00-03", 1, 1, iters=[1])
-    assert not _repair_snapshot(exp) and (exp / "experiment_state-2026-01-01_00-00-03.json").exists()
+    assert not repair_snapshot(exp) and (exp / "experiment_state-2026-01-01_00-00-03.json").exists()
     for f in exp.glob("*-2026-01-01_00-00-03.*"):
         f.unlink()
     snap = exp / "experiment_state-2026-01-01_00-00-01.json"
     snap.write_bytes(snap.read_bytes()[:10])  # cut short, and no copy left: the set is removed
     (exp / "bnnsearch_state").rename(exp / "elsewhere")
-    assert _repair_snapshot(exp) and not list(exp.glob("*state-*"))
+    assert repair_snapshot(exp) and not list(exp.glob("*state-*"))
 
 
 def test_resume_after_a_kill_that_cut_rays_snapshot_short(tmp_path):
@@ -558,14 +560,14 @@ def test_restore_adopts_trials_ray_kept_but_the_sampler_never_saw(tmp_path):
     import json
 
     from bnnsearch.spaces import load_space
-    from bnnsearch.sweep import JOURNAL, _searcher_cls, make_sampler, read_journal
+    from bnnsearch.searcher import JOURNAL, make_sampler, read_journal, searcher_cls
 
     space = load_space(space_file(tmp_path, ALPHA))
     exp = tmp_path / "exp"
     exp.mkdir()
 
     def searcher():
-        return _searcher_cls()(space=space.sampler_space(), metric="objective", mode="max",
+        return searcher_cls()(space=space.sampler_space(), metric="objective", mode="max",
                                sampler=make_sampler("random", 0, 1), full_epochs=2, journal=str(exp / JOURNAL))
 
     s = searcher()
@@ -614,20 +616,20 @@ def test_trials_read_a_relative_data_root_where_the_command_ran(ray_local, tmp_p
 def test_an_emptied_tuner_pkl_is_repaired_before_a_resume(tmp_path):
     """Ray rewrites tuner.pkl in place; a SIGKILL mid-write left it empty and the study could not
     resume. The copy taken once it was whole is put back (and nothing happens when it is whole)."""
-    from bnnsearch.sweep import _backup_tuner_pkl, _repair_tuner_pkl
+    from bnnsearch.raystate import backup_tuner_pkl, repair_tuner_pkl
 
     (tmp_path / "tuner.pkl").write_bytes(b"whole")
-    _backup_tuner_pkl(tmp_path)
+    backup_tuner_pkl(tmp_path)
     (tmp_path / "tuner.pkl").write_bytes(b"")
-    _repair_tuner_pkl(tmp_path)
+    repair_tuner_pkl(tmp_path)
     assert (tmp_path / "tuner.pkl").read_bytes() == b"whole"
     (tmp_path / "tuner.pkl").write_bytes(b"newer")
-    _repair_tuner_pkl(tmp_path)
+    repair_tuner_pkl(tmp_path)
     assert (tmp_path / "tuner.pkl").read_bytes() == b"newer"
 
 
 def test_trial_metrics_reads_the_reported_string_and_results_recorded_before():
-    from bnnsearch.sweep import trial_metrics
+    from bnnsearch.results import trial_metrics
 
     new = {"epoch": 2, "objective": 0.5, "metrics": json.dumps({"epoch": 2, "val/acc": 0.5, "train/loss": 1.25})}
     assert trial_metrics(new) == {"epoch": 2, "objective": 0.5, "val/acc": 0.5, "train/loss": 1.25}
@@ -636,9 +638,10 @@ def test_trial_metrics_reads_the_reported_string_and_results_recorded_before():
 
 
 def test_sender_holds_results_back_and_hands_them_over_with_the_next_report(monkeypatch, tmp_path):
-    """sweep._Sender: a result is held unless report_s passed, a checkpoint goes with it or it
+    """trial._Sender: a result is held unless report_s passed, a checkpoint goes with it or it
     is final; the next report carries the held ones (oldest first); flush sends a held last."""
-    from bnnsearch import sweep as sw
+    from bnnsearch import results
+    from bnnsearch import trial as sw
 
     sent = []
     monkeypatch.setattr(sw.tune, "report", lambda out, checkpoint=None: sent.append((dict(out), checkpoint)))
@@ -653,7 +656,7 @@ def test_sender_holds_results_back_and_hands_them_over_with_the_next_report(monk
     clock[0] += 1.5  # 2 s since the start: report, with epochs 1 and 2 held
     send.due()
     send({"epoch": 3})
-    assert [r["epoch"] for r in sw.earlier_results(sent[0][0])] == [1, 2] and sent[0][0]["epoch"] == 3
+    assert [r["epoch"] for r in results.earlier_results(sent[0][0])] == [1, 2] and sent[0][0]["epoch"] == 3
     clock[0] += 0.1
     send({"epoch": 4}, final=True)  # final: at once, nothing held
     assert sent[1][0] == {"epoch": 4}
@@ -665,7 +668,7 @@ def test_sender_holds_results_back_and_hands_them_over_with_the_next_report(monk
     assert send.due()
     send({"epoch": 6})
     out, ckpt = sent[2]
-    assert ckpt is not None and out[sw.CKPT_FLAG] == 1 and [r["epoch"] for r in sw.earlier_results(out)] == [5]
+    assert ckpt is not None and out[results.CKPT_FLAG] == 1 and [r["epoch"] for r in results.earlier_results(out)] == [5]
     clock[0] += 0.1
     send.due()
     send({"epoch": 7})
@@ -686,7 +689,7 @@ def test_a_trial_removes_the_scratch_folders_of_killed_workers_only(monkeypatch,
     import socket
     import zlib
 
-    from bnnsearch import sweep as sw
+    from bnnsearch import trial as sw
 
     monkeypatch.setattr(sw.tempfile, "tempdir", str(tmp_path))
     host = sw._host_key()
@@ -709,10 +712,11 @@ def test_searcher_reads_every_epoch_of_a_coalesced_report(tmp_path):
     import optuna
 
     from bnnsearch.spaces import load_space
-    from bnnsearch.sweep import EARLIER, _searcher_cls
+    from bnnsearch.results import EARLIER
+    from bnnsearch.searcher import searcher_cls
 
     space = load_space(space_file(tmp_path, ALPHA))
-    s = _searcher_cls()(space=space.sampler_space(), metric="objective", mode="max",
+    s = searcher_cls()(space=space.sampler_space(), metric="objective", mode="max",
                         sampler=optuna.samplers.RandomSampler(seed=0), full_epochs=3,
                         journal=str(tmp_path / "journal.jsonl"))
     assert s.suggest("t1") is not None
@@ -728,12 +732,12 @@ def test_rays_temp_file_race_is_not_logged_and_every_other_save_failure_is():
     (seen in `make demo`: a traceback, the study unharmed); only that failure is dropped."""
     import logging
 
-    from bnnsearch.sweep import _quiet_temp_file_race, _TempFileRace
+    from bnnsearch.raystate import TempFileRace, quiet_temp_file_race
 
-    _quiet_temp_file_race()
-    _quiet_temp_file_race()  # once per process, not once per study
+    quiet_temp_file_race()
+    quiet_temp_file_race()  # once per process, not once per study
     log = logging.getLogger("ray.tune.execution.experiment_state")
-    assert sum(isinstance(f, _TempFileRace) for f in log.filters) == 1
+    assert sum(isinstance(f, TempFileRace) for f in log.filters) == 1
     got = []
     handler = logging.Handler()
     handler.emit = got.append
@@ -755,3 +759,22 @@ def test_rays_temp_file_race_is_not_logged_and_every_other_save_failure_is():
     kept = [None if r.exc_info is None else type(r.exc_info[1]) for r in got]
     assert kept == [FileNotFoundError, FileNotFoundError, PermissionError, None]
     assert "experiment_state-1.json" in str(got[0].exc_info[1])
+
+
+def test_names_in_the_pickled_state_of_studies_from_before_the_split_still_resolve():
+    """Ray pickles a study's Tuner (tuner.pkl: the MLflow callback, the study's args, and the
+    searcher's class by value with the module functions it calls) and a resumed study unpickles
+    it. Studies recorded before ``sweep.py`` was split into trial/searcher/record/raystate/results
+    name these in ``bnnsearch.sweep`` (read from such a tuner.pkl with a find_class hook); a
+    resume after an upgrade needs each of them there, as what it now is."""
+    import pickle
+
+    from bnnsearch import record, results, searcher, sweep
+
+    found = {n: pickle.Unpickler.find_class(pickle.Unpickler(io.BytesIO(b"")), "bnnsearch.sweep", n)
+             for n in ("MlflowCallback", "SweepArgs", "_ray_trial_ids", "earlier_results", "member_id",
+                       "member_results", "read_journal")}
+    assert found == {"MlflowCallback": record.MlflowCallback, "SweepArgs": sweep.SweepArgs,
+                     "_ray_trial_ids": searcher._ray_trial_ids, "earlier_results": results.earlier_results,
+                     "member_id": results.member_id, "member_results": results.member_results,
+                     "read_journal": searcher.read_journal}

@@ -165,7 +165,7 @@ def test_compare_computes_the_cost_of_trials_that_did_not_record_it(tiny_cfg):
     from bnnsearch.compare import _train_gates
     from bnnsearch.config import dump
     from bnnsearch.engine import fit
-    from bnnsearch.sweep import MlflowCallback
+    from bnnsearch.record import MlflowCallback
 
     cfg = tiny_cfg(method="cyclebnn", epochs=3)
     hist = fit(cfg, lambda m: m["epoch"] == 2, threads=1).history  # stopped after 2 of 3 epochs
