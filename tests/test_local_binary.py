@@ -114,6 +114,14 @@ def test_two_layer_step_hand_computed():
     # -> predicts 1 = y, margin 2 >= floor(0 * 2): correct, no update
     assert net.H1.tolist() == [[-1, 1], [1, -1]]
     assert net.H0.dtype == torch.int32 and net.H1.dtype == torch.int32
+    # local/updates/<l> counts the units selected in the step, summed over the minibatch: 2 in
+    # layer 1 (both units, group 1), none in layer 2; the same sample twice in one batch: 4
+    assert setup.state["stats"]["updates"].tolist() == [2, 0]
+    net.H0.copy_(torch.tensor([[1, -1], [-1, 1], [1, 1]]))
+    setup2 = m.setup(net, hp, 10, RunInfo(10, 10, 2, (3,), 2, 2))
+    m.train_step(net, x.repeat(2, 1), torch.tensor([1, 1]), setup2, None)
+    assert setup2.state["stats"]["updates"].tolist() == [4, 0]
+    assert net.H0.tolist() == [[-3, 3], [3, -3], [-3, 5]]  # each selection moves its column by 2
 
 
 @pytest.mark.parametrize("group,bits,draw", [(1, 0, "gaps"), (1, 4, "dense"), (5, 3, "gaps"), (25, 4, "dense"),

@@ -34,8 +34,9 @@ sign(0) = +1 everywhere (methods.md pitfall 6.5.1), so the network is strictly b
 the raw integer scores (not comparable with the gradient methods). Reported per layer:
 ``local/err/<l>`` (the local error rate with the robustness margin: the samples that update),
 ``local/miss/<l>`` (without it: the share the layer's local classifier misclassifies),
-``local/updates/<l>`` (weight increments per step), ``local/reinforced/<l>`` (reinforcement
-events per step), ``local/saturation/<l>``, the |H| percentiles ``local/h_abs_q10/<l>``,
+``local/updates/<l>`` (the units selected for an update per step, summed over the minibatch:
+divided by the batch size, §6.4's selected units per sample; each moves its column's N_in hidden
+weights by 2), ``local/reinforced/<l>`` (reinforcement events per step), ``local/saturation/<l>``, the |H| percentiles ``local/h_abs_q10/<l>``,
 ``_q50``, ``_q90`` (methods.md §6.4's histogram, in three numbers); cost:
 ``cost/train_gates`` (Boolean gates so far, §6.4 model) and ``cost/train_mem_bits``.
 
