@@ -113,7 +113,9 @@ def load_model(uri: str, tracking_uri: str | None = None, registry_uri: str | No
             model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for "no such model"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{uri}: cannot load an MLflow PyTorch model ({first[:300]})") from None
+        where = (f"; looked up in the Model Registry at {registry} (--registry-uri names another)"
+                 if uri.startswith("models:/") else "")
+        raise UserError(f"{uri}: cannot load an MLflow PyTorch model ({first[:300]}){where}") from None
     meta = info.metadata or {}
     config = model.config if isinstance(model, BinaryNet) else meta.get("bnnsearch_config")
     if not isinstance(config, dict):

@@ -791,7 +791,9 @@ def test_register_honours_a_registry_of_its_own(in_tmp, capsys, monkeypatch):
     assert not MlflowClient(db, registry_uri=db).search_registered_models()
     # evaluate looks in the tracking store's registry by default: not there, one line
     assert main(["evaluate", "models:/bnnsearch-digits/1"]) == 2
-    assert "models:/bnnsearch-digits/1: cannot load an MLflow PyTorch model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "models:/bnnsearch-digits/1: cannot load an MLflow PyTorch model" in err
+    assert f"looked up in the Model Registry at {db} (--registry-uri names another)" in err
     assert main(["evaluate", "models:/bnnsearch-digits/1", "--registry-uri", f"sqlite:///{in_tmp}/none.db"]) == 2
     assert "--registry-uri" in capsys.readouterr().err and not (in_tmp / "none.db").exists()
     assert main(["evaluate", "models:/bnnsearch-digits/1", "--registry-uri", reg]) == 0
