@@ -3,8 +3,8 @@ import torch
 
 from bnnsearch.errors import ConfigError
 from bnnsearch.methods import RunInfo, get_method
-from bnnsearch.methods.local_binary import (LocalBinaryNet, LocalHparams, imatmul, local_update, reinforce,
-                                            reinforcement_mask)
+from bnnsearch.methods.local_binary import LocalHparams
+from bnnsearch.nn.local import LocalBinaryNet, imatmul, local_update, reinforce, reinforcement_mask
 
 
 def test_one_layer_update_hand_computed():
