@@ -188,15 +188,15 @@ def test_compare_computes_the_cost_of_trials_that_did_not_record_it(tiny_cfg):
 
 def test_the_cost_plot_is_drawn_only_when_every_arm_knows_its_cost(tmp_path):
     from bnnsearch.colors import arm_styles
-    from bnnsearch.compare import _cost_plot
+    from bnnsearch.plots import cost_plot
 
     per_method = {"a": [[0.5, 0.7]], "b": [[0.6, 0.6]]}
     gates = {"a": [[1e9, 1e9]], "b": [[1e12, 1e12]]}
     styles = arm_styles(per_method)
     known = {"mode": "max", "metric": "val/acc", "methods": {"a": {"train_gates_to_target": [2e9]},
                                                             "b": {"train_gates_to_target": [None]}}}
-    path = _cost_plot(per_method, gates, 0.65, known, tmp_path / "c.png", styles)
+    path = cost_plot(per_method, gates, 0.65, known, tmp_path / "c.png", styles)
     assert path == tmp_path / "c.png" and path.read_bytes()[:4] == b"\x89PNG"
     unknown = {**known, "methods": {**known["methods"], "b": {"train_gates_to_target": None}}}
-    assert _cost_plot(per_method, gates, 0.65, unknown, tmp_path / "d.png", styles) is None
+    assert cost_plot(per_method, gates, 0.65, unknown, tmp_path / "d.png", styles) is None
     assert not (tmp_path / "d.png").exists()
