@@ -267,10 +267,10 @@ def cmd_automl(args) -> int:
     if args.registry_uri and register is None:
         raise UserError(f"--registry-uri {args.registry_uri}: it says where --register registers the network; "
                         "give --register too")
-    if register is not None:  # checked before the study, not after it
-        from .tracking import check_store, registry_store
+    if register is not None:  # a registry of its own is checked before the study, not after it
+        from .tracking import registry_store
 
-        registry_store(check_store(a.tracking_uri), args.registry_uri)
+        registry_store(a.tracking_uri, args.registry_uri)
     objs = space.objectives_text()
     cons = "; constraints " + ", ".join(f"{m} {k} {b:g}" for m, k, b in space.constraints) if space.constraints else ""
     header = (f"automl {a.study_name()}: methods {', '.join(space.methods)}; objectives {objs}{cons}; "
@@ -312,12 +312,13 @@ def cmd_automl(args) -> int:
             print(f"\nbnnsearch: interrupted as the model was written; it is registered whole: "
                   f"{reg['model_uri']}", file=sys.stderr, flush=True)
             return _exit_interrupted()
+        own = reg["registry_uri"] if reg["registry_uri"] != s["tracking_uri"] else None  # a registry of its own
         print(f"\nregistered {reg['model_uri']} (MLflow run {reg['run_id']}): retrained test/acc {reg['test/acc']:.4f}"
               f" (the trial recorded {_fmt(reg['trial_test_acc'])}), modelled memory {_fmt(reg['mem_bits'])} bits\n"
-              + (f"  in the Model Registry at {reg['registry_uri']}\n" if reg["registry_uri"] != s["tracking_uri"] else "")
+              + (f"  in the Model Registry at {own}\n" if own else "")
               + f"  check it with:  bnnsearch evaluate {reg['model_uri']}"
               + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
-              + (f" --registry-uri {reg['registry_uri']}" if reg["registry_uri"] != s["tracking_uri"] else ""))
+              + (f" --registry-uri {own}" if own else ""))
     return 0
 
 

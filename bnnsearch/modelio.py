@@ -104,17 +104,16 @@ def load_model(uri: str, tracking_uri: str | None = None, registry_uri: str | No
     from .errors import UserError
     from .tracking import check_store, mlflow_uris, registry_store
 
-    local = not uri.startswith(("models:/", "runs:/"))
+    local, registered = not uri.startswith(("models:/", "runs:/")), uri.startswith("models:/")
     store = check_store(tracking_uri, must_exist=not local)
-    registry = registry_store(store, registry_uri, must_exist=uri.startswith("models:/"))
+    registry = registry_store(store, registry_uri, must_exist=registered)
     try:
         with mlflow_uris(store, registry):
             info = mlflow.models.get_model_info(uri)
             model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for "no such model"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        where = (f"; looked up in the Model Registry at {registry} (--registry-uri names another)"
-                 if uri.startswith("models:/") else "")
+        where = f"; looked up in the Model Registry at {registry} (--registry-uri names another)" if registered else ""
         raise UserError(f"{uri}: cannot load an MLflow PyTorch model ({first[:300]}){where}") from None
     meta = info.metadata or {}
     config = model.config if isinstance(model, BinaryNet) else meta.get("bnnsearch_config")

@@ -49,8 +49,8 @@ from .trial import REPORT_S, trainable, trial_config
 # Looked up here by Ray's pickled state (tuner.pkl: the callback, the study's args and the
 # searcher's functions) of studies recorded before this module was split in five: kept so that
 # such a study can still be resumed (tests/test_sweep.py checks the names).
-from .results import earlier_results, member_id  # noqa: E402,F401,I001
-from .searcher import _ray_trial_ids, read_journal  # noqa: E402,F401
+from .results import earlier_results, member_id  # noqa: F401
+from .searcher import _ray_trial_ids, read_journal  # noqa: F401
 
 SCHEDULERS = ("fifo", "asha")
 

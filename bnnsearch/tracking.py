@@ -65,9 +65,10 @@ def check_store(uri: str | None, must_exist: bool = False, flag: str = "--tracki
     return uri
 
 
-def registry_store(tracking: str, uri: str | None = None, must_exist: bool = False) -> str:
+def registry_store(tracking: str | None, uri: str | None = None, must_exist: bool = False) -> str | None:
     """The Model Registry's URI: ``--registry-uri``, else MLflow's own ``MLFLOW_REGISTRY_URI``,
-    else the tracking store (MLflow's default). Checked as a tracking store is (``must_exist``:
+    else ``tracking``, the tracking store (MLflow's default; returned as given, its caller checks
+    it). A registry of its own is checked as a tracking store is (``must_exist``:
     for reading a ``models:/`` URI, an SQLite registry that is not there is a mistake, not an
     empty registry). Errors name the flag or the variable the URI came from."""
     if uri:
